@@ -1,0 +1,46 @@
+"""RS-M-CLIP: a Transformers-native multilingual CLIP for remote-sensing imagery.
+
+Importing the package registers the `"rsmclip"` model type with `AutoConfig`, `AutoModel`,
+`AutoModelForZeroShotImageClassification`, `AutoImageProcessor` and `AutoProcessor`, and the
+`"rsmclip-retrieval"` pipeline task.
+"""
+
+from transformers import (
+    AutoConfig,
+    AutoImageProcessor,
+    AutoModel,
+    AutoModelForZeroShotImageClassification,
+    AutoProcessor,
+)
+
+from .configuration_rsmclip import PRESETS, RSMCLIPConfig
+from .modeling_rsmclip import RSMCLIPDistillationHead, RSMCLIPModel, RSMCLIPOutput, RSMCLIPPreTrainedModel
+from .pipeline_rsmclip import RETRIEVAL_TASK, RSMCLIPRetrievalPipeline, register_retrieval_pipeline
+from .processing_rsmclip import RSMCLIPImageProcessor, RSMCLIPProcessor, array_to_rgb, to_rgb
+from .templates import LANGUAGES, PROMPT_TEMPLATES
+
+__version__ = "0.1.0"
+
+AutoConfig.register("rsmclip", RSMCLIPConfig, exist_ok=True)
+AutoModel.register(RSMCLIPConfig, RSMCLIPModel, exist_ok=True)
+AutoModelForZeroShotImageClassification.register(RSMCLIPConfig, RSMCLIPModel, exist_ok=True)
+AutoImageProcessor.register(RSMCLIPConfig, fast_image_processor_class=RSMCLIPImageProcessor, exist_ok=True)
+AutoProcessor.register(RSMCLIPConfig, RSMCLIPProcessor, exist_ok=True)
+register_retrieval_pipeline()
+
+__all__ = [
+    "LANGUAGES",
+    "PRESETS",
+    "PROMPT_TEMPLATES",
+    "RETRIEVAL_TASK",
+    "RSMCLIPConfig",
+    "RSMCLIPDistillationHead",
+    "RSMCLIPImageProcessor",
+    "RSMCLIPModel",
+    "RSMCLIPOutput",
+    "RSMCLIPPreTrainedModel",
+    "RSMCLIPProcessor",
+    "RSMCLIPRetrievalPipeline",
+    "array_to_rgb",
+    "to_rgb",
+]

@@ -1,0 +1,37 @@
+"""The `rsmclip` command: one sub-command per job."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# Modules that each define `add_subparser(subparsers)`.
+SUBCOMMAND_MODULES = (
+    "modeling_rsmclip.demo",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rsmclip", description="RS-M-CLIP: multilingual CLIP for remote-sensing imagery."
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module in SUBCOMMAND_MODULES:
+        importlib.import_module(module).add_subparser(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    import modeling_rsmclip  # noqa: F401  (registers the model type with the Auto classes)
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,126 @@
+"""`rsmclip demo`: zero-shot classification and multilingual retrieval on the bundled sample images, offline."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from .templates import class_name, prompts_for
+
+DEMO_MODEL_DIR = Path(__file__).resolve().parent / "demo_model"
+DEMO_QUERIES = {
+    "en": "a tennis court surrounded by trees",
+    "pt": "muitos aviões estacionados no aeroporto",
+    "zh": "一条穿过森林的河流",
+    "de": "ein Strand mit blauem Meer",
+}
+
+
+def load_demo_model(model: str | None):
+    """The model given by path/Hub id, else the bundled demo model, else a random `tiny` model (said loudly)."""
+    from transformers import AutoModel, AutoProcessor
+
+    if model is None and (DEMO_MODEL_DIR / "config.json").exists():
+        model = str(DEMO_MODEL_DIR)
+    if model is not None:
+        return AutoModel.from_pretrained(model).eval(), AutoProcessor.from_pretrained(model), model, True
+    from .testing import make_tiny_model_and_processor
+
+    tmp = tempfile.mkdtemp(prefix="rsmclip-demo-")
+    net, processor = make_tiny_model_and_processor(tmp)
+    return net, processor, "randomly initialised 'tiny' model", False
+
+
+@torch.no_grad()
+def _image_embeds(model, processor, paths: list[Path]) -> torch.Tensor:
+    images = [Image.open(p) for p in paths]
+    pixels = processor(images=images, return_tensors="pt")["pixel_values"]
+    return F.normalize(model.get_image_features(pixel_values=pixels).pooler_output, dim=-1)
+
+
+@torch.no_grad()
+def _text_embeds(model, processor, texts: list[str]) -> torch.Tensor:
+    batch = processor(text=texts, return_tensors="pt")
+    return F.normalize(model.get_text_features(**batch).pooler_output, dim=-1)
+
+
+@torch.no_grad()
+def class_embeddings(model, processor, dataset: str, labels: list[str], lang: str) -> torch.Tensor:
+    """One embedding per class: the re-normalised mean of its prompt embeddings in `lang`."""
+    rows = []
+    for label in labels:
+        rows.append(_text_embeds(model, processor, prompts_for(class_name(dataset, label, lang), lang)).mean(0))
+    return F.normalize(torch.stack(rows), dim=-1)
+
+
+def run_demo(model: str | None = None, sample: str | None = None, languages: tuple[str, ...] = ("en", "pt", "zh")) -> dict:
+    """Run the demo and print it; returns the figures (accuracy per language, retrieval hits) for tests."""
+    from .testing import sample_dir
+
+    start = time.time()
+    root = Path(sample) if sample else sample_dir()
+    net, processor, name, trained = load_demo_model(model)
+    print(f"RS-M-CLIP demo — model: {name}")
+    if not trained:
+        print(
+            "NOTE: no trained demo model is bundled in this checkout; the model below is RANDOMLY INITIALISED, "
+            "so its predictions are meaningless. Pass --model PATH for a real one."
+        )
+
+    with open(root / "ucm" / "labels.csv", newline="") as f:
+        labels = {row["filename"]: row["label"] for row in csv.DictReader(f)}
+    ucm_files = sorted(labels, key=lambda s: int(Path(s).stem))
+    ucm_paths = [root / "ucm" / "images" / f for f in ucm_files]
+    classes = sorted(set(labels.values()))
+    ucm_embeds = _image_embeds(net, processor, ucm_paths)
+
+    print(f"\nZero-shot classification of {len(ucm_paths)} UC Merced images into {len(classes)} classes")
+    results: dict = {"model": name, "trained": trained, "zero_shot": {}, "retrieval": {}}
+    for lang in languages:
+        cls = class_embeddings(net, processor, "ucm", classes, lang)
+        pred = (ucm_embeds @ cls.t()).argmax(-1).tolist()
+        correct = sum(classes[p] == labels[f] for p, f in zip(pred, ucm_files))
+        results["zero_shot"][lang] = correct / len(ucm_files)
+        examples = ", ".join(
+            f"{labels[f]}->{class_name('ucm', classes[p], lang)}" for p, f in list(zip(pred, ucm_files))[:3]
+        )
+        print(f"  [{lang}] top-1 accuracy {correct}/{len(ucm_files)} = {correct / len(ucm_files):.0%}   e.g. {examples}")
+
+    print("\nText -> image retrieval over the same images (top 3)")
+    for lang, query in DEMO_QUERIES.items():
+        scores = (_text_embeds(net, processor, [query]) @ ucm_embeds.t())[0]
+        top = scores.topk(3)
+        hits = [(ucm_files[i], labels[ucm_files[i]], s) for s, i in zip(top.values.tolist(), top.indices.tolist())]
+        results["retrieval"][query] = [h[1] for h in hits]
+        shown = "  ".join(f"{f} ({label}, {s:.2f})" for f, label, s in hits)
+        print(f"  [{lang}] {query!r}\n        {shown}")
+    print(f"\ndone in {time.time() - start:.1f} s")
+    return results
+
+
+def add_subparser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "demo",
+        help="zero-shot classification and multilingual retrieval on the bundled sample images (offline)",
+        description=__doc__,
+    )
+    parser.add_argument("--model", default=None, help="model folder or Hub id (default: the bundled demo model)")
+    parser.add_argument("--sample", default=None, help="sample data folder (default: examples/sample)")
+    parser.add_argument("--languages", default="en,pt,zh", help="comma-separated prompt languages")
+    parser.add_argument("--json", default=None, help="also write the figures to this JSON file")
+
+    def _run(args: argparse.Namespace) -> int:
+        results = run_demo(args.model, args.sample, tuple(args.languages.split(",")))
+        if args.json:
+            Path(args.json).write_text(json.dumps(results, indent=2, ensure_ascii=False))
+        return 0
+
+    parser.set_defaults(func=_run)

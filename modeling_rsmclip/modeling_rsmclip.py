@@ -1,0 +1,307 @@
+"""RS-M-CLIP: a multilingual CLIP for remote-sensing imagery, with a DINO self-distillation head.
+
+The towers are transformers' own `CLIPVisionModel` and `XLMRobertaModel`, so SDPA / flash attention and gradient
+checkpointing come with them. This file travels to the Hub with the model (``trust_remote_code``): it imports only
+transformers, torch and its sibling ``configuration_rsmclip``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils import parametrize
+from transformers import CLIPVisionModel, PreTrainedModel, XLMRobertaModel
+from transformers import initialization as init
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+from transformers.utils import ModelOutput
+
+from .configuration_rsmclip import RSMCLIPConfig
+
+
+@dataclass
+class RSMCLIPOutput(ModelOutput):
+    """Output of [`RSMCLIPModel.forward`].
+
+    Args:
+        loss: symmetric InfoNCE loss (when `return_loss=True`).
+        logits_per_image: `(n_images, n_texts)` scaled cosine similarities.
+        logits_per_text: `(n_texts, n_images)`, the transpose.
+        text_embeds: normalised text embeddings `(n_texts, projection_dim)`.
+        image_embeds: normalised image embeddings `(n_images, projection_dim)`.
+        text_model_output, vision_model_output: the towers' outputs (projected pooler outputs).
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits_per_image: torch.FloatTensor | None = None
+    logits_per_text: torch.FloatTensor | None = None
+    text_embeds: torch.FloatTensor | None = None
+    image_embeds: torch.FloatTensor | None = None
+    text_model_output: BaseModelOutputWithPooling | None = None
+    vision_model_output: BaseModelOutputWithPooling | None = None
+
+    def to_tuple(self) -> tuple[Any, ...]:
+        return tuple(
+            self[k] if k not in ("text_model_output", "vision_model_output") else getattr(self, k).to_tuple()
+            for k in self.keys()
+        )
+
+
+def contrastive_loss(logits: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy where the i-th row's positive is the i-th column."""
+    return F.cross_entropy(logits, torch.arange(len(logits), device=logits.device))
+
+
+def clip_loss(logits_per_text: torch.Tensor) -> torch.Tensor:
+    """Symmetric InfoNCE: mean of the text->image and image->text cross-entropies."""
+    return (contrastive_loss(logits_per_text) + contrastive_loss(logits_per_text.t())) / 2.0
+
+
+class RSMCLIPDistillationHead(nn.Module):
+    """The DINO projection head: MLP -> L2 normalisation -> weight-normalised linear layer to `out_dim` logits.
+
+    With `norm_last_layer=True` the weight-norm magnitude is fixed at 1 (not trained), as in DINO.
+    """
+
+    def __init__(self, in_dim: int, out_dim: int, hidden_dim: int, bottleneck_dim: int, num_layers: int = 3,
+                 norm_last_layer: bool = True) -> None:
+        super().__init__()
+        num_layers = max(num_layers, 1)
+        if num_layers == 1:
+            self.mlp = nn.Linear(in_dim, bottleneck_dim)
+        else:
+            layers: list[nn.Module] = [nn.Linear(in_dim, hidden_dim), nn.GELU()]
+            for _ in range(num_layers - 2):
+                layers += [nn.Linear(hidden_dim, hidden_dim), nn.GELU()]
+            layers.append(nn.Linear(hidden_dim, bottleneck_dim))
+            self.mlp = nn.Sequential(*layers)
+        self.last_layer = nn.utils.parametrizations.weight_norm(nn.Linear(bottleneck_dim, out_dim, bias=False))
+        self.norm_last_layer = norm_last_layer
+        if norm_last_layer:
+            self.last_layer.parametrizations.weight.original0.requires_grad = False
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        x = self.mlp(features)
+        x = F.normalize(x, dim=-1, p=2)
+        return self.last_layer(x)
+
+
+class RSMCLIPPreTrainedModel(PreTrainedModel):
+    config: RSMCLIPConfig
+    config_class = RSMCLIPConfig
+    base_model_prefix = "rsmclip"
+    input_modalities = ("image", "text")
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+    _no_split_modules = ["CLIPEncoderLayer", "CLIPVisionEmbeddings", "XLMRobertaLayer", "XLMRobertaEmbeddings"]
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        factor = self.config.initializer_factor
+        if isinstance(module, RSMCLIPModel):
+            init.normal_(module.visual_projection.weight, std=self.config.vision_config.hidden_size**-0.5 * factor)
+            for layer in module.text_projection.modules():
+                if isinstance(layer, nn.Linear):
+                    init.normal_(layer.weight, std=layer.in_features**-0.5 * factor)
+            init.constant_(module.logit_scale, self.config.logit_scale_init_value)
+        elif isinstance(module, parametrize.ParametrizationList) and hasattr(module, "original0"):
+            # The weight-normalised last layer of the distillation head: direction ~ N(0, 0.02), unit magnitude.
+            init.trunc_normal_(module.original1, std=0.02)
+            init.ones_(module.original0)
+        elif isinstance(module, nn.Linear):
+            # Linear layers outside the towers (the towers initialise their own): DINO's truncated normal.
+            init.trunc_normal_(module.weight, std=self.config.initializer_range * factor)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.LayerNorm | nn.Embedding):
+            super()._init_weights(module)
+
+
+class RSMCLIPModel(RSMCLIPPreTrainedModel):
+    """RS-M-CLIP: CLIP ViT image tower + XLM-RoBERTa text tower (masked mean pooling, MLP projection), a learned
+    temperature, and the DINO distillation head used by the self-distillation loss during training."""
+
+    def __init__(self, config: RSMCLIPConfig) -> None:
+        super().__init__(config)
+        vision_config = config.vision_config
+        text_config = config.text_config
+
+        self.vision_model = CLIPVisionModel._from_config(vision_config)
+        self.text_model = XLMRobertaModel._from_config(text_config, add_pooling_layer=False)
+        self.visual_projection = nn.Linear(vision_config.hidden_size, config.projection_dim, bias=False)
+        if config.text_projection_type == "mlp":
+            self.text_projection = nn.Sequential(
+                nn.Linear(text_config.hidden_size, config.text_projection_hidden_dim, bias=False),
+                nn.GELU(),
+                nn.Linear(config.text_projection_hidden_dim, config.projection_dim, bias=False),
+            )
+        else:
+            self.text_projection = nn.Linear(text_config.hidden_size, config.projection_dim, bias=False)
+        self.logit_scale = nn.Parameter(torch.tensor(float(config.logit_scale_init_value)))
+        self.distillation_head = RSMCLIPDistillationHead(
+            in_dim=vision_config.hidden_size,
+            out_dim=config.dino_out_dim,
+            hidden_dim=config.dino_hidden_dim,
+            bottleneck_dim=config.dino_bottleneck_dim,
+            num_layers=config.dino_num_layers,
+            norm_last_layer=config.dino_norm_last_layer,
+        )
+        self.post_init()
+
+    # ----------------------------------------------------------------------------------------------- text tower
+    def _text_attention_mask(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        if attention_mask is None:
+            attention_mask = (input_ids != self.config.text_config.pad_token_id).long()
+        return attention_mask
+
+    def get_text_features(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> BaseModelOutputWithPooling:
+        """Encode texts. `pooler_output` is the projected, un-normalised embedding `(batch, projection_dim)`.
+
+        Pooling is the mean over non-padding tokens (`attention_mask`, or `input_ids != pad_token_id` when no
+        mask is given), so the same text padded to different lengths has the same embedding.
+        """
+        if input_ids is None:
+            raise ValueError("get_text_features needs `input_ids` (tokenize the texts with the processor)")
+        attention_mask = self._text_attention_mask(input_ids, attention_mask)
+        outputs = self.text_model(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, return_dict=True, **kwargs
+        )
+        hidden = outputs.last_hidden_state
+        if self.config.text_pooler_type == "mean_pooler":
+            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+        else:
+            pooled = hidden[:, 0]
+        return BaseModelOutputWithPooling(
+            last_hidden_state=hidden,
+            pooler_output=self.text_projection(pooled),
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )
+
+    # --------------------------------------------------------------------------------------------- image tower
+    def get_image_backbone_features(
+        self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = True, **kwargs: Any
+    ) -> torch.Tensor:
+        """The pooled CLS feature after the post-layernorm, before projection: the distillation head's input.
+
+        `interpolate_pos_encoding` defaults to True so that local crops smaller than the training size work.
+        """
+        outputs = self.vision_model(
+            pixel_values=pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, return_dict=True, **kwargs
+        )
+        return outputs.pooler_output
+
+    def get_image_features(
+        self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False, **kwargs: Any
+    ) -> BaseModelOutputWithPooling:
+        """Encode images. `pooler_output` is the projected, un-normalised embedding `(batch, projection_dim)`."""
+        if pixel_values is None:
+            raise ValueError("get_image_features needs `pixel_values` (preprocess the images with the processor)")
+        outputs = self.vision_model(
+            pixel_values=pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, return_dict=True, **kwargs
+        )
+        return BaseModelOutputWithPooling(
+            last_hidden_state=outputs.last_hidden_state,
+            pooler_output=self.visual_projection(outputs.pooler_output),
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )
+
+    def get_distillation_logits(self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = True) -> torch.Tensor:
+        """DINO head logits `(batch, dino_out_dim)` for a batch of (global or local) crops."""
+        return self.distillation_head(self.get_image_backbone_features(pixel_values, interpolate_pos_encoding))
+
+    # ------------------------------------------------------------------------------------------------- forward
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        return_loss: bool | None = None,
+        interpolate_pos_encoding: bool = False,
+        return_dict: bool | None = None,
+        **kwargs: Any,
+    ) -> RSMCLIPOutput | tuple:
+        """Similarity logits between images and texts, and the symmetric InfoNCE loss when `return_loss=True`
+        (the i-th text is the positive of the i-th image)."""
+        if input_ids is None or input_ids.shape[0] == 0:
+            raise ValueError("no texts given (an empty list of texts or candidate labels?): pass at least one text")
+        if pixel_values is None or pixel_values.shape[0] == 0:
+            raise ValueError("no images given: pass at least one image")
+        vision_outputs = self.get_image_features(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding)
+        text_outputs = self.get_text_features(input_ids, attention_mask=attention_mask, position_ids=position_ids)
+        image_embeds = F.normalize(vision_outputs.pooler_output, dim=-1)
+        text_embeds = F.normalize(text_outputs.pooler_output, dim=-1)
+        logit_scale = self.logit_scale.exp()
+        logits_per_text = logit_scale * text_embeds @ image_embeds.t().to(text_embeds.dtype)
+        logits_per_image = logits_per_text.t()
+        loss = None
+        if return_loss:
+            if logits_per_text.shape[0] != logits_per_text.shape[1]:
+                raise ValueError(
+                    f"return_loss needs as many texts as images (pairs), got {logits_per_text.shape[0]} texts and "
+                    f"{logits_per_text.shape[1]} images"
+                )
+            loss = clip_loss(logits_per_text)
+        output = RSMCLIPOutput(
+            loss=loss,
+            logits_per_image=logits_per_image,
+            logits_per_text=logits_per_text,
+            text_embeds=text_embeds,
+            image_embeds=image_embeds,
+            text_model_output=text_outputs,
+            vision_model_output=vision_outputs,
+        )
+        use_dict = return_dict if return_dict is not None else self.config.return_dict
+        return output if use_dict else output.to_tuple()
+
+
+    def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, **kwargs: Any) -> None:
+        """`PreTrainedModel.save_pretrained` (safetensors), plus what a Hub-hosted copy needs to run without this
+        package: the code files, `auto_map` for AutoModel and AutoModelForZeroShotImageClassification, and the
+        retrieval pipeline (`custom_pipelines`)."""
+        pipeline_file = Path(__file__).with_name("pipeline_rsmclip.py")
+        auto_map = dict(getattr(self.config, "auto_map", None) or {})
+        auto_map.update(
+            {
+                "AutoConfig": "configuration_rsmclip.RSMCLIPConfig",
+                "AutoModel": "modeling_rsmclip.RSMCLIPModel",
+                "AutoModelForZeroShotImageClassification": "modeling_rsmclip.RSMCLIPModel",
+            }
+        )
+        self.config.auto_map = auto_map
+        if pipeline_file.exists():
+            self.config.custom_pipelines = {
+                "rsmclip-retrieval": {
+                    "impl": "pipeline_rsmclip.RSMCLIPRetrievalPipeline",
+                    "pt": ["AutoModel"],
+                    "type": "multimodal",
+                }
+            }
+        if kwargs.pop("safe_serialization", True) is False:
+            raise ValueError("RS-M-CLIP weights are saved as safetensors only")
+        super().save_pretrained(save_directory, *args, **kwargs)
+        if pipeline_file.exists():
+            shutil.copyfile(pipeline_file, Path(save_directory) / pipeline_file.name)
+
+
+RSMCLIPModel.register_for_auto_class("AutoModel")
+
+__all__ = ["RSMCLIPModel", "RSMCLIPPreTrainedModel", "RSMCLIPDistillationHead", "RSMCLIPOutput", "clip_loss"]
