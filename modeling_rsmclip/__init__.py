@@ -11,12 +11,19 @@ from transformers import (
     AutoModel,
     AutoModelForZeroShotImageClassification,
     AutoProcessor,
+    AutoTokenizer,
 )
 
 from .configuration_rsmclip import PRESETS, RSMCLIPConfig
 from .modeling_rsmclip import RSMCLIPDistillationHead, RSMCLIPModel, RSMCLIPOutput, RSMCLIPPreTrainedModel
 from .pipeline_rsmclip import RETRIEVAL_TASK, RSMCLIPRetrievalPipeline, register_retrieval_pipeline
-from .processing_rsmclip import RSMCLIPImageProcessor, RSMCLIPProcessor, array_to_rgb, to_rgb
+from .processing_rsmclip import (
+    RSMCLIPImageProcessor,
+    RSMCLIPProcessor,
+    RSMCLIPTokenizer,
+    array_to_rgb,
+    to_rgb,
+)
 from .templates import LANGUAGES, PROMPT_TEMPLATES
 
 __version__ = "0.1.0"
@@ -26,6 +33,7 @@ AutoModel.register(RSMCLIPConfig, RSMCLIPModel, exist_ok=True)
 AutoModelForZeroShotImageClassification.register(RSMCLIPConfig, RSMCLIPModel, exist_ok=True)
 AutoImageProcessor.register(RSMCLIPConfig, fast_image_processor_class=RSMCLIPImageProcessor, exist_ok=True)
 AutoProcessor.register(RSMCLIPConfig, RSMCLIPProcessor, exist_ok=True)
+AutoTokenizer.register(RSMCLIPConfig, fast_tokenizer_class=RSMCLIPTokenizer, exist_ok=True)
 register_retrieval_pipeline()
 
 __all__ = [
@@ -40,6 +48,7 @@ __all__ = [
     "RSMCLIPOutput",
     "RSMCLIPPreTrainedModel",
     "RSMCLIPProcessor",
+    "RSMCLIPTokenizer",
     "RSMCLIPRetrievalPipeline",
     "array_to_rgb",
     "to_rgb",

@@ -7,9 +7,7 @@ import importlib
 import sys
 
 # Modules that each define `add_subparser(subparsers)`.
-SUBCOMMAND_MODULES = (
-    "modeling_rsmclip.demo",
-)
+SUBCOMMAND_MODULES = ("modeling_rsmclip.demo",)
 
 
 def build_parser() -> argparse.ArgumentParser:

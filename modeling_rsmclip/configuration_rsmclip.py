@@ -164,7 +164,9 @@ class RSMCLIPConfig(PreTrainedConfig):
                 value.pop("model_type", None)
         super().__post_init__(**kwargs)
         if self.text_pooler_type not in TEXT_POOLER_TYPES:
-            raise ValueError(f"text_pooler_type must be one of {TEXT_POOLER_TYPES}, got {self.text_pooler_type!r}")
+            raise ValueError(
+                f"text_pooler_type must be one of {TEXT_POOLER_TYPES}, got {self.text_pooler_type!r}"
+            )
         if self.text_projection_type not in TEXT_PROJECTION_TYPES:
             raise ValueError(
                 f"text_projection_type must be one of {TEXT_PROJECTION_TYPES}, got {self.text_projection_type!r}"

@@ -57,11 +57,15 @@ def class_embeddings(model, processor, dataset: str, labels: list[str], lang: st
     """One embedding per class: the re-normalised mean of its prompt embeddings in `lang`."""
     rows = []
     for label in labels:
-        rows.append(_text_embeds(model, processor, prompts_for(class_name(dataset, label, lang), lang)).mean(0))
+        rows.append(
+            _text_embeds(model, processor, prompts_for(class_name(dataset, label, lang), lang)).mean(0)
+        )
     return F.normalize(torch.stack(rows), dim=-1)
 
 
-def run_demo(model: str | None = None, sample: str | None = None, languages: tuple[str, ...] = ("en", "pt", "zh")) -> dict:
+def run_demo(
+    model: str | None = None, sample: str | None = None, languages: tuple[str, ...] = ("en", "pt", "zh")
+) -> dict:
     """Run the demo and print it; returns the figures (accuracy per language, retrieval hits) for tests."""
     from .testing import sample_dir
 
@@ -92,13 +96,17 @@ def run_demo(model: str | None = None, sample: str | None = None, languages: tup
         examples = ", ".join(
             f"{labels[f]}->{class_name('ucm', classes[p], lang)}" for p, f in list(zip(pred, ucm_files))[:3]
         )
-        print(f"  [{lang}] top-1 accuracy {correct}/{len(ucm_files)} = {correct / len(ucm_files):.0%}   e.g. {examples}")
+        print(
+            f"  [{lang}] top-1 accuracy {correct}/{len(ucm_files)} = {correct / len(ucm_files):.0%}   e.g. {examples}"
+        )
 
     print("\nText -> image retrieval over the same images (top 3)")
     for lang, query in DEMO_QUERIES.items():
         scores = (_text_embeds(net, processor, [query]) @ ucm_embeds.t())[0]
         top = scores.topk(3)
-        hits = [(ucm_files[i], labels[ucm_files[i]], s) for s, i in zip(top.values.tolist(), top.indices.tolist())]
+        hits = [
+            (ucm_files[i], labels[ucm_files[i]], s) for s, i in zip(top.values.tolist(), top.indices.tolist())
+        ]
         results["retrieval"][query] = [h[1] for h in hits]
         shown = "  ".join(f"{f} ({label}, {s:.2f})" for f, label, s in hits)
         print(f"  [{lang}] {query!r}\n        {shown}")
@@ -112,7 +120,9 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
         help="zero-shot classification and multilingual retrieval on the bundled sample images (offline)",
         description=__doc__,
     )
-    parser.add_argument("--model", default=None, help="model folder or Hub id (default: the bundled demo model)")
+    parser.add_argument(
+        "--model", default=None, help="model folder or Hub id (default: the bundled demo model)"
+    )
     parser.add_argument("--sample", default=None, help="sample data folder (default: examples/sample)")
     parser.add_argument("--languages", default="en,pt,zh", help="comma-separated prompt languages")
     parser.add_argument("--json", default=None, help="also write the figures to this JSON file")

@@ -69,8 +69,15 @@ class RSMCLIPDistillationHead(nn.Module):
     With `norm_last_layer=True` the weight-norm magnitude is fixed at 1 (not trained), as in DINO.
     """
 
-    def __init__(self, in_dim: int, out_dim: int, hidden_dim: int, bottleneck_dim: int, num_layers: int = 3,
-                 norm_last_layer: bool = True) -> None:
+    def __init__(
+        self,
+        in_dim: int,
+        out_dim: int,
+        hidden_dim: int,
+        bottleneck_dim: int,
+        num_layers: int = 3,
+        norm_last_layer: bool = True,
+    ) -> None:
         super().__init__()
         num_layers = max(num_layers, 1)
         if num_layers == 1:
@@ -81,7 +88,9 @@ class RSMCLIPDistillationHead(nn.Module):
                 layers += [nn.Linear(hidden_dim, hidden_dim), nn.GELU()]
             layers.append(nn.Linear(hidden_dim, bottleneck_dim))
             self.mlp = nn.Sequential(*layers)
-        self.last_layer = nn.utils.parametrizations.weight_norm(nn.Linear(bottleneck_dim, out_dim, bias=False))
+        self.last_layer = nn.utils.parametrizations.weight_norm(
+            nn.Linear(bottleneck_dim, out_dim, bias=False)
+        )
         self.norm_last_layer = norm_last_layer
         if norm_last_layer:
             self.last_layer.parametrizations.weight.original0.requires_grad = False
@@ -102,13 +111,20 @@ class RSMCLIPPreTrainedModel(PreTrainedModel):
     _supports_flash_attn = True
     _supports_flex_attn = True
     _supports_attention_backend = True
-    _no_split_modules = ["CLIPEncoderLayer", "CLIPVisionEmbeddings", "XLMRobertaLayer", "XLMRobertaEmbeddings"]
+    _no_split_modules = [
+        "CLIPEncoderLayer",
+        "CLIPVisionEmbeddings",
+        "XLMRobertaLayer",
+        "XLMRobertaEmbeddings",
+    ]
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
         factor = self.config.initializer_factor
         if isinstance(module, RSMCLIPModel):
-            init.normal_(module.visual_projection.weight, std=self.config.vision_config.hidden_size**-0.5 * factor)
+            init.normal_(
+                module.visual_projection.weight, std=self.config.vision_config.hidden_size**-0.5 * factor
+            )
             for layer in module.text_projection.modules():
                 if isinstance(layer, nn.Linear):
                     init.normal_(layer.weight, std=layer.in_features**-0.5 * factor)
@@ -158,7 +174,9 @@ class RSMCLIPModel(RSMCLIPPreTrainedModel):
         self.post_init()
 
     # ----------------------------------------------------------------------------------------------- text tower
-    def _text_attention_mask(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+    def _text_attention_mask(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
+    ) -> torch.Tensor:
         if attention_mask is None:
             attention_mask = (input_ids != self.config.text_config.pad_token_id).long()
         return attention_mask
@@ -179,7 +197,11 @@ class RSMCLIPModel(RSMCLIPPreTrainedModel):
             raise ValueError("get_text_features needs `input_ids` (tokenize the texts with the processor)")
         attention_mask = self._text_attention_mask(input_ids, attention_mask)
         outputs = self.text_model(
-            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, return_dict=True, **kwargs
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            return_dict=True,
+            **kwargs,
         )
         hidden = outputs.last_hidden_state
         if self.config.text_pooler_type == "mean_pooler":
@@ -203,7 +225,10 @@ class RSMCLIPModel(RSMCLIPPreTrainedModel):
         `interpolate_pos_encoding` defaults to True so that local crops smaller than the training size work.
         """
         outputs = self.vision_model(
-            pixel_values=pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, return_dict=True, **kwargs
+            pixel_values=pixel_values,
+            interpolate_pos_encoding=interpolate_pos_encoding,
+            return_dict=True,
+            **kwargs,
         )
         return outputs.pooler_output
 
@@ -212,9 +237,14 @@ class RSMCLIPModel(RSMCLIPPreTrainedModel):
     ) -> BaseModelOutputWithPooling:
         """Encode images. `pooler_output` is the projected, un-normalised embedding `(batch, projection_dim)`."""
         if pixel_values is None:
-            raise ValueError("get_image_features needs `pixel_values` (preprocess the images with the processor)")
+            raise ValueError(
+                "get_image_features needs `pixel_values` (preprocess the images with the processor)"
+            )
         outputs = self.vision_model(
-            pixel_values=pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, return_dict=True, **kwargs
+            pixel_values=pixel_values,
+            interpolate_pos_encoding=interpolate_pos_encoding,
+            return_dict=True,
+            **kwargs,
         )
         return BaseModelOutputWithPooling(
             last_hidden_state=outputs.last_hidden_state,
@@ -223,9 +253,13 @@ class RSMCLIPModel(RSMCLIPPreTrainedModel):
             attentions=outputs.attentions,
         )
 
-    def get_distillation_logits(self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = True) -> torch.Tensor:
+    def get_distillation_logits(
+        self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = True
+    ) -> torch.Tensor:
         """DINO head logits `(batch, dino_out_dim)` for a batch of (global or local) crops."""
-        return self.distillation_head(self.get_image_backbone_features(pixel_values, interpolate_pos_encoding))
+        return self.distillation_head(
+            self.get_image_backbone_features(pixel_values, interpolate_pos_encoding)
+        )
 
     # ------------------------------------------------------------------------------------------------- forward
     def forward(
@@ -242,11 +276,17 @@ class RSMCLIPModel(RSMCLIPPreTrainedModel):
         """Similarity logits between images and texts, and the symmetric InfoNCE loss when `return_loss=True`
         (the i-th text is the positive of the i-th image)."""
         if input_ids is None or input_ids.shape[0] == 0:
-            raise ValueError("no texts given (an empty list of texts or candidate labels?): pass at least one text")
+            raise ValueError(
+                "no texts given (an empty list of texts or candidate labels?): pass at least one text"
+            )
         if pixel_values is None or pixel_values.shape[0] == 0:
             raise ValueError("no images given: pass at least one image")
-        vision_outputs = self.get_image_features(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding)
-        text_outputs = self.get_text_features(input_ids, attention_mask=attention_mask, position_ids=position_ids)
+        vision_outputs = self.get_image_features(
+            pixel_values, interpolate_pos_encoding=interpolate_pos_encoding
+        )
+        text_outputs = self.get_text_features(
+            input_ids, attention_mask=attention_mask, position_ids=position_ids
+        )
         image_embeds = F.normalize(vision_outputs.pooler_output, dim=-1)
         text_embeds = F.normalize(text_outputs.pooler_output, dim=-1)
         logit_scale = self.logit_scale.exp()
@@ -271,7 +311,6 @@ class RSMCLIPModel(RSMCLIPPreTrainedModel):
         )
         use_dict = return_dict if return_dict is not None else self.config.return_dict
         return output if use_dict else output.to_tuple()
-
 
     def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, **kwargs: Any) -> None:
         """`PreTrainedModel.save_pretrained` (safetensors), plus what a Hub-hosted copy needs to run without this

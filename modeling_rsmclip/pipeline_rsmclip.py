@@ -87,14 +87,20 @@ class RSMCLIPRetrievalPipeline(Pipeline):
 
     def _gallery_embeddings(self, gallery: list[Any], kind: str) -> torch.Tensor:
         key = (id(gallery), len(gallery), kind)
-        if self._gallery_cache is not None and self._gallery_cache[0] == key and self._gallery_cache[1] is gallery:
+        if (
+            self._gallery_cache is not None
+            and self._gallery_cache[0] == key
+            and self._gallery_cache[1] is gallery
+        ):
             return self._gallery_cache[2]
         embeds = self._embed_texts(list(gallery)) if kind == "text" else self._embed_images(list(gallery))
         self._gallery_cache = (key, gallery, embeds)
         return embeds
 
     # --------------------------------------------------------------------------------------------------- pipeline
-    def preprocess(self, query: Any, gallery: list[Any] | None = None, kind: str | None = None) -> dict[str, Any]:
+    def preprocess(
+        self, query: Any, gallery: list[Any] | None = None, kind: str | None = None
+    ) -> dict[str, Any]:
         if gallery is None:
             raise ValueError("no gallery: pass `images=[...]` or `texts=[...]` to rank the query against")
         return {"query": query, "gallery": gallery, "kind": kind}

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import PIL.Image
 import PIL.ImageOps
-from transformers import CLIPImageProcessor, ProcessorMixin
+from transformers import CLIPImageProcessor, ProcessorMixin, XLMRobertaTokenizer
 from transformers.processing_utils import ImagesKwargs
 
 CONTEXT_LENGTH = 77
@@ -66,7 +66,9 @@ def _array_to_hwc(array: np.ndarray) -> np.ndarray:
     if array.ndim == 2:
         return array[:, :, None]
     if array.ndim != 3:
-        raise ValueError(f"an image array must have 2 or 3 dimensions (HxW, HxWxC or CxHxW), got shape {array.shape}")
+        raise ValueError(
+            f"an image array must have 2 or 3 dimensions (HxW, HxWxC or CxHxW), got shape {array.shape}"
+        )
     if array.shape[0] <= 16 and array.shape[-1] > 16:
         return np.moveaxis(array, 0, -1)
     return array
@@ -189,6 +191,29 @@ class RSMCLIPImageProcessor(CLIPImageProcessor):
             self.bands, self.intensity_scaling = saved
 
 
+def check_texts(text: Any) -> None:
+    """Refuse an empty batch or an empty text with a ValueError that says which one."""
+    if text is None:
+        return
+    texts = [text] if isinstance(text, str) else list(text)
+    if not texts:
+        raise ValueError(
+            "no texts given (an empty list of texts or candidate labels?): pass at least one text"
+        )
+    for i, t in enumerate(texts):
+        if isinstance(t, str) and not t.strip():
+            raise ValueError(f"text {i} is empty ({t!r}): every text needs content")
+
+
+class RSMCLIPTokenizer(XLMRobertaTokenizer):
+    """The XLM-RoBERTa tokenizer, refusing empty inputs with a clear error (a text with no content has nothing to
+    pool, and an empty batch has nothing to encode). Ids are exactly XLM-RoBERTa's."""
+
+    def __call__(self, text: Any = None, *args: Any, **kwargs: Any):
+        check_texts(text)
+        return super().__call__(text, *args, **kwargs)
+
+
 class RSMCLIPProcessor(ProcessorMixin):
     """RS-M-CLIP processor: `RSMCLIPImageProcessor` + the XLM-RoBERTa tokenizer.
 
@@ -201,12 +226,7 @@ class RSMCLIPProcessor(ProcessorMixin):
 
     def __call__(self, images: Any = None, text: Any = None, **kwargs: Any):
         if text is not None:
-            texts = [text] if isinstance(text, str) else list(text)
-            if not texts:
-                raise ValueError("no texts given: pass at least one text")
-            for i, t in enumerate(texts):
-                if not isinstance(t, str) or not t.strip():
-                    raise ValueError(f"text {i} is empty or not a string ({t!r}): every text needs content")
+            check_texts(text)
             kwargs.setdefault("truncation", True)
             kwargs.setdefault("max_length", CONTEXT_LENGTH)
             kwargs.setdefault("padding", True)
@@ -217,5 +237,14 @@ class RSMCLIPProcessor(ProcessorMixin):
 
 RSMCLIPImageProcessor.register_for_auto_class("AutoImageProcessor")
 RSMCLIPProcessor.register_for_auto_class("AutoProcessor")
+RSMCLIPTokenizer.register_for_auto_class("AutoTokenizer")
 
-__all__ = ["RSMCLIPImageProcessor", "RSMCLIPProcessor", "to_rgb", "array_to_rgb", "pil_to_rgb", "load_image_file"]
+__all__ = [
+    "RSMCLIPImageProcessor",
+    "RSMCLIPProcessor",
+    "RSMCLIPTokenizer",
+    "to_rgb",
+    "array_to_rgb",
+    "pil_to_rgb",
+    "load_image_file",
+]

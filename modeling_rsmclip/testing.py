@@ -19,7 +19,9 @@ SAMPLE_DIR = Path(__file__).resolve().parents[1] / "examples" / "sample"
 def sample_dir() -> Path:
     """The bundled sample data (`examples/sample`): UCM-Captions and RSSCN7 images in their public layouts."""
     if not (SAMPLE_DIR / "ucm" / "dataset.json").exists():
-        raise FileNotFoundError(f"the bundled sample data is missing at {SAMPLE_DIR} (run scripts/make_sample.py)")
+        raise FileNotFoundError(
+            f"the bundled sample data is missing at {SAMPLE_DIR} (run scripts/make_sample.py)"
+        )
     return SAMPLE_DIR
 
 
@@ -37,10 +39,11 @@ def train_xlmr_style_tokenizer(texts: list[str], out_dir: str | os.PathLike, voc
     """Train a SentencePiece unigram model on `texts` and save it as an XLM-RoBERTa tokenizer in `out_dir`.
 
     `vocab_size` is the final tokenizer size (special tokens included), so it can equal the text tower's
-    `vocab_size`. Returns the loaded `XLMRobertaTokenizer`.
+    `vocab_size`. Returns the loaded `RSMCLIPTokenizer` (an `XLMRobertaTokenizer`).
     """
     import sentencepiece as spm
-    from transformers import XLMRobertaTokenizer
+
+    from .processing_rsmclip import RSMCLIPTokenizer
 
     buffer = io.BytesIO()
     # XLM-R = SentencePiece's pieces with <s>, <pad>, </s>, <unk> first (4 instead of SentencePiece's 3) and <mask>
@@ -60,7 +63,7 @@ def train_xlmr_style_tokenizer(texts: list[str], out_dir: str | os.PathLike, voc
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "sentencepiece.bpe.model").write_bytes(buffer.getvalue())
-        tokenizer = XLMRobertaTokenizer.from_pretrained(tmp, model_max_length=77)
+        tokenizer = RSMCLIPTokenizer.from_pretrained(tmp, model_max_length=77)
     if len(tokenizer) > vocab_size:
         raise ValueError(f"tokenizer has {len(tokenizer)} tokens, more than vocab_size={vocab_size}")
     tokenizer.save_pretrained(out_dir)

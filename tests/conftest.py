@@ -1,0 +1,53 @@
+"""Shared fixtures: the real data beside the checkout, and a tiny random model with a real tokenizer."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def shared_data_path() -> Path:
+    return Path(os.environ.get("RSMCLIP_SHARED_DATA", ROOT.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """`../shared/data` (or `$RSMCLIP_SHARED_DATA`): the real UCM-Captions and RSSCN7-mini data."""
+    path = shared_data_path()
+    if not (path / "ucm-captions" / "dataset.json").exists():
+        pytest.skip(f"real data not found at {path}: set RSMCLIP_SHARED_DATA to the shared/data folder")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory):
+    """(model, processor): the `tiny` preset, random weights (seed 0), tokenizer trained on the bundled captions."""
+    import modeling_rsmclip  # noqa: F401
+    from modeling_rsmclip.testing import make_tiny_model_and_processor
+
+    return make_tiny_model_and_processor(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture(scope="session")
+def tiny_saved(tiny, tmp_path_factory) -> Path:
+    """The tiny model and processor saved with `save_pretrained` into a folder."""
+    model, processor = tiny
+    out = tmp_path_factory.mktemp("tiny-saved")
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def sample_images():
+    """A few of the bundled UCM images as PIL images, with their file names."""
+    from PIL import Image
+
+    from modeling_rsmclip.testing import sample_dir
+
+    files = sorted((sample_dir() / "ucm" / "images").glob("*.jpg"), key=lambda p: int(p.stem))[:6]
+    return [Image.open(f).convert("RGB") for f in files], files
