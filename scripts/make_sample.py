@@ -58,7 +58,9 @@ def main() -> None:
         (out / "rsscn7" / class_dir.name).mkdir(parents=True)
         for file in sorted(class_dir.glob("*.jpg"))[:1]:
             shutil.copyfile(file, out / "rsscn7" / class_dir.name / file.name)
-    print(f"wrote {len(images)} UCM images and {len(list((out / 'rsscn7').rglob('*.jpg')))} RSSCN7 images to {out}")
+    print(
+        f"wrote {len(images)} UCM images and {len(list((out / 'rsscn7').rglob('*.jpg')))} RSSCN7 images to {out}"
+    )
 
 
 if __name__ == "__main__":
