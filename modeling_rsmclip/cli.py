@@ -7,7 +7,10 @@ import importlib
 import sys
 
 # Modules that each define `add_subparser(subparsers)`.
-SUBCOMMAND_MODULES = ("modeling_rsmclip.demo",)
+SUBCOMMAND_MODULES = (
+    "modeling_rsmclip.demo",
+    "modeling_rsmclip.evaluation.cli",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

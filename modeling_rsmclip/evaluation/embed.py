@@ -19,13 +19,15 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
+
+from ..processing_rsmclip import load_image_file
+from ..processing_rsmclip import to_rgb as _to_rgb_array
 
 logger = logging.getLogger(__name__)
 
@@ -43,37 +45,19 @@ def default_cache_dir() -> Path:
 
 # ------------------------------------------------------------------------------------------------- image input
 def to_rgb(image: Image.Image, name: str) -> Image.Image:
-    """Convert any single-image PIL mode to 8-bit RGB.
-
-    Palette, grayscale, CMYK and alpha images go through PIL's conversion (alpha is dropped). 16-bit and 32-bit
-    integer or float grayscale images are stretched linearly from their own min..max to 0..255 (their value range
-    is sensor-specific, so a fixed scale would give black or saturated images).
-    """
+    """Convert a PIL image of any mode to 8-bit RGB with the processor's own rules (`processing_rsmclip.to_rgb`:
+    16-bit data scaled by its type's range, alpha dropped, palettes expanded)."""
     if image.mode == "RGB":
         return image
-    if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
-        array = np.asarray(image, dtype=np.float64)
-        if array.ndim != 2:
-            raise ValueError(f"{name}: unsupported image array of shape {array.shape} (mode {image.mode})")
-        lo, hi = float(array.min()), float(array.max())
-        scaled = np.zeros_like(array) if hi <= lo else (array - lo) * (255.0 / (hi - lo))
-        return Image.fromarray(scaled.round().astype(np.uint8), mode="L").convert("RGB")
     try:
-        return image.convert("RGB")
+        return Image.fromarray(_to_rgb_array(image))
     except (ValueError, OSError) as err:
         raise ValueError(f"{name}: cannot convert image mode {image.mode!r} to RGB: {err}") from err
 
 
 def load_rgb_image(path: str | os.PathLike) -> Image.Image:
     """Open an image file as 8-bit RGB; a missing, unreadable or truncated file raises an error naming it."""
-    try:
-        with Image.open(path) as image:
-            image.load()
-            return to_rgb(image, str(path))
-    except FileNotFoundError as err:
-        raise FileNotFoundError(f"image file not found: {path}") from err
-    except (OSError, SyntaxError, Image.DecompressionBombError) as err:
-        raise ValueError(f"cannot read image {path}: {err}") from err
+    return to_rgb(load_image_file(path), str(path))
 
 
 class ImageSource(Dataset):

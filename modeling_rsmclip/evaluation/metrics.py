@@ -41,8 +41,17 @@ def as_numpy(array: Any, dtype: Any = np.float64) -> np.ndarray:
     return np.asarray(array, dtype=dtype)
 
 
+def as_float_array(array: Any) -> np.ndarray:
+    """Like `as_numpy`, but float32 and float64 inputs keep their precision (large score matrices stay float32;
+    comparisons are exact in either)."""
+    if hasattr(array, "detach"):
+        array = array.detach().cpu().float().numpy()
+    array = np.asarray(array)
+    return array if array.dtype in (np.float32, np.float64) else array.astype(np.float64)
+
+
 def _check_scores(scores: Any, name: str = "scores") -> np.ndarray:
-    scores = as_numpy(scores)
+    scores = as_float_array(scores)
     if scores.ndim != 2:
         raise ValueError(f"{name} must be a 2-D (queries x gallery) matrix, got shape {scores.shape}")
     if not np.isfinite(scores).all():

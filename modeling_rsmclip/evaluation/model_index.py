@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -111,7 +112,7 @@ def update_model_card(
     """Add or replace the ``model-index`` entries of ``results`` in the card at ``card_path`` and save it.
 
     A missing card is created with just the metadata and a title. ``model_name`` is the model-index name; by
-    default the card's existing one, else the card folder's name.
+    default the card's existing one, else the card's first ``#`` heading, else the card folder's name.
     """
     card_path = Path(card_path)
     new: list[EvalResult] = []
@@ -127,7 +128,9 @@ def update_model_card(
     else:
         name = model_name or card_path.resolve().parent.name
         card = ModelCard(f"---\npipeline_tag: zero-shot-image-classification\n---\n\n# {name}\n")
-    card.data.model_name = model_name or card.data.model_name or card_path.resolve().parent.name
+    heading = re.search(r"^#\s+(.+?)\s*$", card.text, flags=re.MULTILINE)
+    default_name = heading.group(1) if heading else card_path.resolve().parent.name
+    card.data.model_name = model_name or card.data.model_name or default_name
     card.data.eval_results = merge_eval_results(card.data.eval_results or [], new)
     card_path.parent.mkdir(parents=True, exist_ok=True)
     card.save(card_path)

@@ -1,0 +1,312 @@
+"""``rsmclip eval-retrieval``, ``rsmclip eval-zero-shot`` and ``rsmclip model-index``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from .embed import default_cache_dir
+
+logger = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------------------------------- helpers
+def _csv_list(value: str) -> list[str]:
+    items = [item.strip() for item in value.split(",") if item.strip()]
+    if not items:
+        raise argparse.ArgumentTypeError("expected a comma-separated list")
+    return items
+
+
+def _csv_ints(value: str) -> tuple[int, ...]:
+    try:
+        ks = tuple(int(item) for item in _csv_list(value))
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {value!r}") from err
+    if min(ks) < 1:
+        raise argparse.ArgumentTypeError(f"every K must be >= 1, got {value!r}")
+    return ks
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "dataset"
+
+
+def _write_json(path: Path, data: Any) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("model and inference")
+    group.add_argument("--model", required=True, help="model folder or Hub id (RS-M-CLIP format)")
+    group.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
+    group.add_argument("--batch-size", type=int, default=64, help="images or texts per forward pass")
+    group.add_argument("--num-workers", type=int, default=2, help="data-loader workers for image decoding")
+    group.add_argument(
+        "--precision",
+        choices=("fp32", "bf16", "fp16"),
+        default="fp32",
+        help="autocast precision (bf16/fp16: CUDA)",
+    )
+    group.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=None,
+        help="embedding cache directory (default: $RSMCLIP_EMBEDDINGS_CACHE or ~/.cache/rsmclip/embeddings)",
+    )
+    group.add_argument("--no-cache", action="store_true", help="do not read or write the embedding cache")
+    out = parser.add_argument_group("output")
+    out.add_argument(
+        "--output-dir", type=Path, default=Path("outputs/eval"), help="where results and plots go"
+    )
+    out.add_argument("--no-plots", action="store_true", help="write the JSON results only")
+    out.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _make_embedder(args: argparse.Namespace) -> tuple[Any, str]:
+    import torch
+
+    from ..modeling_rsmclip import RSMCLIPModel
+    from ..processing_rsmclip import RSMCLIPProcessor
+    from .embed import Embedder
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model = RSMCLIPModel.from_pretrained(args.model)
+    processor = RSMCLIPProcessor.from_pretrained(args.model)
+    cache_dir = None if args.no_cache else (args.cache_dir or default_cache_dir())
+    embedder = Embedder(
+        model,
+        processor,
+        device=device,
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+        precision=args.precision,
+        cache_dir=cache_dir,
+        show_progress=not args.quiet,
+    )
+    return embedder, str(args.model)
+
+
+# ------------------------------------------------------------------------------------------------- retrieval
+def add_retrieval_arguments(parser: argparse.ArgumentParser) -> None:
+    data = parser.add_argument_group("data (a Karpathy caption file with its images, or a builder dataset)")
+    source = data.add_mutually_exclusive_group(required=True)
+    source.add_argument("--karpathy-json", type=Path, help="Karpathy-format caption file (e.g. dataset.json)")
+    source.add_argument("--dataset", help="builder dataset: a save_to_disk folder or a Hub dataset id")
+    data.add_argument("--images", type=Path, help="image folder of the Karpathy file")
+    data.add_argument(
+        "--translations", type=Path, help="folder of <lang>.json translation caches (Karpathy input)"
+    )
+    data.add_argument("--split", default="test", help="split to evaluate (default: test)")
+    data.add_argument(
+        "--languages", type=_csv_list, help="comma-separated languages (default: every one found)"
+    )
+    data.add_argument(
+        "--dataset-name", help="dataset name in results and the model card (default: from the input)"
+    )
+    parser.add_argument("--ks", type=_csv_ints, default=(1, 5, 10), help="recall cut-offs (default: 1,5,10)")
+    parser.add_argument("--grid-queries", type=int, default=3, help="images whose captions are grid queries")
+    parser.add_argument(
+        "--grid-languages",
+        type=_csv_list,
+        default=None,
+        help="grid query languages (default: up to 4, en first)",
+    )
+    _add_model_arguments(parser)
+
+
+def run_retrieval(args: argparse.Namespace) -> int:
+    from .plots import plot_language_bars, plot_retrieval_grid
+    from .retrieval import evaluate_retrieval, grid_queries, load_builder_dataset, load_karpathy
+
+    if args.karpathy_json is not None:
+        if args.images is None:
+            raise SystemExit("--karpathy-json needs --images (the image folder)")
+        data = load_karpathy(
+            args.karpathy_json, args.images, args.split, args.translations, args.languages, args.dataset_name
+        )
+    else:
+        if args.translations is not None:
+            raise SystemExit("--translations applies to --karpathy-json input only")
+        data = load_builder_dataset(args.dataset, args.split, args.languages, args.dataset_name)
+    embedder, model_name = _make_embedder(args)
+    result = evaluate_retrieval(embedder, data, tuple(args.ks), model_name=model_name)
+    stem = f"retrieval_{_slug(data.name)}_{_slug(str(data.split))}"
+    out = Path(args.output_dir)
+    path = _write_json(out / f"{stem}.json", result.results)
+    print(f"results: {path}")
+    for lang, metrics in result.results["languages"].items():
+        recalls = "  ".join(f"{k} {v:.2f}" for k, v in metrics.items() if k.startswith(("i2t", "t2i")))
+        print(f"  {lang}: {recalls}  mR {metrics['mR']:.2f}")
+    if not args.no_plots:
+        metric_names = [k for k in result.results["average"] if k != "mR"] + ["mR"]
+        bars = plot_language_bars(
+            result.results["languages"],
+            metric_names,
+            out / f"{stem}_languages.png",
+            f"Retrieval on {data.name}",
+        )
+        langs = args.grid_languages or _default_grid_languages(list(result.texts))
+        queries = grid_queries(result, langs, num_queries=args.grid_queries, top_k=5)
+        _write_json(out / f"{stem}_grid_queries.json", queries)
+        grid = plot_retrieval_grid(
+            queries, data.images, out / f"{stem}_top5_grid.png", f"Top-5 images, {data.name}"
+        )
+        print(f"plots: {bars}, {grid}")
+    return 0
+
+
+def _default_grid_languages(available: list[str]) -> list[str]:
+    preferred = [lang for lang in ("en", "zh", "ru", "pt") if lang in available]
+    return (preferred + [lang for lang in available if lang not in preferred])[:4]
+
+
+# ------------------------------------------------------------------------------------------------- zero-shot
+def add_zero_shot_arguments(parser: argparse.ArgumentParser) -> None:
+    from ..templates import CLASS_NAMES, LANGUAGES
+
+    data = parser.add_argument_group(
+        "data (an ImageFolder, an image folder with a labels CSV, or a builder dataset)"
+    )
+    source = data.add_mutually_exclusive_group(required=True)
+    source.add_argument("--image-folder", type=Path, help="ImageFolder layout: <root>/<class>/<image>")
+    source.add_argument(
+        "--labels-csv", type=Path, help="CSV with filename,label[,split] columns (needs --images)"
+    )
+    source.add_argument(
+        "--dataset", help="builder dataset with a 'label' column: save_to_disk folder or Hub id"
+    )
+    data.add_argument("--images", type=Path, help="image folder of the labels CSV")
+    data.add_argument(
+        "--split",
+        default=None,
+        help="split (labels CSV: rows of that split, default all; builder: default test)",
+    )
+    data.add_argument(
+        "--dataset-name", help="dataset name in results and the model card (default: from the input)"
+    )
+    data.add_argument(
+        "--class-names",
+        choices=sorted(CLASS_NAMES),
+        default=None,
+        help="translated class-name table to use (default: the one that covers the classes, if any)",
+    )
+    parser.add_argument(
+        "--languages",
+        type=_csv_list,
+        default=list(LANGUAGES),
+        help="comma-separated prompt languages (default: all)",
+    )
+    parser.add_argument("--ks", type=_csv_ints, default=(1, 5), help="top-K accuracies (default: 1,5)")
+    _add_model_arguments(parser)
+
+
+def run_zero_shot(args: argparse.Namespace) -> int:
+    from .plots import plot_confusion_matrix, plot_language_bars
+    from .zero_shot import evaluate_zero_shot, load_builder_labels, load_image_folder, load_labels_csv
+
+    if args.image_folder is not None:
+        if args.split is not None:
+            raise SystemExit("--split does not apply to --image-folder input")
+        data = load_image_folder(args.image_folder, args.dataset_name)
+    elif args.labels_csv is not None:
+        if args.images is None:
+            raise SystemExit("--labels-csv needs --images (the image folder)")
+        data = load_labels_csv(args.labels_csv, args.images, args.split, args.dataset_name)
+    else:
+        data = load_builder_labels(args.dataset, args.split or "test", args.dataset_name)
+    embedder, model_name = _make_embedder(args)
+    results = evaluate_zero_shot(
+        embedder, data, args.languages, args.class_names, ks=tuple(args.ks), model_name=model_name
+    )
+    stem = f"zero_shot_{_slug(data.name)}" + (f"_{_slug(data.split)}" if data.split else "")
+    out = Path(args.output_dir)
+    path = _write_json(out / f"{stem}.json", results)
+    print(f"results: {path}")
+    for lang, metrics in results["languages"].items():
+        accs = "  ".join(f"top-{k} {metrics[f'top{k}']:.2f}" for k in results["ks"])
+        print(f"  {lang}: {accs}  mean per-class {metrics['mean_per_class_accuracy']:.2f}")
+    if not args.no_plots:
+        metric_names = [f"top{k}" for k in results["ks"]] + ["mean_per_class_accuracy"]
+        plot_language_bars(
+            results["languages"],
+            metric_names,
+            out / f"{stem}_languages.png",
+            f"Zero-shot accuracy on {data.name}",
+        )
+        for lang, metrics in results["languages"].items():
+            plot_confusion_matrix(
+                metrics["confusion_matrix"],
+                results["classes"],
+                out / f"{stem}_confusion_{lang}.png",
+                f"{data.name}, {lang} prompts: top-1 {metrics['top1']:.1f}%"
+                if "top1" in metrics
+                else f"{data.name}, {lang} prompts",
+            )
+        print(f"plots: {out}/{stem}_*.png")
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------- model index
+def add_model_index_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "results", nargs="+", type=Path, help="results JSON files of eval-retrieval / eval-zero-shot"
+    )
+    parser.add_argument(
+        "--card", type=Path, required=True, help="model card to update (README.md or model_card.md)"
+    )
+    parser.add_argument(
+        "--model-name", help="model-index name (default: the card's, else the card folder's name)"
+    )
+
+
+def run_model_index(args: argparse.Namespace) -> int:
+    from .model_index import update_model_card
+
+    card = update_model_card(args.card, args.results, args.model_name)
+    print(f"updated {args.card}: {len(card.data.eval_results or [])} model-index results")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------------ wiring
+def add_subparser(subparsers: argparse._SubParsersAction) -> None:
+    """Register ``eval-retrieval``, ``eval-zero-shot`` and ``model-index``."""
+    retrieval = subparsers.add_parser(
+        "eval-retrieval",
+        help="image-text retrieval recall@K per language",
+        description="Image->text and text->image recall@K and mR, per language, on a Karpathy-format caption set "
+        "or a builder dataset. Writes a JSON of results and PNG plots.",
+    )
+    add_retrieval_arguments(retrieval)
+    retrieval.set_defaults(func=run_retrieval)
+
+    zero_shot = subparsers.add_parser(
+        "eval-zero-shot",
+        help="zero-shot scene classification per language",
+        description="Zero-shot classification with averaged multilingual prompt embeddings: top-K accuracy, "
+        "per-class accuracy and confusion matrix per language. Writes a JSON of results and PNG plots.",
+    )
+    add_zero_shot_arguments(zero_shot)
+    zero_shot.set_defaults(func=run_zero_shot)
+
+    model_index = subparsers.add_parser(
+        "model-index",
+        help="write evaluation results into a model card's model-index metadata",
+        description="Add or replace model-index entries (one per language and metric) in a model card from "
+        "results JSON files; re-running with the same results leaves the card unchanged.",
+    )
+    add_model_index_arguments(model_index)
+    model_index.set_defaults(func=run_model_index)
+
+
+def configure_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
