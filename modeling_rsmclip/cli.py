@@ -9,6 +9,7 @@ import sys
 # Modules that each define `add_subparser(subparsers)`.
 SUBCOMMAND_MODULES = (
     "modeling_rsmclip.demo",
+    "modeling_rsmclip.data.cli",
     "modeling_rsmclip.evaluation.cli",
 )
 

@@ -93,12 +93,15 @@ RSMCLIP_CITATION = """@inproceedings{silva2024multilingual,
   archivePrefix = {arXiv}
 }"""
 
-_RESEARCH_USE = "annotations released by their authors for academic research use; check the original distribution terms"
+_RESEARCH_USE = (
+    "annotations released by their authors for academic research use; check the original distribution terms"
+)
 
 SOURCES: dict[str, SourceInfo] = {
     "ucm-captions": SourceInfo(
         "UCM-Captions (UC Merced Land Use + captions)",
-        "imagery: USGS National Map orthoimagery (public domain in the United States); captions: " + _RESEARCH_USE,
+        "imagery: USGS National Map orthoimagery (public domain in the United States); captions: "
+        + _RESEARCH_USE,
         (UCMERCED_CITATION, QU2016_CITATION),
         "http://weegee.vision.ucmerced.edu/datasets/landuse.html",
     ),
@@ -115,9 +118,7 @@ SOURCES: dict[str, SourceInfo] = {
         "NWPU-Captions", _RESEARCH_USE, (NWPU_CAPTIONS_CITATION, NWPU_RESISC45_CITATION)
     ),
     "nwpu-resisc45": SourceInfo("NWPU-RESISC45", _RESEARCH_USE, (NWPU_RESISC45_CITATION,)),
-    "rsscn7": SourceInfo(
-        "RSSCN7", "Google Earth imagery; " + _RESEARCH_USE, (RSSCN7_CITATION,)
-    ),
+    "rsscn7": SourceInfo("RSSCN7", "Google Earth imagery; " + _RESEARCH_USE, (RSSCN7_CITATION,)),
 }
 SOURCES["ucmerced"] = SOURCES["ucm"]
 SOURCES["rsscn7-mini"] = SOURCES["rsscn7"]
@@ -126,7 +127,12 @@ SOURCES["nwpu"] = SOURCES["nwpu-captions"]
 
 
 def _size_category(n: int) -> str:
-    for limit, name in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M")):
+    for limit, name in (
+        (1_000, "n<1K"),
+        (10_000, "1K<n<10K"),
+        (100_000, "10K<n<100K"),
+        (1_000_000, "100K<n<1M"),
+    ):
         if n < limit:
             return name
     return "1M<n<10M"
@@ -140,11 +146,14 @@ def make_dataset_card(
 ) -> DatasetCard:
     """A dataset card for one build: metadata for the Hub, schema, counts, provenance, licences, citations."""
     source = SOURCES.get(report.source.lower())
+    translation_model = translation_model or report.translation_model
     languages = report.languages or ["en"]
     total_rows = sum(report.rows.values())
     has_labels = bool(report.labels)
     task_categories = ["zero-shot-image-classification"]
-    task_categories += ["image-classification"] if report.layout == "imagefolder" else ["image-to-text", "text-to-image"]
+    task_categories += (
+        ["image-classification"] if report.layout == "imagefolder" else ["image-to-text", "text-to-image"]
+    )
     data = DatasetCardData(
         language=list(languages),
         license="other",
@@ -156,7 +165,7 @@ def make_dataset_card(
         annotations_creators=["expert-generated"],
         language_creators=["expert-generated", "machine-generated"],
         source_datasets=[f"extended|{report.source}"],
-        pretty_name=pretty_name or f"{source.name if source else report.source} (multilingual captions)",
+        pretty_name=pretty_name or f"{source.name if source else report.source}, multilingual",
         tags=["remote-sensing", "earth-observation", "image-text-retrieval", "machine-translated", "clip"],
     )
 
@@ -173,15 +182,23 @@ def make_dataset_card(
     lang_header = "| split | rows | " + " | ".join(languages) + " |"
     lang_rule = "|---|---:|" + "---:|" * len(languages)
     count_rows = [
-        f"| {split} | {rows} | " + " | ".join(str(report.captions.get(split, {}).get(lang, 0)) for lang in languages) + " |"
+        f"| {split} | {rows} | "
+        + " | ".join(str(report.captions.get(split, {}).get(lang, 0)) for lang in languages)
+        + " |"
         for split, rows in report.rows.items()
     ]
     citations = list(source.citations) if source else []
     citations.append(RSMCLIP_CITATION)
-    license_text = source.license if source else "the terms of the source dataset apply (not known to the builder)"
-    skipped = ", ".join(f"{report.count(action)} {action}" for action in ("skipped", "repaired", "incomplete"))
+    license_text = (
+        source.license if source else "the terms of the source dataset apply (not known to the builder)"
+    )
+    skipped = ", ".join(
+        f"{report.count(action)} {action}" for action in ("skipped", "repaired", "incomplete")
+    )
     labels_line = (
-        f"{len(report.labels)} classes: " + ", ".join(sorted(report.labels)) if has_labels else "no class labels"
+        f"{len(report.labels)} classes: " + ", ".join(sorted(report.labels))
+        if has_labels
+        else "no class labels"
     )
 
     content = f"""---

@@ -76,7 +76,9 @@ def read_labels_csv(path: str | os.PathLike[str]) -> dict[str, tuple[str, str | 
         reader = csv.DictReader(handle)
         columns = set(reader.fieldnames or [])
         if not {"filename", "label"} <= columns:
-            raise ValueError(f"{path}: expected a header with columns filename,label[,split]; got {sorted(columns)}")
+            raise ValueError(
+                f"{path}: expected a header with columns filename,label[,split]; got {sorted(columns)}"
+            )
         labels: dict[str, tuple[str, str | None]] = {}
         for line, row in enumerate(reader, start=2):
             filename, label = (row.get("filename") or "").strip(), (row.get("label") or "").strip()
@@ -103,7 +105,9 @@ def _entry_captions(entry: dict[str, Any], origin: str, report: BuildReport, spl
                 text: Any = sentence
             elif isinstance(sentence, dict):
                 text = sentence.get("raw")
-                if (not isinstance(text, str) or not text.strip()) and isinstance(sentence.get("tokens"), list):
+                if (not isinstance(text, str) or not text.strip()) and isinstance(
+                    sentence.get("tokens"), list
+                ):
                     tokens = [str(token) for token in sentence["tokens"]]
                     if tokens:
                         text = " ".join(tokens)
@@ -215,14 +219,18 @@ def read_karpathy(
             report.add(origin, repair, REPAIRED, split)
         image_id = relative
         if image_id in first_seen:
-            report.add(origin, f"duplicate entry for {image_id} (first at {first_seen[image_id]})", SKIPPED, split)
+            report.add(
+                origin, f"duplicate entry for {image_id} (first at {first_seen[image_id]})", SKIPPED, split
+            )
             continue
         first_seen[image_id] = origin
         label = category
         if labels is not None and label is None:
             found = labels.get(filename) or labels.get(relative) or labels_by_stem.get(Path(filename).stem)
             if found is None:
-                report.add(origin, f"{filename} has no label in {labels_csv}; label left empty", INCOMPLETE, split)
+                report.add(
+                    origin, f"{filename} has no label in {labels_csv}; label left empty", INCOMPLETE, split
+                )
             else:
                 label, csv_split = found
                 if csv_split is not None and SPLIT_ALIASES.get(csv_split.lower()) != split:
@@ -235,7 +243,12 @@ def read_karpathy(
                     )
         items.append(
             SourceItem(
-                image_path=path, image_id=image_id, split=split, label=label, origin=origin, captions={"en": captions}
+                image_path=path,
+                image_id=image_id,
+                split=split,
+                label=label,
+                origin=origin,
+                captions={"en": captions},
             )
         )
     return items
@@ -260,7 +273,12 @@ def _scan_class_folder(
             continue
         images.append((path, relative))
     if not images:
-        report.add(folder.relative_to(root).as_posix() or ".", f"class folder {label!r} has no images", SKIPPED, split)
+        report.add(
+            folder.relative_to(root).as_posix() or ".",
+            f"class folder {label!r} has no images",
+            SKIPPED,
+            split,
+        )
     return images
 
 
@@ -280,7 +298,9 @@ def read_imagefolder(
     if not root.is_dir():
         raise FileNotFoundError(f"image folder not found: {root}")
     if len(split_ratios) != 3 or any(r < 0 for r in split_ratios) or abs(sum(split_ratios) - 1.0) > 1e-6:
-        raise ValueError(f"split_ratios must be three non-negative numbers summing to 1, got {tuple(split_ratios)}")
+        raise ValueError(
+            f"split_ratios must be three non-negative numbers summing to 1, got {tuple(split_ratios)}"
+        )
     subfolders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     for path in sorted(p for p in root.iterdir() if p.is_file()):
         report.add(path.name, "file outside a class folder", SKIPPED)

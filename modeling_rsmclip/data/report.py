@@ -43,6 +43,8 @@ class BuildReport:
     labels: dict[str, int] = field(default_factory=dict)
     translation: dict[str, dict[str, int]] = field(default_factory=dict)
     distinct_english_texts: int = 0
+    translation_model: str | None = None
+    translations_cache: str | None = None
     peak_rss_mb: float | None = None
     elapsed_s: float | None = None
 
@@ -117,12 +119,19 @@ def atomic_write_text(path: Path, text: str) -> None:
     Readers (and a rerun after a crash) see either the old or the new file, never a truncated one.
     """
     path = Path(path)
+    try:
+        mode = path.stat().st_mode & 0o777  # keep the permissions of the file being replaced
+    except FileNotFoundError:
+        umask = os.umask(0)
+        os.umask(umask)
+        mode = 0o666 & ~umask
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
             handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp_name, mode)
         os.replace(tmp_name, path)
     except BaseException:
         if os.path.exists(tmp_name):

@@ -126,7 +126,9 @@ class TranslationCache:
             except (json.JSONDecodeError, UnicodeDecodeError) as error:
                 raise ValueError(f"translation cache {path} is not valid JSON: {error}") from error
             if not isinstance(entries, list):
-                raise ValueError(f"translation cache {path} must hold a JSON list of {{id, en, text}} entries")
+                raise ValueError(
+                    f"translation cache {path} must hold a JSON list of {{id, en, text}} entries"
+                )
             for position, entry in enumerate(entries):
                 if (
                     not isinstance(entry, dict)
@@ -184,7 +186,9 @@ class TranslationCache:
                 continue
             self.directory.mkdir(parents=True, exist_ok=True)
             # indent=0, no ASCII escaping and no trailing newline: the format of the shipped cache files.
-            atomic_write_text(self.path(current), json.dumps(self._entries[current], ensure_ascii=False, indent=0))
+            atomic_write_text(
+                self.path(current), json.dumps(self._entries[current], ensure_ascii=False, indent=0)
+            )
             self._dirty.discard(current)
 
 
@@ -233,11 +237,14 @@ def _resolve_dtype(dtype: str | None, device: str) -> Any:
 
 
 def _token_id(tokenizer: Any, token: str) -> int | None:
-    """The id of ``token`` if the tokenizer knows it as a single token, else None."""
-    vocab = tokenizer.get_vocab()
-    if token in vocab:
-        return int(vocab[token])
-    return None
+    """The id of ``token`` if the tokenizer knows it as one token (not mapped to unknown), else None."""
+    try:
+        token_id = tokenizer.convert_tokens_to_ids(token)
+    except (KeyError, ValueError, TypeError):
+        return None
+    if token_id is None or token_id == tokenizer.unk_token_id:
+        return None
+    return int(token_id) if tokenizer.convert_ids_to_tokens(int(token_id)) == token else None
 
 
 class HFTranslator:
@@ -352,7 +359,9 @@ class HFTranslator:
         if selection.scheme == "prompt":
             prompts = [self._prompt(text, target_lang) for text in texts]
             has_template = bool(getattr(tokenizer, "chat_template", None))
-            inputs = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=not has_template)
+            inputs = tokenizer(
+                prompts, return_tensors="pt", padding=True, add_special_tokens=not has_template
+            )
         else:
             if selection.source_code is not None and hasattr(tokenizer, "src_lang"):
                 tokenizer.src_lang = selection.source_code
@@ -365,13 +374,20 @@ class HFTranslator:
                 truncation=True,
                 max_length=self.max_input_length,
             )
-        inputs = {key: value.to(self.device) for key, value in inputs.items() if key in ("input_ids", "attention_mask")}
+        inputs = {
+            key: value.to(self.device)
+            for key, value in inputs.items()
+            if key in ("input_ids", "attention_mask")
+        }
         if tokenizer.pad_token_id is not None:
             generate_kwargs["pad_token_id"] = tokenizer.pad_token_id
         with torch.inference_mode():
             output = self.model.generate(**inputs, **generate_kwargs)
         if not self.is_encoder_decoder:
             output = output[:, inputs["input_ids"].shape[1] :]
+        elif selection.forced_bos_token_id is not None and tokenizer.pad_token_id is not None:
+            # The forced language token is not always registered as special: blank it before decoding.
+            output = output.masked_fill(output == selection.forced_bos_token_id, tokenizer.pad_token_id)
         decoded = tokenizer.batch_decode(output, skip_special_tokens=True)
         if selection.scheme == "prompt":
             # Instruction models sometimes keep talking after the translation: keep its first line.
@@ -449,8 +465,15 @@ def translate_texts(
             f"{sum(map(len, todo.values()))} caption translations are missing from the cache{where} ({details}). "
             "Give a translation model (--translation-model) or a cache that covers them."
         )
+    if cache.directory is not None and cache.directory.exists() and not os.access(cache.directory, os.W_OK):
+        raise PermissionError(
+            f"translation cache {cache.directory} is not writable: copy it to a writable folder and pass that "
+            "folder, so new translations can be saved"
+        )
     total = sum(map(len, todo.values()))
-    with tqdm(total=total, desc="translating", unit="caption", disable=not progress, dynamic_ncols=True) as bar:
+    with tqdm(
+        total=total, desc="translating", unit="caption", disable=not progress, dynamic_ncols=True
+    ) as bar:
         for lang, pending in todo.items():
             bar.set_postfix_str(f"{lang}, batch {batch_size}")
             start = 0
