@@ -9,6 +9,8 @@ import sys
 # Modules that each define `add_subparser(subparsers)`.
 SUBCOMMAND_MODULES = (
     "modeling_rsmclip.demo",
+    "modeling_rsmclip.conversion.convert",
+    "modeling_rsmclip.conversion.export",
     "modeling_rsmclip.data.cli",
     "modeling_rsmclip.evaluation.cli",
 )

@@ -43,6 +43,8 @@ def train_xlmr_style_tokenizer(texts: list[str], out_dir: str | os.PathLike, voc
     """
     import sentencepiece as spm
 
+    from transformers import XLMRobertaTokenizer
+
     from .processing_rsmclip import RSMCLIPTokenizer
 
     buffer = io.BytesIO()
@@ -63,7 +65,13 @@ def train_xlmr_style_tokenizer(texts: list[str], out_dir: str | os.PathLike, voc
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "sentencepiece.bpe.model").write_bytes(buffer.getvalue())
-        tokenizer = RSMCLIPTokenizer.from_pretrained(tmp, model_max_length=77)
+        # transformers picks the SentencePiece converter by class name: convert as XLM-R (its id layout), then
+        # reload the converted tokenizer.json as the subclass.
+        XLMRobertaTokenizer.from_pretrained(tmp, model_max_length=77).save_pretrained(Path(tmp) / "converted")
+        tokenizer = RSMCLIPTokenizer.from_pretrained(Path(tmp) / "converted", model_max_length=77)
+    ids = tokenizer("a", add_special_tokens=True)["input_ids"]
+    if (tokenizer.bos_token_id, tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.unk_token_id) != (0, 1, 2, 3):
+        raise RuntimeError(f"tokenizer lost XLM-R's id layout (ids of 'a': {ids})")
     if len(tokenizer) > vocab_size:
         raise ValueError(f"tokenizer has {len(tokenizer)} tokens, more than vocab_size={vocab_size}")
     tokenizer.save_pretrained(out_dir)

@@ -71,13 +71,46 @@ _VISION_FIXED_OPTIONS: dict[str, Any] = {
     "output_tokens": False,
 }
 # Options that change nothing at inference time and are accepted as they are.
-_VISION_IGNORED_OPTIONS = ("patch_dropout", "attn_pooler_queries", "attn_pooler_heads", "timm_model_pretrained",
-                           "timm_pool", "timm_proj", "timm_proj_bias", "timm_drop", "timm_drop_path")
-_TEXT_IGNORED_OPTIONS = ("hf_model_pretrained", "tokenizer_kwargs", "tokenizer_mode", "output_tokens", "vocab_size",
-                         "width", "heads", "layers", "mlp_ratio", "pad_id", "eos_id", "proj_bias", "proj_type",
-                         "pool_type", "embed_cls", "no_causal_mask", "final_ln_after_pool", "act_kwargs",
-                         "norm_kwargs", "ls_init_value", "block_type", "qk_norm", "scaled_cosine_attn",
-                         "scale_heads", "scale_attn_inner", "scale_attn", "scale_fc")
+_VISION_IGNORED_OPTIONS = (
+    "patch_dropout",
+    "attn_pooler_queries",
+    "attn_pooler_heads",
+    "timm_model_pretrained",
+    "timm_pool",
+    "timm_proj",
+    "timm_proj_bias",
+    "timm_drop",
+    "timm_drop_path",
+)
+_TEXT_IGNORED_OPTIONS = (
+    "hf_model_pretrained",
+    "tokenizer_kwargs",
+    "tokenizer_mode",
+    "output_tokens",
+    "vocab_size",
+    "width",
+    "heads",
+    "layers",
+    "mlp_ratio",
+    "pad_id",
+    "eos_id",
+    "proj_bias",
+    "proj_type",
+    "pool_type",
+    "embed_cls",
+    "no_causal_mask",
+    "final_ln_after_pool",
+    "act_kwargs",
+    "norm_kwargs",
+    "ls_init_value",
+    "block_type",
+    "qk_norm",
+    "scaled_cosine_attn",
+    "scale_heads",
+    "scale_attn_inner",
+    "scale_attn",
+    "scale_fc",
+)
 _MODEL_IGNORED_OPTIONS = ("custom_text", "cast_dtype", "output_dict")
 
 # Text-tower architectures known without downloading their config (OpenCLIP names them by Hub id).
@@ -154,7 +187,9 @@ def resolve_text_config(hf_model_name: str) -> XLMRobertaConfig:
 
 
 def _check_fixed_options(section: Mapping[str, Any], fixed: Mapping[str, Any], where: str) -> None:
-    bad = [f"{k}={section[k]!r} (supported: {v!r})" for k, v in fixed.items() if k in section and section[k] != v]
+    bad = [
+        f"{k}={section[k]!r} (supported: {v!r})" for k, v in fixed.items() if k in section and section[k] != v
+    ]
     if bad:
         raise ConversionError(f"{where}: unsupported option(s) {', '.join(bad)}")
 
@@ -172,12 +207,22 @@ def rsmclip_config_from_open_clip(
     `quick_gelu: true` else exact "gelu". Text: the architecture of `hf_model_name` (or `text_config`), the pooler
     and the projection type. `overrides` set other top-level fields (e.g. the distillation head's size).
     """
-    unknown_top = set(model_cfg) - {"embed_dim", "vision_cfg", "text_cfg", "quick_gelu", "init_logit_scale",
-                                    "init_logit_bias", "nonscalar_logit_scale", *_MODEL_IGNORED_OPTIONS}
+    unknown_top = set(model_cfg) - {
+        "embed_dim",
+        "vision_cfg",
+        "text_cfg",
+        "quick_gelu",
+        "init_logit_scale",
+        "init_logit_bias",
+        "nonscalar_logit_scale",
+        *_MODEL_IGNORED_OPTIONS,
+    }
     if unknown_top:
         raise ConversionError(f"{where}: unsupported model_cfg field(s) {sorted(unknown_top)}")
     if model_cfg.get("init_logit_bias") is not None:
-        raise ConversionError(f"{where}: init_logit_bias is set (a SigLIP-style sigmoid model); RS-M-CLIP is softmax")
+        raise ConversionError(
+            f"{where}: init_logit_bias is set (a SigLIP-style sigmoid model); RS-M-CLIP is softmax"
+        )
     if "multimodal_cfg" in model_cfg:
         raise ConversionError(f"{where}: a CoCa model (multimodal_cfg) cannot be converted")
     if "embed_dim" not in model_cfg:
@@ -186,10 +231,16 @@ def rsmclip_config_from_open_clip(
     text = {**OPEN_CLIP_TEXT_DEFAULTS, **model_cfg.get("text_cfg", {})}
 
     if isinstance(vision["layers"], list | tuple):
-        raise ConversionError(f"{where}: vision_cfg.layers={vision['layers']!r} is a ResNet; only ViTs are supported")
+        raise ConversionError(
+            f"{where}: vision_cfg.layers={vision['layers']!r} is a ResNet; only ViTs are supported"
+        )
     _check_fixed_options(vision, _VISION_FIXED_OPTIONS, f"{where} vision_cfg")
-    unknown_vision = set(vision) - set(OPEN_CLIP_VISION_DEFAULTS) - set(_VISION_FIXED_OPTIONS) - {
-        "norm_kwargs", *_VISION_IGNORED_OPTIONS}
+    unknown_vision = (
+        set(vision)
+        - set(OPEN_CLIP_VISION_DEFAULTS)
+        - set(_VISION_FIXED_OPTIONS)
+        - {"norm_kwargs", *_VISION_IGNORED_OPTIONS}
+    )
     if unknown_vision:
         raise ConversionError(f"{where}: unsupported vision_cfg field(s) {sorted(unknown_vision)}")
     norm_kwargs = dict(vision.get("norm_kwargs") or {})
@@ -218,13 +269,18 @@ def rsmclip_config_from_open_clip(
         )
     proj_type = text["hf_proj_type"]
     if proj_type not in ("mlp", "linear"):
-        raise ConversionError(f"{where}: text_cfg.hf_proj_type={proj_type!r} is not supported (mlp or linear)")
+        raise ConversionError(
+            f"{where}: text_cfg.hf_proj_type={proj_type!r} is not supported (mlp or linear)"
+        )
     if int(text["context_length"]) != 77:
         raise ConversionError(
             f"{where}: text_cfg.context_length={text['context_length']} (RS-M-CLIP's processor truncates at 77)"
         )
-    unknown_text = set(text) - set(OPEN_CLIP_TEXT_DEFAULTS) - {"hf_model_name", "hf_tokenizer_name",
-                                                                 *_TEXT_IGNORED_OPTIONS}
+    unknown_text = (
+        set(text)
+        - set(OPEN_CLIP_TEXT_DEFAULTS)
+        - {"hf_model_name", "hf_tokenizer_name", *_TEXT_IGNORED_OPTIONS}
+    )
     if unknown_text:
         raise ConversionError(f"{where}: unsupported text_cfg field(s) {sorted(unknown_text)}")
     if text_config is None:
@@ -267,14 +323,18 @@ def open_clip_model_cfg_from_rsmclip(
     vision = config.vision_config
     text = config.text_config
     if vision.hidden_act not in ("gelu", "quick_gelu"):
-        raise ConversionError(f"vision hidden_act={vision.hidden_act!r}: OpenCLIP has only gelu and quick_gelu")
+        raise ConversionError(
+            f"vision hidden_act={vision.hidden_act!r}: OpenCLIP has only gelu and quick_gelu"
+        )
     if vision.hidden_size % vision.num_attention_heads:
         raise ConversionError("vision hidden_size is not a multiple of num_attention_heads")
     if vision.num_channels != 3:
         raise ConversionError(f"vision num_channels={vision.num_channels}: OpenCLIP's ViT takes RGB (3)")
     mlp_ratio = vision.intermediate_size / vision.hidden_size
     if int(vision.hidden_size * mlp_ratio) != vision.intermediate_size:
-        raise ConversionError(f"vision intermediate_size={vision.intermediate_size} is not expressible as mlp_ratio")
+        raise ConversionError(
+            f"vision intermediate_size={vision.intermediate_size} is not expressible as mlp_ratio"
+        )
     if config.text_projection_type == "mlp":
         open_clip_hidden = (text.hidden_size + config.projection_dim) // 2
         if config.text_projection_hidden_dim != open_clip_hidden:
@@ -322,7 +382,9 @@ def known_text_architecture_name(config: XLMRobertaConfig) -> str | None:
     return None
 
 
-def image_processor_kwargs_from_preprocess_cfg(preprocess_cfg: Mapping[str, Any], image_size: int) -> dict[str, Any]:
+def image_processor_kwargs_from_preprocess_cfg(
+    preprocess_cfg: Mapping[str, Any], image_size: int
+) -> dict[str, Any]:
     """`RSMCLIPImageProcessor` arguments reproducing OpenCLIP's inference transform for `preprocess_cfg`.
 
     OpenCLIP sets the transform's size to the image tower's input size, whatever `preprocess_cfg.size` says;
@@ -372,11 +434,15 @@ def preprocess_cfg_from_image_processor(image_processor: Any) -> dict[str, Any]:
     size = dict(image_processor.size or {})
     resample = PILImageResampling(image_processor.resample)
     if resample not in _INTERPOLATIONS_BACK:
-        raise ConversionError(f"image processor resample={resample.name}: OpenCLIP has bicubic and bilinear only")
+        raise ConversionError(
+            f"image processor resample={resample.name}: OpenCLIP has bicubic and bilinear only"
+        )
     if not (image_processor.do_resize and image_processor.do_rescale and image_processor.do_normalize):
         raise ConversionError("the image processor must resize, rescale and normalise (as OpenCLIP does)")
     if abs(float(image_processor.rescale_factor) - 1 / 255) > 1e-12:
-        raise ConversionError(f"image processor rescale_factor={image_processor.rescale_factor}, OpenCLIP uses 1/255")
+        raise ConversionError(
+            f"image processor rescale_factor={image_processor.rescale_factor}, OpenCLIP uses 1/255"
+        )
     if image_processor.do_center_crop and "shortest_edge" in size:
         crop = dict(image_processor.crop_size)
         if crop.get("height") != crop.get("width") or crop.get("height") != size["shortest_edge"]:

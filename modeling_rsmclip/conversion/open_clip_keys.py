@@ -68,7 +68,10 @@ _RSMCLIP_DISTILLATION_PREFIX = "distillation_head."
 
 def _text_projection_keys(config: RSMCLIPConfig) -> dict[str, str]:
     if config.text_projection_type == "mlp":
-        return {"text.proj.0.weight": "text_projection.0.weight", "text.proj.2.weight": "text_projection.2.weight"}
+        return {
+            "text.proj.0.weight": "text_projection.0.weight",
+            "text.proj.2.weight": "text_projection.2.weight",
+        }
     return {"text.proj.weight": "text_projection.weight"}
 
 
@@ -114,7 +117,9 @@ def open_clip_to_rsmclip_state_dict(
             converted["visual_projection.weight"] = tensor.t().contiguous()
         elif key == "logit_scale":
             if tensor.numel() != 1:
-                raise ConversionError(f"{source}: logit_scale has shape {tuple(tensor.shape)}, expected a scalar")
+                raise ConversionError(
+                    f"{source}: logit_scale has shape {tuple(tensor.shape)}, expected a scalar"
+                )
             converted["logit_scale"] = tensor.reshape(())
         elif key in projection_keys:
             converted[projection_keys[key]] = tensor
@@ -162,7 +167,9 @@ def _check_against_model(converted: Mapping[str, torch.Tensor], config: RSMCLIPC
     if mismatched:
         problems.append(f"shape mismatch ({len(mismatched)}): {_format_keys(mismatched)}")
     if problems:
-        raise ConversionError(f"{source} does not match the derived RS-M-CLIP configuration; " + "; ".join(problems))
+        raise ConversionError(
+            f"{source} does not match the derived RS-M-CLIP configuration; " + "; ".join(problems)
+        )
 
 
 def rsmclip_to_open_clip_state_dict(
@@ -178,7 +185,9 @@ def rsmclip_to_open_clip_state_dict(
     reverse_block = {v: k for k, v in _VISION_BLOCK.items()}
     reverse_projection = {v: k for k, v in _text_projection_keys(config).items()}
     _check_against_model(
-        {k: v for k, v in state_dict.items() if not k.startswith(_RSMCLIP_DISTILLATION_PREFIX)}, config, source
+        {k: v for k, v in state_dict.items() if not k.startswith(_RSMCLIP_DISTILLATION_PREFIX)},
+        config,
+        source,
     )
 
     converted: dict[str, torch.Tensor] = {}

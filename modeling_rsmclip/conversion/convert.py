@@ -1,0 +1,323 @@
+"""`rsmclip convert`: an OpenCLIP checkpoint (e.g. the released RS-M-CLIP, `joaodaniel/RS-M-CLIP`) as a native
+transformers RS-M-CLIP model folder.
+
+The folder holds `config.json`, `model.safetensors`, the processor (image processor + tokenizer), the code files
+for `trust_remote_code` and a model card that records where the weights came from. The distillation head has no
+OpenCLIP counterpart: a converted model gets a freshly initialised one (used only to continue training with
+self-distillation; inference never touches it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
+
+from ..configuration_rsmclip import RSMCLIPConfig
+from ..modeling_rsmclip import RSMCLIPModel
+from ..processing_rsmclip import RSMCLIPImageProcessor, RSMCLIPProcessor
+from .checkpoint import CONFIG_FILE, OpenCLIPCheckpoint, load_open_clip_checkpoint
+from .open_clip_config import image_processor_kwargs_from_preprocess_cfg, rsmclip_config_from_open_clip
+from .open_clip_keys import ConversionError, open_clip_to_rsmclip_state_dict
+
+
+def load_tokenizer(
+    checkpoint: OpenCLIPCheckpoint, tokenizer: str | PreTrainedTokenizerBase | None = None
+) -> tuple[PreTrainedTokenizerBase, str]:
+    """The text tokenizer of a checkpoint, and where it came from.
+
+    In order: `tokenizer` when given (an object, a folder or a Hub id); the tokenizer files stored with the
+    checkpoint; OpenCLIP's `text_cfg.hf_tokenizer_name` (a Hub id, downloaded when online, or a folder).
+    """
+    if isinstance(tokenizer, PreTrainedTokenizerBase):
+        return tokenizer, getattr(tokenizer, "name_or_path", "") or "the given tokenizer"
+    if tokenizer is not None:
+        location, description = str(tokenizer), str(tokenizer)
+    elif checkpoint.has_tokenizer:
+        location, description = (
+            str(checkpoint.folder),
+            f"{checkpoint.source} (the checkpoint's own tokenizer files)",
+        )
+    else:
+        text_cfg = checkpoint.model_cfg.get("text_cfg", {})
+        location = text_cfg.get("hf_tokenizer_name") or text_cfg.get("hf_model_name")
+        if not location:
+            raise ConversionError(
+                f"{checkpoint.source}: text_cfg names no tokenizer; pass one with --tokenizer"
+            )
+        description = location
+    try:
+        loaded = AutoTokenizer.from_pretrained(location)
+    except (OSError, ValueError) as error:
+        raise ConversionError(
+            f"cannot load the tokenizer {location!r} ({error}). Offline, pass a local copy of it with "
+            f"--tokenizer PATH (tokenizer=... in Python)"
+        ) from error
+    return loaded, description
+
+
+def _check_tokenizer(tokenizer: PreTrainedTokenizerBase, config: RSMCLIPConfig, where: str) -> None:
+    text = config.text_config
+    if tokenizer.pad_token_id != text.pad_token_id:
+        raise ConversionError(
+            f"tokenizer {where}: pad token id {tokenizer.pad_token_id} differs from the text tower's "
+            f"{text.pad_token_id} (the text pooling mask depends on it)"
+        )
+    if len(tokenizer) > text.vocab_size:
+        raise ConversionError(
+            f"tokenizer {where}: {len(tokenizer)} tokens, more than the text tower's vocabulary ({text.vocab_size})"
+        )
+
+
+def _read_license(checkpoint: OpenCLIPCheckpoint) -> str | None:
+    card_path = checkpoint.folder / "README.md"
+    if not card_path.is_file():
+        return None
+    from huggingface_hub import ModelCard
+
+    try:
+        return ModelCard.load(card_path).data.to_dict().get("license")
+    except Exception:  # a card without (valid) metadata has no licence to carry over
+        return None
+
+
+def write_model_card(
+    out_dir: Path,
+    checkpoint: OpenCLIPCheckpoint,
+    config: RSMCLIPConfig,
+    tokenizer_source: str,
+    repo_id: str | None,
+) -> Path:
+    """`README.md` of a converted folder: metadata, provenance (source, revision, file, sha256) and usage."""
+    from huggingface_hub import ModelCardData
+
+    license_name = _read_license(checkpoint)
+    card_data = ModelCardData(
+        license=license_name,
+        library_name="transformers",
+        pipeline_tag="zero-shot-image-classification",
+        tags=["rs-m-clip", "clip", "remote-sensing", "multilingual", "zero-shot-image-classification"],
+        base_model=checkpoint.repo_id,
+    )
+    model_id = repo_id or str(out_dir)
+    vision, text = config.vision_config, config.text_config
+    lines = [
+        "---",
+        card_data.to_yaml(),
+        "---",
+        "",
+        f"# {Path(model_id).name if repo_id is None else repo_id}",
+        "",
+        "An RS-M-CLIP model (multilingual CLIP for remote-sensing imagery) in the native transformers format, "
+        "converted from an OpenCLIP checkpoint with `rsmclip convert`.",
+        "",
+        "## Provenance",
+        "",
+        f"- Source: `{checkpoint.source}`"
+        + (f" at revision `{checkpoint.revision}`" if checkpoint.revision else ""),
+        f"- Weights file: `{checkpoint.weights_file.name}` (sha256 `{checkpoint.weights_sha256}`), "
+        f"{len(checkpoint.state_dict)} tensors, every one mapped",
+        (
+            f"- OpenCLIP configuration (OpenCLIP's built-in `{checkpoint.extra['open_clip_model']}`):"
+            if "open_clip_model" in checkpoint.extra
+            else f"- OpenCLIP configuration (`{CONFIG_FILE}`):"
+        ),
+        "",
+        "```json",
+        json.dumps(
+            {"model_cfg": checkpoint.model_cfg, "preprocess_cfg": checkpoint.preprocess_cfg}, indent=2
+        ),
+        "```",
+        "",
+        f"- Tokenizer: `{tokenizer_source}`",
+        f"- Licence: {license_name or 'not stated by the source; check it before redistributing'}",
+        "",
+        "## Architecture",
+        "",
+        f"- Image tower: ViT, {vision.num_hidden_layers} layers, width {vision.hidden_size}, "
+        f"{vision.num_attention_heads} heads, patch {vision.patch_size}, {vision.image_size} px, "
+        f"activation `{vision.hidden_act}`.",
+        f"- Text tower: XLM-RoBERTa, {text.num_hidden_layers} layers, width {text.hidden_size}, vocabulary "
+        f"{text.vocab_size}; `{config.text_pooler_type}` pooling, `{config.text_projection_type}` projection.",
+        f"- Joint embedding: {config.projection_dim} dimensions.",
+        "- The self-distillation head (`distillation_head`) has no OpenCLIP counterpart and is **freshly "
+        "initialised**: it only matters to continue training with self-distillation, never for inference.",
+        "",
+        "## Use",
+        "",
+        "```python",
+        "import torch",
+        "from PIL import Image",
+        "from transformers import AutoModel, AutoProcessor",
+        "",
+        f'model = AutoModel.from_pretrained("{model_id}", trust_remote_code=True).eval()',
+        f'processor = AutoProcessor.from_pretrained("{model_id}", trust_remote_code=True)',
+        'texts = ["an aerial image of a harbour with boats", "uma imagem aérea de uma floresta"]',
+        'inputs = processor(images=Image.open("scene.jpg"), text=texts, return_tensors="pt")',
+        "with torch.no_grad():",
+        "    probs = model(**inputs).logits_per_image.softmax(dim=-1)",
+        "```",
+        "",
+        "## Citation",
+        "",
+        "Silva, Magalhães, Tuia, Martins. *Multilingual Vision-Language Pre-training for the Remote Sensing "
+        "Domain.* SIGSPATIAL 2024. arXiv:2410.23370.",
+        "",
+    ]
+    path = out_dir / "README.md"
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path
+
+
+def convert_open_clip(
+    source: str | Path,
+    output_dir: str | Path,
+    *,
+    tokenizer: str | PreTrainedTokenizerBase | None = None,
+    revision: str | None = None,
+    cache_dir: str | Path | None = None,
+    token: str | bool | None = None,
+    local_files_only: bool = False,
+    open_clip_model: str | None = None,
+    push_to_hub: str | None = None,
+    private: bool | None = None,
+    config_overrides: dict[str, Any] | None = None,
+) -> Path:
+    """Convert an OpenCLIP checkpoint into a complete RS-M-CLIP model folder; returns the folder.
+
+    Args:
+        source: a local OpenCLIP checkpoint folder, or a Hub id (`hf-hub:org/name` or `org/name`).
+        output_dir: where to write the model folder (created; existing files of the same names are replaced).
+        tokenizer: the text tokenizer (object, folder or Hub id); by default the one stored with the checkpoint,
+            else OpenCLIP's `hf_tokenizer_name`.
+        revision, cache_dir, token, local_files_only: Hub download options.
+        open_clip_model: an OpenCLIP built-in model name (e.g. "xlm-roberta-base-ViT-B-32") to use instead of the
+            checkpoint's `open_clip_config.json`; needed only for a folder without that file (a Hub repository of
+            an OpenCLIP pretrained tag is recognised).
+        push_to_hub: a Hub repository id to upload the folder to (created if needed).
+        private: visibility of a repository created by `push_to_hub`.
+        config_overrides: other `RSMCLIPConfig` fields, e.g. the distillation head's `dino_out_dim`.
+    """
+    checkpoint = load_open_clip_checkpoint(
+        source, revision, cache_dir, token, local_files_only, open_clip_model
+    )
+    config = rsmclip_config_from_open_clip(
+        checkpoint.model_cfg, where=f"{checkpoint.source} {CONFIG_FILE}", **(config_overrides or {})
+    )
+    state_dict = open_clip_to_rsmclip_state_dict(
+        checkpoint.state_dict, config, source=str(checkpoint.weights_file)
+    )
+    text_tokenizer, tokenizer_source = load_tokenizer(checkpoint, tokenizer)
+    _check_tokenizer(text_tokenizer, config, tokenizer_source)
+    image_processor = RSMCLIPImageProcessor(
+        **image_processor_kwargs_from_preprocess_cfg(
+            checkpoint.preprocess_cfg, config.vision_config.image_size
+        )
+    )
+
+    model = RSMCLIPModel(config)
+    with torch.no_grad():
+        missing, unexpected = model.load_state_dict(state_dict, strict=False)
+    # open_clip_to_rsmclip_state_dict already checked names and shapes; this guards the model itself.
+    not_loaded = [k for k in missing if not k.startswith("distillation_head.")]
+    if not_loaded or unexpected:
+        raise ConversionError(
+            f"model did not take the converted weights: missing {not_loaded}, unexpected {unexpected}"
+        )
+    model.eval()
+
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    RSMCLIPProcessor(image_processor=image_processor, tokenizer=text_tokenizer).save_pretrained(out)
+    write_model_card(out, checkpoint, config, tokenizer_source, push_to_hub)
+    if push_to_hub:
+        upload_folder(out, push_to_hub, private=private, token=token, message=f"Convert {checkpoint.source}")
+    return out
+
+
+def upload_folder(
+    folder: Path, repo_id: str, private: bool | None, token: str | bool | None, message: str
+) -> str:
+    """Create `repo_id` if needed and upload `folder` to it; returns the commit URL."""
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    api.create_repo(repo_id, private=private, exist_ok=True)
+    commit = api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message=message)
+    return str(getattr(commit, "commit_url", commit))
+
+
+def _run(args: argparse.Namespace) -> int:
+    overrides = {}
+    if args.dino_out_dim is not None:
+        overrides["dino_out_dim"] = args.dino_out_dim
+    try:
+        out = convert_open_clip(
+            args.source,
+            args.output_dir,
+            tokenizer=args.tokenizer,
+            revision=args.revision,
+            cache_dir=args.cache_dir,
+            local_files_only=args.offline,
+            open_clip_model=args.open_clip_model,
+            push_to_hub=args.push_to_hub,
+            private=args.private or None,
+            config_overrides=overrides,
+        )
+    except ConversionError as error:
+        print(f"rsmclip convert: error: {error}")
+        return 1
+    print(f"wrote {out}" + (f" and pushed it to {args.push_to_hub}" if args.push_to_hub else ""))
+    return 0
+
+
+def add_subparser(subparsers: argparse._SubParsersAction) -> None:
+    """Register `rsmclip convert`."""
+    parser = subparsers.add_parser(
+        "convert",
+        help="convert an OpenCLIP checkpoint (folder or Hub id) into a transformers RS-M-CLIP model folder",
+        description=(
+            "Convert an OpenCLIP checkpoint (open_clip_config.json + open_clip_model.safetensors or "
+            "open_clip_pytorch_model.bin) into a transformers RS-M-CLIP model folder. Example: "
+            "rsmclip convert hf-hub:joaodaniel/RS-M-CLIP rs-m-clip-hf"
+        ),
+    )
+    parser.add_argument("source", help="OpenCLIP checkpoint folder, or Hub id (hf-hub:org/name or org/name)")
+    parser.add_argument("output_dir", help="folder to write the converted model to")
+    parser.add_argument(
+        "--tokenizer",
+        default=None,
+        help="tokenizer folder or Hub id (default: the checkpoint's own tokenizer files, else its hf_tokenizer_name)",
+    )
+    parser.add_argument(
+        "--open-clip-model",
+        default=None,
+        metavar="NAME",
+        help="OpenCLIP built-in model config to use when the checkpoint has no open_clip_config.json",
+    )
+    parser.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit) of the source")
+    parser.add_argument("--cache-dir", default=None, help="Hugging Face cache folder for the download")
+    parser.add_argument(
+        "--offline", action="store_true", help="use only files already in the Hugging Face cache"
+    )
+    parser.add_argument(
+        "--push-to-hub", metavar="REPO_ID", default=None, help="also upload the folder to this repo"
+    )
+    parser.add_argument(
+        "--private", action="store_true", help="create the --push-to-hub repository as private"
+    )
+    parser.add_argument(
+        "--dino-out-dim",
+        type=int,
+        default=None,
+        help="output size K of the freshly initialised distillation head (default 65536)",
+    )
+    parser.set_defaults(func=_run)
+
+
+__all__ = ["add_subparser", "convert_open_clip", "load_tokenizer", "upload_folder", "write_model_card"]

@@ -1,0 +1,202 @@
+"""`rsmclip export --to-open-clip`: an RS-M-CLIP model as an OpenCLIP checkpoint folder.
+
+The folder loads with `open_clip.create_model_and_transforms("local-dir:FOLDER")` (or `"hf-hub:org/name"` once
+uploaded) and `open_clip.get_tokenizer(...)` the same way. It holds `open_clip_config.json`,
+`open_clip_model.safetensors`, the tokenizer files and a model card. The distillation head is dropped (OpenCLIP
+has no place for it), so exporting and converting back gives a model with a new, untrained head.
+
+OpenCLIP builds the text tower from `text_cfg.hf_model_name` with `AutoConfig`. For a text tower with the exact
+XLM-RoBERTa base (or large) architecture that name is `xlm-roberta-base` (as in the original OpenCLIP configs);
+for any other architecture the folder carries the text tower's `config.json` and `hf_model_name` points at the
+folder itself (its absolute path) or, with `--push-to-hub`, at the uploaded repository.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from safetensors.torch import save_file
+
+from ..modeling_rsmclip import RSMCLIPModel
+from .checkpoint import CONFIG_FILE, SAFETENSORS_FILE
+from .convert import upload_folder
+from .open_clip_config import (
+    known_text_architecture_name,
+    open_clip_model_cfg_from_rsmclip,
+    preprocess_cfg_from_image_processor,
+)
+from .open_clip_keys import ConversionError, rsmclip_to_open_clip_state_dict
+
+
+def _load_model_and_processor(model: Any, processor: Any) -> tuple[RSMCLIPModel, Any, str]:
+    from transformers import AutoProcessor
+
+    if isinstance(model, RSMCLIPModel):
+        if processor is None:
+            source = getattr(model.config, "_name_or_path", "")
+            if not source:
+                raise ConversionError("exporting a model object needs its processor (processor=...)")
+            processor = AutoProcessor.from_pretrained(source)
+        return model, processor, getattr(model.config, "_name_or_path", "") or "an RSMCLIPModel"
+    source = str(model)
+    try:
+        loaded = RSMCLIPModel.from_pretrained(source)
+        processor = processor if processor is not None else AutoProcessor.from_pretrained(source)
+    except OSError as error:
+        raise ConversionError(
+            f"cannot load an RS-M-CLIP model and processor from {source!r}: {error}"
+        ) from error
+    return loaded, processor, source
+
+
+def _write_card(out: Path, model_cfg: dict[str, Any], source: str, load_name: str) -> None:
+    from huggingface_hub import ModelCardData
+
+    card_data = ModelCardData(
+        library_name="open_clip",
+        pipeline_tag="zero-shot-image-classification",
+        tags=["rs-m-clip", "clip", "open_clip", "remote-sensing", "multilingual"],
+    )
+    lines = [
+        "---",
+        card_data.to_yaml(),
+        "---",
+        "",
+        "# RS-M-CLIP (OpenCLIP format)",
+        "",
+        f"An RS-M-CLIP model exported from `{source}` with `rsmclip export --to-open-clip`.",
+        "The self-distillation head of the RS-M-CLIP model is not part of this checkpoint (OpenCLIP has no place "
+        "for it); the image and text towers, projections and temperature are complete.",
+        "",
+        "```python",
+        "import open_clip",
+        "",
+        f'model, _, preprocess = open_clip.create_model_and_transforms("{load_name}")',
+        f'tokenizer = open_clip.get_tokenizer("{load_name}")',
+        "```",
+        "",
+        "OpenCLIP configuration:",
+        "",
+        "```json",
+        json.dumps(model_cfg, indent=2),
+        "```",
+        "",
+    ]
+    (out / "README.md").write_text("\n".join(lines), encoding="utf-8")
+
+
+def export_to_open_clip(
+    model: RSMCLIPModel | str | Path,
+    output_dir: str | Path,
+    *,
+    processor: Any = None,
+    hf_model_name: str | None = None,
+    hf_tokenizer_name: str | None = None,
+    push_to_hub: str | None = None,
+    private: bool | None = None,
+    token: str | bool | None = None,
+) -> Path:
+    """Write `model` (an `RSMCLIPModel`, or a model folder / Hub id) as an OpenCLIP checkpoint folder.
+
+    Args:
+        model: the model, or where to load it (and its processor) from.
+        output_dir: the OpenCLIP folder to write.
+        processor: the model's `RSMCLIPProcessor` (image preprocessing and tokenizer); loaded with the model when
+            not given.
+        hf_model_name: OpenCLIP's `text_cfg.hf_model_name` (see the module doc for the default).
+        hf_tokenizer_name: OpenCLIP's `text_cfg.hf_tokenizer_name`, used when loading from the Hub; defaults to
+            the `push_to_hub` repository, else this folder. `local-dir:` loading always uses the folder's own
+            tokenizer files.
+        push_to_hub: a Hub repository id to upload the folder to.
+    """
+    net, processor, source = _load_model_and_processor(model, processor)
+    config = net.config
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    self_reference = push_to_hub or str(out.resolve())
+    write_text_config = False
+    if hf_model_name is None:
+        hf_model_name = known_text_architecture_name(config.text_config)
+        if hf_model_name is None:
+            hf_model_name, write_text_config = self_reference, True
+    model_cfg = open_clip_model_cfg_from_rsmclip(config, hf_model_name, hf_tokenizer_name or self_reference)
+    preprocess_cfg = preprocess_cfg_from_image_processor(processor.image_processor)
+    state_dict = rsmclip_to_open_clip_state_dict(net.state_dict(), config, source=source)
+
+    save_file(
+        {k: v.detach().contiguous().cpu() for k, v in state_dict.items()},
+        str(out / SAFETENSORS_FILE),
+        metadata={"format": "pt"},
+    )
+    (out / CONFIG_FILE).write_text(
+        json.dumps({"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg}, indent=2) + "\n",
+        encoding="utf-8",
+    )
+    processor.tokenizer.save_pretrained(out)
+    if write_text_config:
+        # OpenCLIP reads the text tower's architecture from here (AutoConfig.from_pretrained(hf_model_name)).
+        config.text_config.to_json_file(str(out / "config.json"))
+    load_name = f"hf-hub:{push_to_hub}" if push_to_hub else f"local-dir:{out.resolve()}"
+    _write_card(out, model_cfg, source, load_name)
+    if push_to_hub:
+        upload_folder(out, push_to_hub, private=private, token=token, message=f"Export {source} to OpenCLIP")
+    return out
+
+
+def _run(args: argparse.Namespace) -> int:
+    if not args.to_open_clip:
+        print("rsmclip export: error: choose the target format (--to-open-clip)")
+        return 2
+    try:
+        out = export_to_open_clip(
+            args.model,
+            args.output_dir,
+            hf_model_name=args.hf_model_name,
+            hf_tokenizer_name=args.hf_tokenizer_name,
+            push_to_hub=args.push_to_hub,
+            private=args.private or None,
+        )
+    except ConversionError as error:
+        print(f"rsmclip export: error: {error}")
+        return 1
+    name = f"hf-hub:{args.push_to_hub}" if args.push_to_hub else f"local-dir:{out.resolve()}"
+    print(f"wrote {out}; load it with open_clip.create_model_and_transforms({name!r})")
+    return 0
+
+
+def add_subparser(subparsers: argparse._SubParsersAction) -> None:
+    """Register `rsmclip export`."""
+    parser = subparsers.add_parser(
+        "export",
+        help="export an RS-M-CLIP model to another format (--to-open-clip)",
+        description=(
+            "Export an RS-M-CLIP model folder (or Hub id) as an OpenCLIP checkpoint folder that "
+            "open_clip.create_model_and_transforms('local-dir:FOLDER') loads. The distillation head is dropped."
+        ),
+    )
+    parser.add_argument("model", help="RS-M-CLIP model folder or Hub id")
+    parser.add_argument("output_dir", help="OpenCLIP checkpoint folder to write")
+    parser.add_argument("--to-open-clip", action="store_true", help="write the OpenCLIP format")
+    parser.add_argument(
+        "--hf-model-name",
+        default=None,
+        help="text_cfg.hf_model_name (default: xlm-roberta-base for that exact architecture, else this folder)",
+    )
+    parser.add_argument(
+        "--hf-tokenizer-name",
+        default=None,
+        help="text_cfg.hf_tokenizer_name for hf-hub: loading (default: the --push-to-hub repo, else this folder)",
+    )
+    parser.add_argument(
+        "--push-to-hub", metavar="REPO_ID", default=None, help="also upload the folder to this repo"
+    )
+    parser.add_argument(
+        "--private", action="store_true", help="create the --push-to-hub repository as private"
+    )
+    parser.set_defaults(func=_run)
+
+
+__all__ = ["add_subparser", "export_to_open_clip"]

@@ -1,0 +1,145 @@
+"""Full-size OpenCLIP <-> RS-M-CLIP parity: ViT-B/32 + XLM-RoBERTa base, random weights, fp32.
+
+Builds OpenCLIP's own `xlm-roberta-base-ViT-B-32` model (the RS-M-CLIP architecture) with random weights, writes it
+as an OpenCLIP checkpoint folder, converts it with `rsmclip convert`'s function, exports the result back with
+`rsmclip export --to-open-clip`'s function, loads each side with its own library and prints the largest absolute
+differences of image embeddings, text embeddings and logits on the same inputs (token ids are fed directly).
+
+XLM-RoBERTa's configuration and tokenizer cannot be downloaded here, so the text tower's configuration is written
+locally (the exact `xlm-roberta-base` architecture) and the folder carries the small test tokenizer (the ids fed
+to both models do not come from it). Needs about 8 GB of memory and ~5 GB of temporary disk; a few minutes on CPU.
+
+    python scripts/parity_full_size.py [--device cpu] [--keep DIR]
+
+Exits with status 1 when a difference exceeds --tolerance (default 1e-4).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+
+def random_token_ids(batch: int, length: int, vocab_size: int, generator: torch.Generator) -> torch.Tensor:
+    """XLM-R-shaped ids: <s>=0 ... </s>=2, then <pad>=1 to `length`; a different text length per row."""
+    ids = torch.full((batch, length), 1, dtype=torch.long)
+    for row in range(batch):
+        n = int(torch.randint(3, length - 1, (1,), generator=generator)) if row else length - 2
+        ids[row, 0] = 0
+        ids[row, 1 : n + 1] = torch.randint(4, vocab_size - 1, (n,), generator=generator)
+        ids[row, n + 1] = 2
+    return ids
+
+
+@torch.no_grad()
+def max_differences(open_clip_model, model, pixels: torch.Tensor, ids: torch.Tensor) -> dict[str, float]:
+    ref_image = open_clip_model.encode_image(pixels)
+    ref_text = open_clip_model.encode_text(ids)
+    ref_logits, _ = open_clip_model.get_logits(pixels, ids)
+    image = model.get_image_features(pixel_values=pixels).pooler_output
+    text = model.get_text_features(input_ids=ids).pooler_output
+    logits = model(input_ids=ids, pixel_values=pixels).logits_per_image
+    return {
+        "image embeddings": (image - ref_image).abs().max().item(),
+        "text embeddings": (text - ref_text).abs().max().item(),
+        "logits": (logits - ref_logits).abs().max().item(),
+        "(logit magnitude)": ref_logits.abs().max().item(),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--tolerance", type=float, default=1e-4)
+    parser.add_argument(
+        "--keep", default=None, help="write the folders here and keep them (default: a temp dir)"
+    )
+    args = parser.parse_args(argv)
+
+    import open_clip
+    from safetensors.torch import save_file
+    from transformers import XLMRobertaConfig
+
+    import modeling_rsmclip  # noqa: F401
+    from modeling_rsmclip import RSMCLIPModel
+    from modeling_rsmclip.conversion import convert_open_clip, export_to_open_clip
+    from modeling_rsmclip.conversion.open_clip_config import KNOWN_TEXT_ARCHITECTURES
+    from modeling_rsmclip.testing import make_tiny_tokenizer
+
+    torch.backends.cuda.matmul.allow_tf32 = False  # fp32 means fp32 on GPUs too
+    torch.backends.cudnn.allow_tf32 = False
+    device = torch.device(args.device)
+    root = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="rsmclip-parity-"))
+    root.mkdir(parents=True, exist_ok=True)
+    start = time.time()
+    try:
+        text_dir = root / "xlm-roberta-base-config"
+        XLMRobertaConfig(**KNOWN_TEXT_ARCHITECTURES["xlm-roberta-base"]).save_pretrained(text_dir)
+        model_cfg = open_clip.get_model_config("xlm-roberta-base-ViT-B-32")
+        model_cfg["text_cfg"].update(hf_model_name=str(text_dir), hf_tokenizer_name=str(text_dir))
+        source = root / "open_clip"
+        source.mkdir(exist_ok=True)
+        (source / "open_clip_config.json").write_text(
+            json.dumps({"model_cfg": model_cfg, "preprocess_cfg": {}})
+        )
+        make_tiny_tokenizer(source)
+
+        print(
+            f"[{time.time() - start:5.0f}s] building OpenCLIP xlm-roberta-base-ViT-B-32 with random weights"
+        )
+        torch.manual_seed(args.seed)
+        reference = open_clip.create_model(f"local-dir:{source}", pretrained_text=False)
+        generator = torch.Generator().manual_seed(args.seed)
+        with torch.no_grad():  # perturb everything, LayerNorms included, so no tensor keeps a trivial value
+            for param in reference.parameters():
+                param.add_(0.02 * torch.randn(param.shape, generator=generator))
+        n_params = sum(p.numel() for p in reference.parameters())
+        save_file(
+            {k: v.contiguous() for k, v in reference.state_dict().items()},
+            str(source / "open_clip_model.safetensors"),
+        )
+        del reference
+
+        print(f"[{time.time() - start:5.0f}s] {n_params / 1e6:.1f}M parameters; converting (rsmclip convert)")
+        converted = convert_open_clip(source, root / "rsmclip", config_overrides={"dino_out_dim": 4096})
+        reference, _, _ = open_clip.create_model_and_transforms(f"local-dir:{source}")
+        reference = reference.to(device).eval()
+        model = RSMCLIPModel.from_pretrained(converted).to(device).eval()
+
+        pixels = torch.randn(args.batch, 3, 224, 224, generator=generator).to(device)
+        ids = random_token_ids(args.batch, 77, model.config.text_config.vocab_size, generator).to(device)
+        results = {"OpenCLIP -> RS-M-CLIP": max_differences(reference, model, pixels, ids)}
+        del reference
+
+        print(f"[{time.time() - start:5.0f}s] exporting back (rsmclip export --to-open-clip)")
+        exported = export_to_open_clip(converted, root / "open_clip_back", hf_model_name=str(text_dir))
+        back, _, _ = open_clip.create_model_and_transforms(f"local-dir:{exported}")
+        back = back.to(device).eval()
+        results["RS-M-CLIP -> OpenCLIP"] = max_differences(back, model, pixels, ids)
+    finally:
+        if not args.keep:
+            shutil.rmtree(root, ignore_errors=True)
+
+    print(f"\nmax |difference| (fp32, {device}, batch {args.batch}, {time.time() - start:.0f}s in all)")
+    failed = False
+    for direction, diffs in results.items():
+        print(f"  {direction}:")
+        for name, value in diffs.items():
+            flag = "" if name.startswith("(") or value <= args.tolerance else f"  > {args.tolerance}"
+            failed |= bool(flag)
+            print(f"    {name:<18} {value:.3e}{flag}")
+    print("PASS" if not failed else "FAIL", f"(tolerance {args.tolerance})")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
