@@ -12,6 +12,7 @@ SUBCOMMAND_MODULES = (
     "modeling_rsmclip.conversion.convert",
     "modeling_rsmclip.conversion.export",
     "modeling_rsmclip.data.cli",
+    "modeling_rsmclip.training.cli",
     "modeling_rsmclip.evaluation.cli",
 )
 

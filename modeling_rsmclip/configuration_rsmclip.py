@@ -73,6 +73,38 @@ PRESETS: dict[str, dict[str, Any]] = {
         "dino_hidden_dim": 512,
         "dino_bottleneck_dim": 128,
     },
+    # The bundled demo model: small enough to ship in the repository (< 30 MB with its tokenizer) and to train
+    # from scratch on a CPU; its tokenizer (a 4.4k-piece SentencePiece model) is trained on the training captions.
+    "demo": {
+        "vision_config": {
+            "hidden_size": 192,
+            "intermediate_size": 768,
+            "num_hidden_layers": 6,
+            "num_attention_heads": 3,
+            "image_size": 128,
+            "patch_size": 16,
+            "hidden_act": "gelu",
+            "layer_norm_eps": 1e-5,
+        },
+        "text_config": {
+            "vocab_size": 4400,
+            "hidden_size": 192,
+            "num_hidden_layers": 4,
+            "num_attention_heads": 3,
+            "intermediate_size": 768,
+            "hidden_act": "gelu",
+            "max_position_embeddings": 80,
+            "type_vocab_size": 1,
+            "layer_norm_eps": 1e-5,
+            "pad_token_id": 1,
+            "bos_token_id": 0,
+            "eos_token_id": 2,
+        },
+        "projection_dim": 192,
+        "dino_out_dim": 2048,
+        "dino_hidden_dim": 384,
+        "dino_bottleneck_dim": 96,
+    },
     # For unit tests: a few layers at 32 px, a ~1000-token vocabulary.
     "tiny": {
         "vision_config": {
@@ -176,7 +208,8 @@ class RSMCLIPConfig(PreTrainedConfig):
 
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> RSMCLIPConfig:
-        """A named architecture: `"rs-m-clip"` (the released model), `"small"` (the demo model) or `"tiny"`.
+        """A named architecture: `"rs-m-clip"` (the released model), `"small"`, `"demo"` (the bundled demo model) or
+        `"tiny"` (tests).
 
         Keyword arguments override top-level fields; `vision_config` / `text_config` dicts are merged into the
         preset's.

@@ -12,23 +12,52 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from PIL import Image
-from torchvision.transforms import InterpolationMode
-from torchvision.transforms import v2
+from PIL import Image, ImageFilter
+from torchvision.transforms import InterpolationMode, v2
 
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 class RandomRot90:
-    """Rotate an image tensor `(..., H, W)` by `k * 90` degrees, `k` uniform in {0, 1, 2, 3}."""
+    """Rotate an image (PIL, or a tensor `(..., H, W)`) counter-clockwise by `k * 90` degrees, `k` uniform in
+    {0, 1, 2, 3}."""
 
-    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+    _PIL_ROTATIONS = {
+        1: Image.Transpose.ROTATE_90,
+        2: Image.Transpose.ROTATE_180,
+        3: Image.Transpose.ROTATE_270,
+    }
+
+    def __call__(self, image: Image.Image | torch.Tensor) -> Image.Image | torch.Tensor:
         k = int(torch.randint(0, 4, ()).item())
-        return image if k == 0 else torch.rot90(image, k, dims=(-2, -1))
+        if k == 0:
+            return image
+        if isinstance(image, Image.Image):
+            return image.transpose(self._PIL_ROTATIONS[k])
+        return torch.rot90(image, k, dims=(-2, -1))
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
+
+
+class RandomGaussianBlur:
+    """DINO's blur: with probability `p`, a PIL Gaussian blur of radius uniform in `[radius_min, radius_max]`
+    pixels (PIL's filter is several times faster than a convolution at 224 px)."""
+
+    def __init__(self, p: float, radius_min: float = 0.1, radius_max: float = 2.0) -> None:
+        self.p = p
+        self.radius_min = radius_min
+        self.radius_max = radius_max
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        if torch.rand(()).item() >= self.p:
+            return image
+        radius = self.radius_min + (self.radius_max - self.radius_min) * torch.rand(()).item()
+        return image.filter(ImageFilter.GaussianBlur(radius=radius))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(p={self.p}, radius=({self.radius_min}, {self.radius_max}))"
 
 
 def remote_sensing_flips(hflip: float = 0.5, vflip: float = 0.5, rot90: bool = True) -> list:
@@ -44,13 +73,11 @@ def remote_sensing_flips(hflip: float = 0.5, vflip: float = 0.5, rot90: bool = T
 
 
 def _to_float_normalized(mean: Sequence[float], std: Sequence[float]) -> list:
-    return [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean=list(mean), std=list(std))]
-
-
-def _blur_kernel(size: int) -> int:
-    """An odd Gaussian kernel about a tenth of the crop size (at least 3)."""
-    k = max(3, int(0.1 * size))
-    return k if k % 2 else k + 1
+    return [
+        v2.PILToTensor(),
+        v2.ToDtype(torch.float32, scale=True),
+        v2.Normalize(mean=list(mean), std=list(std)),
+    ]
 
 
 def build_clip_transform(
@@ -65,7 +92,6 @@ def build_clip_transform(
     ops = [
         v2.Resize(image_size, interpolation=InterpolationMode.BICUBIC, antialias=True),
         v2.CenterCrop(image_size),
-        v2.PILToTensor(),
     ]
     if flip_rotate:
         ops += remote_sensing_flips()
@@ -116,14 +142,13 @@ class MultiCropAugmentation:
 
         def crop(size: int, scale: tuple[float, float]) -> list:
             return [
-                v2.PILToTensor(),
                 v2.RandomResizedCrop(
                     size, scale=tuple(scale), interpolation=InterpolationMode.BICUBIC, antialias=True
                 ),
             ]
 
-        def blur(size: int, p: float) -> list:
-            return [v2.RandomApply([v2.GaussianBlur(_blur_kernel(size), sigma=(0.1, 2.0))], p=p)] if p > 0 else []
+        def blur(p: float) -> list:
+            return [RandomGaussianBlur(p)] if p > 0 else []
 
         def solarize(p: float) -> list:
             return [v2.RandomSolarize(threshold=128, p=p)] if p > 0 else []
@@ -132,14 +157,14 @@ class MultiCropAugmentation:
             v2.Compose(
                 crop(c.global_crop_size, c.global_crop_scale)
                 + common
-                + blur(c.global_crop_size, c.blur_prob_global[i % 2])
+                + blur(c.blur_prob_global[i % 2])
                 + solarize(c.solarize_prob_global[i % 2])
                 + normalize
             )
             for i in range(c.num_global_crops)
         ]
         self.local_transform = v2.Compose(
-            crop(c.local_crop_size, c.local_crop_scale) + common + blur(c.local_crop_size, c.blur_prob_local) + normalize
+            crop(c.local_crop_size, c.local_crop_scale) + common + blur(c.blur_prob_local) + normalize
         )
 
     def __call__(self, image: Image.Image) -> tuple[list[torch.Tensor], list[torch.Tensor]]:

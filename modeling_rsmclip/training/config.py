@@ -16,7 +16,9 @@ from ..templates import LANGUAGES
 _GROUPS = ("model", "data", "augmentation", "objective", "optimisation", "operations")
 
 
-def _opt(default: Any, help: str, group: str, *, type: Any = None, choices: Any = None, nargs: Any = None) -> Any:
+def _opt(
+    default: Any, help: str, group: str, *, type: Any = None, choices: Any = None, nargs: Any = None
+) -> Any:
     """A dataclass field carrying what argparse needs; `type` is the element type of list options."""
     assert group in _GROUPS
     meta = {"help": help, "group": group, "type": type, "choices": choices, "nargs": nargs}
@@ -31,156 +33,300 @@ class TrainingConfig:
 
     # ------------------------------------------------------------------------------------------------- model
     model_name_or_path: str | None = _opt(
-        None, "Start from a converted pretrained RS-M-CLIP folder or Hub id (the real recipe fine-tunes the "
-        "multilingual CLIP). Exclusive with --preset.", "model", type=str)
+        None,
+        "Start from a converted pretrained RS-M-CLIP folder or Hub id (the real recipe fine-tunes the "
+        "multilingual CLIP). Exclusive with --preset.",
+        "model",
+        type=str,
+    )
     preset: str | None = _opt(
-        None, "Train from scratch with an architecture preset of RSMCLIPConfig (e.g. tiny, small, rs-m-clip). "
-        "Needs --tokenizer-name-or-path.", "model", type=str)
+        None,
+        "Train from scratch with an architecture preset of RSMCLIPConfig (e.g. tiny, small, rs-m-clip). "
+        "Needs --tokenizer-name-or-path.",
+        "model",
+        type=str,
+    )
     tokenizer_name_or_path: str | None = _opt(
-        None, "Tokenizer (or processor) folder used with --preset; with --model-name-or-path the model's own "
-        "processor is used unless this is given.", "model", type=str)
-    dino_out_dim: int | None = _opt(None, "Override the distillation head's output size K (DINO: 65536); a "
-                                    "pretrained head of another size is re-initialised.", "model", type=int)
-    dino_hidden_dim: int | None = _opt(None, "Override the head's hidden width (DINO: 2048).", "model", type=int)
-    dino_bottleneck_dim: int | None = _opt(None, "Override the head's bottleneck (DINO: 256).", "model", type=int)
-    dino_num_layers: int | None = _opt(None, "Override the head's number of MLP layers (DINO: 3).", "model",
-                                       type=int)
+        None,
+        "Tokenizer (or processor) folder used with --preset; with --model-name-or-path the model's own "
+        "processor is used unless this is given.",
+        "model",
+        type=str,
+    )
+    dino_out_dim: int | None = _opt(
+        None,
+        "Override the distillation head's output size K (DINO: 65536); a "
+        "pretrained head of another size is re-initialised.",
+        "model",
+        type=int,
+    )
+    dino_hidden_dim: int | None = _opt(
+        None, "Override the head's hidden width (DINO: 2048).", "model", type=int
+    )
+    dino_bottleneck_dim: int | None = _opt(
+        None, "Override the head's bottleneck (DINO: 256).", "model", type=int
+    )
+    dino_num_layers: int | None = _opt(
+        None, "Override the head's number of MLP layers (DINO: 3).", "model", type=int
+    )
     attn_implementation: str | None = _opt(
-        None, "Attention kernel of both towers (sdpa, eager, flash_attention_2); default: transformers' choice.",
-        "model", type=str)
+        None,
+        "Attention kernel of both towers (sdpa, eager, flash_attention_2); default: transformers' choice.",
+        "model",
+        type=str,
+    )
 
     # -------------------------------------------------------------------------------------------------- data
     dataset: str | None = _opt(
-        None, "The training dataset: a folder written by `rsmclip build-dataset` (save_to_disk), a folder of "
-        "data files, or a Hub dataset id.", "data", type=str)
+        None,
+        "The training dataset: a folder written by `rsmclip build-dataset` (save_to_disk), a folder of "
+        "data files, or a Hub dataset id.",
+        "data",
+        type=str,
+    )
     dataset_config_name: str | None = _opt(None, "Configuration name of a Hub dataset.", "data", type=str)
     train_split: str = _opt("train", "Split to train on.", "data", type=str)
     validation_split: str | None = _opt(
-        "validation", "Split for periodic retrieval validation (mR); 'none' disables validation.", "data", type=str)
-    streaming: bool = _opt(False, "Stream the training split instead of loading it (needs --max-steps).", "data")
+        "validation",
+        "Split for periodic retrieval validation (mR); 'none' disables validation.",
+        "data",
+        type=str,
+    )
+    streaming: bool = _opt(
+        False, "Stream the training split instead of loading it (needs --max-steps).", "data"
+    )
     shuffle_buffer_size: int = _opt(10_000, "Shuffle buffer of a streamed dataset.", "data", type=int)
     caption_languages: list[str] = _opt(
-        ["all"], "Caption languages to sample from at every step: 'all', 'en' (English only) or a list of codes "
+        ["all"],
+        "Caption languages to sample from at every step: 'all', 'en' (English only) or a list of codes "
         f"({' '.join(LANGUAGES)}). A language is drawn uniformly among those an image has, then one of its captions.",
-        "data", type=str, nargs="+")
+        "data",
+        type=str,
+        nargs="+",
+    )
     eval_languages: list[str] | None = _opt(
-        None, "Languages of the validation retrieval (default: the training languages).", "data", type=str,
-        nargs="+")
+        None,
+        "Languages of the validation retrieval (default: the training languages).",
+        "data",
+        type=str,
+        nargs="+",
+    )
     max_train_samples: int | None = _opt(None, "Use only the first N training rows.", "data", type=int)
     max_eval_samples: int | None = _opt(None, "Use only the first N validation rows.", "data", type=int)
     max_text_length: int = _opt(77, "Token budget of a caption (truncation).", "data", type=int)
-    dataloader_num_workers: int = _opt(4, "DataLoader worker processes (decoding and augmentation run there).",
-                                       "data", type=int)
+    dataloader_num_workers: int = _opt(
+        4, "DataLoader worker processes (decoding and augmentation run there).", "data", type=int
+    )
 
     # ------------------------------------------------------------------------------------------ augmentation
     clip_view: str = _opt(
-        "center", "Image the CLIP loss sees: 'center' (resize + centre crop) or 'global' (the first global crop, "
-        "shared with the distillation student: one image-tower pass fewer).", "augmentation", type=str,
-        choices=["center", "global"])
-    clip_flip_rotate: bool = _opt(True, "Random flips and 90-degree rotations on the CLIP view.", "augmentation")
+        "center",
+        "Image the CLIP loss sees: 'center' (resize + centre crop) or 'global' (the first global crop, "
+        "shared with the distillation student: one image-tower pass fewer).",
+        "augmentation",
+        type=str,
+        choices=["center", "global"],
+    )
+    clip_flip_rotate: bool = _opt(
+        True, "Random flips and 90-degree rotations on the CLIP view.", "augmentation"
+    )
     num_global_crops: int = _opt(2, "Global crops per image (teacher and student).", "augmentation", type=int)
     num_local_crops: int = _opt(8, "Local crops per image (student only).", "augmentation", type=int)
-    global_crop_size: int | None = _opt(None, "Global crop size in pixels (default: the model's image size).",
-                                        "augmentation", type=int)
+    global_crop_size: int | None = _opt(
+        None, "Global crop size in pixels (default: the model's image size).", "augmentation", type=int
+    )
     local_crop_size: int | None = _opt(
-        None, "Local crop size in pixels (default: 96 at 224 px, i.e. 3/7 of the image size rounded to the patch "
-        "size).", "augmentation", type=int)
-    global_crop_scale: list[float] = _opt([0.4, 1.0], "Area range of global crops.", "augmentation", type=float,
-                                          nargs=2)
-    local_crop_scale: list[float] = _opt([0.05, 0.4], "Area range of local crops.", "augmentation", type=float,
-                                         nargs=2)
+        None,
+        "Local crop size in pixels (default: 96 at 224 px, i.e. 3/7 of the image size rounded to the patch "
+        "size).",
+        "augmentation",
+        type=int,
+    )
+    global_crop_scale: list[float] = _opt(
+        [0.4, 1.0], "Area range of global crops.", "augmentation", type=float, nargs=2
+    )
+    local_crop_scale: list[float] = _opt(
+        [0.05, 0.4], "Area range of local crops.", "augmentation", type=float, nargs=2
+    )
     crop_flip_rotate: bool = _opt(
-        True, "Vertical flips and 90-degree rotations on the crops (horizontal flips are always on).",
-        "augmentation")
-    color_jitter_prob: float = _opt(0.8, "Probability of colour jitter on a crop.", "augmentation", type=float)
-    color_jitter: list[float] = _opt([0.4, 0.4, 0.2, 0.1], "Brightness, contrast, saturation, hue jitter.",
-                                     "augmentation", type=float, nargs=4)
+        True,
+        "Vertical flips and 90-degree rotations on the crops (horizontal flips are always on).",
+        "augmentation",
+    )
+    color_jitter_prob: float = _opt(
+        0.8, "Probability of colour jitter on a crop.", "augmentation", type=float
+    )
+    color_jitter: list[float] = _opt(
+        [0.4, 0.4, 0.2, 0.1],
+        "Brightness, contrast, saturation, hue jitter.",
+        "augmentation",
+        type=float,
+        nargs=4,
+    )
     grayscale_prob: float = _opt(0.2, "Probability of converting a crop to grey.", "augmentation", type=float)
-    blur_prob_global: list[float] = _opt([1.0, 0.1], "Gaussian blur probability of global crops 1 and 2.",
-                                         "augmentation", type=float, nargs=2)
-    blur_prob_local: float = _opt(0.5, "Gaussian blur probability of local crops.", "augmentation", type=float)
-    solarize_prob_global: list[float] = _opt([0.0, 0.2], "Solarisation probability of global crops 1 and 2.",
-                                             "augmentation", type=float, nargs=2)
+    blur_prob_global: list[float] = _opt(
+        [1.0, 0.1], "Gaussian blur probability of global crops 1 and 2.", "augmentation", type=float, nargs=2
+    )
+    blur_prob_local: float = _opt(
+        0.5, "Gaussian blur probability of local crops.", "augmentation", type=float
+    )
+    solarize_prob_global: list[float] = _opt(
+        [0.0, 0.2], "Solarisation probability of global crops 1 and 2.", "augmentation", type=float, nargs=2
+    )
 
     # --------------------------------------------------------------------------------------------- objective
     distillation: bool = _opt(True, "Add the self-distillation loss (off: CLIP loss only).", "objective")
-    distillation_weight: float = _opt(1.0, "lambda: total loss = CLIP loss + lambda * distillation loss.",
-                                      "objective", type=float)
+    distillation_weight: float = _opt(
+        1.0, "lambda: total loss = CLIP loss + lambda * distillation loss.", "objective", type=float
+    )
     student_temp: float = _opt(0.1, "Student softmax temperature.", "objective", type=float)
     teacher_temp: float = _opt(0.04, "Teacher softmax temperature after warm-up.", "objective", type=float)
-    warmup_teacher_temp: float = _opt(0.04, "Teacher temperature at step 0 (e.g. 0.04 with --teacher-temp 0.07).",
-                                      "objective", type=float)
-    teacher_temp_warmup_steps: int = _opt(0, "Steps of linear teacher-temperature warm-up.", "objective",
-                                          type=int)
+    warmup_teacher_temp: float = _opt(
+        0.04, "Teacher temperature at step 0 (e.g. 0.04 with --teacher-temp 0.07).", "objective", type=float
+    )
+    teacher_temp_warmup_steps: int = _opt(
+        0, "Steps of linear teacher-temperature warm-up.", "objective", type=int
+    )
     center_momentum: float = _opt(0.9, "EMA momentum of the teacher-output center.", "objective", type=float)
-    teacher_momentum: float = _opt(0.996, "Teacher EMA momentum at step 0 (cosine schedule).", "objective",
-                                   type=float)
-    teacher_momentum_final: float = _opt(1.0, "Teacher EMA momentum at the last step.", "objective", type=float)
-    freeze_last_layer_steps: int = _opt(0, "Keep the head's last layer fixed for this many steps (DINO: 1 "
-                                        "epoch).", "objective", type=int)
-    local_loss: bool = _opt(False, "CLIP loss on local rows against the gathered batch only (less memory, same "
-                            "gradients).", "objective")
-    logit_scale_max: float | None = _opt(None, "Clamp of logit_scale after every step (default: the model "
-                                         "config's, ln 100).", "objective", type=float)
+    teacher_momentum: float = _opt(
+        0.996, "Teacher EMA momentum at step 0 (cosine schedule).", "objective", type=float
+    )
+    teacher_momentum_final: float = _opt(
+        1.0, "Teacher EMA momentum at the last step.", "objective", type=float
+    )
+    freeze_last_layer_steps: int = _opt(
+        0, "Keep the head's last layer fixed for this many steps (DINO: 1 epoch).", "objective", type=int
+    )
+    local_loss: bool = _opt(
+        False,
+        "CLIP loss on local rows against the gathered batch only (less memory, same gradients).",
+        "objective",
+    )
+    logit_scale_max: float | None = _opt(
+        None,
+        "Clamp of logit_scale after every step (default: the model config's, ln 100).",
+        "objective",
+        type=float,
+    )
 
     # ------------------------------------------------------------------------------------------ optimisation
     learning_rate: float = _opt(1e-5, "Peak learning rate (AdamW).", "optimisation", type=float)
-    head_learning_rate: float | None = _opt(None, "Peak learning rate of the distillation head (default: "
-                                            "--learning-rate).", "optimisation", type=float)
-    weight_decay: float = _opt(0.2, "AdamW weight decay (never on norms, biases, logit_scale).", "optimisation",
-                               type=float)
+    head_learning_rate: float | None = _opt(
+        None,
+        "Peak learning rate of the distillation head (default: --learning-rate).",
+        "optimisation",
+        type=float,
+    )
+    weight_decay: float = _opt(
+        0.2, "AdamW weight decay (never on norms, biases, logit_scale).", "optimisation", type=float
+    )
     adam_beta1: float = _opt(0.9, "AdamW beta1.", "optimisation", type=float)
     adam_beta2: float = _opt(0.98, "AdamW beta2.", "optimisation", type=float)
     adam_epsilon: float = _opt(1e-6, "AdamW epsilon.", "optimisation", type=float)
-    lr_scheduler_type: str = _opt("cosine", "Learning-rate schedule after warm-up (transformers' get_scheduler).",
-                                  "optimisation", type=str,
-                                  choices=["cosine", "linear", "constant_with_warmup", "cosine_with_restarts"])
+    lr_scheduler_type: str = _opt(
+        "cosine",
+        "Learning-rate schedule after warm-up (transformers' get_scheduler).",
+        "optimisation",
+        type=str,
+        choices=["cosine", "linear", "constant_with_warmup", "cosine_with_restarts"],
+    )
     warmup_steps: int = _opt(100, "Linear learning-rate warm-up steps.", "optimisation", type=int)
-    max_grad_norm: float = _opt(1.0, "Gradient clipping by global norm (0 disables).", "optimisation",
-                                type=float)
-    per_device_train_batch_size: int = _opt(64, "Image-caption pairs per process and micro-step.",
-                                            "optimisation", type=int)
+    max_grad_norm: float = _opt(
+        1.0, "Gradient clipping by global norm (0 disables).", "optimisation", type=float
+    )
+    per_device_train_batch_size: int = _opt(
+        64, "Image-caption pairs per process and micro-step.", "optimisation", type=int
+    )
     per_device_eval_batch_size: int = _opt(128, "Validation batch size.", "optimisation", type=int)
-    gradient_accumulation_steps: int = _opt(1, "Micro-steps per optimiser step (CLIP negatives come from one "
-                                            "micro-batch).", "optimisation", type=int)
-    num_train_epochs: float = _opt(10, "Epochs (ignored when --max-steps is set).", "optimisation", type=float)
-    max_steps: int | None = _opt(None, "Total optimiser steps (overrides --num-train-epochs).", "optimisation",
-                                 type=int)
-    mixed_precision: str | None = _opt(None, "no, fp16 or bf16 (default: the `accelerate config` choice).",
-                                       "optimisation", type=str, choices=["no", "fp16", "bf16"])
-    gradient_checkpointing: bool = _opt(False, "Recompute activations in the backward pass (less memory).",
-                                        "optimisation")
-    freeze_vision_tower: bool = _opt(False, "Do not train the image tower and its projection.", "optimisation")
+    gradient_accumulation_steps: int = _opt(
+        1,
+        "Micro-steps per optimiser step (CLIP negatives come from one micro-batch).",
+        "optimisation",
+        type=int,
+    )
+    num_train_epochs: float = _opt(
+        10, "Epochs (ignored when --max-steps is set).", "optimisation", type=float
+    )
+    max_steps: int | None = _opt(
+        None, "Total optimiser steps (overrides --num-train-epochs).", "optimisation", type=int
+    )
+    mixed_precision: str | None = _opt(
+        None,
+        "no, fp16 or bf16 (default: the `accelerate config` choice).",
+        "optimisation",
+        type=str,
+        choices=["no", "fp16", "bf16"],
+    )
+    gradient_checkpointing: bool = _opt(
+        False, "Recompute activations in the backward pass (less memory).", "optimisation"
+    )
+    freeze_vision_tower: bool = _opt(
+        False, "Do not train the image tower and its projection.", "optimisation"
+    )
     freeze_text_tower: bool = _opt(False, "Do not train the text tower and its projection.", "optimisation")
     lora: bool = _opt(False, "Train LoRA adapters (peft) instead of the full towers.", "optimisation")
     lora_r: int = _opt(16, "LoRA rank.", "optimisation", type=int)
     lora_alpha: int = _opt(32, "LoRA alpha.", "optimisation", type=int)
     lora_dropout: float = _opt(0.05, "LoRA dropout.", "optimisation", type=float)
     lora_target_modules: list[str] = _opt(
-        ["q_proj", "v_proj", "query", "value"], "Modules that get adapters (query/value projections of the "
-        "image tower: q_proj/v_proj; of the text tower: query/value).", "optimisation", type=str, nargs="+")
+        ["q_proj", "v_proj", "query", "value"],
+        "Modules that get adapters (query/value projections of the "
+        "image tower: q_proj/v_proj; of the text tower: query/value).",
+        "optimisation",
+        type=str,
+        nargs="+",
+    )
     lora_modules_to_save: list[str] = _opt(
-        ["visual_projection", "text_projection"], "Modules trained in full and saved with the adapter (the "
-        "distillation head is added when distillation is on).", "optimisation", type=str, nargs="*")
-    seed: int = _opt(42, "Seed of the initialisation, the shuffling and the augmentations.", "optimisation",
-                     type=int)
+        ["visual_projection", "text_projection"],
+        "Modules trained in full and saved with the adapter (the "
+        "distillation head is added when distillation is on).",
+        "optimisation",
+        type=str,
+        nargs="*",
+    )
+    use_cpu: bool = _opt(
+        False,
+        "Train on the CPU even when a GPU is present (several CPU processes started by "
+        "torchrun use gloo automatically).",
+        "optimisation",
+    )
+    seed: int = _opt(
+        42, "Seed of the initialisation, the shuffling and the augmentations.", "optimisation", type=int
+    )
 
     # -------------------------------------------------------------------------------------------- operations
-    output_dir: str | None = _opt(None, "Where checkpoints, logs and the final model go.", "operations", type=str)
+    output_dir: str | None = _opt(
+        None, "Where checkpoints, logs and the final model go.", "operations", type=str
+    )
     logging_steps: int = _opt(10, "Log losses every N steps.", "operations", type=int)
-    report_to: str = _opt("tensorboard", "Tracker: tensorboard, wandb (when installed), all or none.",
-                          "operations", type=str, choices=["tensorboard", "wandb", "all", "none"])
+    report_to: str = _opt(
+        "tensorboard",
+        "Tracker: tensorboard, wandb (when installed), all or none.",
+        "operations",
+        type=str,
+        choices=["tensorboard", "wandb", "all", "none"],
+    )
     project_name: str = _opt("rsmclip", "Tracker project name.", "operations", type=str)
-    eval_steps: int = _opt(500, "Validation retrieval every N steps (0: only at the end).", "operations", type=int)
-    save_steps: int = _opt(500, "Checkpoint (accelerate save_state) every N steps (0: never).", "operations",
-                           type=int)
+    eval_steps: int = _opt(
+        500, "Validation retrieval every N steps (0: only at the end).", "operations", type=int
+    )
+    save_steps: int = _opt(
+        500, "Checkpoint (accelerate save_state) every N steps (0: never).", "operations", type=int
+    )
     save_total_limit: int | None = _opt(3, "Keep only the last K checkpoints.", "operations", type=int)
     resume_from_checkpoint: str | None = _opt(
-        None, "Resume from a checkpoint folder, or 'latest' for the newest one in OUTPUT_DIR/checkpoints.",
-        "operations", type=str)
-    max_consecutive_nonfinite: int = _opt(10, "Stop after this many optimiser steps in a row with a non-finite "
-                                          "loss or gradient (each one is skipped and counted).", "operations",
-                                          type=int)
+        None,
+        "Resume from a checkpoint folder, or 'latest' for the newest one in OUTPUT_DIR/checkpoints.",
+        "operations",
+        type=str,
+    )
+    max_consecutive_nonfinite: int = _opt(
+        10,
+        "Stop after this many optimiser steps in a row with a non-finite "
+        "loss or gradient (each one is skipped and counted).",
+        "operations",
+        type=int,
+    )
     push_to_hub: bool = _opt(False, "Upload the final model and its card to the Hub.", "operations")
     hub_model_id: str | None = _opt(None, "Hub repository for --push-to-hub.", "operations", type=str)
     hub_private_repo: bool = _opt(False, "Create the Hub repository as private.", "operations")
@@ -217,7 +363,11 @@ class TrainingConfig:
             errors.append("distillation needs at least one global crop")
         if self.clip_view == "global" and self.num_global_crops < 1:
             errors.append("--clip-view global needs a global crop")
-        for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
+        for name in (
+            "per_device_train_batch_size",
+            "per_device_eval_batch_size",
+            "gradient_accumulation_steps",
+        ):
             if getattr(self, name) < 1:
                 errors.append(f"--{name.replace('_', '-')} must be >= 1")
         if self.freeze_vision_tower and self.freeze_text_tower and not self.distillation:
@@ -236,7 +386,9 @@ class TrainingConfig:
         return dataclasses.asdict(self)
 
     def to_yaml(self, path: str | Path) -> None:
-        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True), encoding="utf-8")
+        Path(path).write_text(
+            yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True), encoding="utf-8"
+        )
 
     @classmethod
     def field_names(cls) -> list[str]:
@@ -248,7 +400,9 @@ class TrainingConfig:
         normalised = {str(k).replace("-", "_"): v for k, v in values.items()}
         unknown = sorted(set(normalised) - known)
         if unknown:
-            raise ValueError(f"{source}: unknown option(s) {', '.join(unknown)}; run with --help for the list")
+            raise ValueError(
+                f"{source}: unknown option(s) {', '.join(unknown)}; run with --help for the list"
+            )
         return cls(**normalised)
 
     @classmethod
@@ -271,7 +425,10 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     """Add `--config` and one flag per `TrainingConfig` field. Flags default to "not given" (argparse.SUPPRESS)
     so that a YAML file can supply the value; `--help` shows the built-in default."""
     parser.add_argument(
-        "--config", type=str, default=None, metavar="YAML",
+        "--config",
+        type=str,
+        default=None,
+        metavar="YAML",
         help="YAML file of options (keys are the option names with underscores); flags override it.",
     )
     groups = {name: parser.add_argument_group(f"{name} options") for name in _GROUPS}
@@ -290,7 +447,8 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
                 kwargs["choices"] = meta["choices"]
             if meta["nargs"] is not None:
                 kwargs["nargs"] = meta["nargs"]
-            kwargs["metavar"] = f.name.upper() if not meta["choices"] else None
+            if not meta["choices"]:
+                kwargs["metavar"] = {int: "N", float: "X"}.get(meta["type"], "VALUE")
         groups[meta["group"]].add_argument(flag, **kwargs)
 
 

@@ -104,7 +104,9 @@ class DINOLoss(nn.Module):
     ) -> torch.Tensor:
         n_global = self.num_global_views
         if len(teacher_logits) % n_global:
-            raise ValueError(f"{len(teacher_logits)} teacher rows are not a multiple of {n_global} global views")
+            raise ValueError(
+                f"{len(teacher_logits)} teacher rows are not a multiple of {n_global} global views"
+            )
         batch = len(teacher_logits) // n_global
         if len(student_logits) % batch or len(student_logits) // batch < n_global:
             raise ValueError(
@@ -112,7 +114,9 @@ class DINOLoss(nn.Module):
             )
         n_views = len(student_logits) // batch
         if n_views < 2:
-            raise ValueError("the distillation loss needs at least two views (it only compares different views)")
+            raise ValueError(
+                "the distillation loss needs at least two views (it only compares different views)"
+            )
         student_log_probs = F.log_softmax(student_logits.float() / self.student_temp, dim=-1).chunk(n_views)
         teacher = teacher_logits.detach().float()
         teacher_probs = F.softmax((teacher - self.center) / teacher_temp, dim=-1).chunk(n_global)

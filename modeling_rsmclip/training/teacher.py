@@ -39,12 +39,16 @@ class EMATeacher(nn.Module):
         return self.distillation_head(features)
 
     @staticmethod
-    def _pairs(student_module: nn.Module, teacher_module: nn.Module) -> list[tuple[nn.Parameter, nn.Parameter]]:
+    def _pairs(
+        student_module: nn.Module, teacher_module: nn.Module
+    ) -> list[tuple[nn.Parameter, nn.Parameter]]:
         teacher_params = dict(teacher_module.named_parameters())
         pairs = []
         for name, param in student_module.named_parameters():
             if name not in teacher_params:
-                raise KeyError(f"the teacher has no parameter {name!r}: it was built from a different student")
+                raise KeyError(
+                    f"the teacher has no parameter {name!r}: it was built from a different student"
+                )
             if param.requires_grad:
                 pairs.append((param, teacher_params[name]))
         return pairs

@@ -1,0 +1,165 @@
+"""Atomic training checkpoints: `accelerator.save_state` plus the teacher, the DINO center and the loop position.
+
+A checkpoint is written to `checkpoint-N.tmp` and renamed to `checkpoint-N` only once every file is on disk, so a
+crash mid-write leaves the previous checkpoints untouched and usable; a leftover `.tmp` folder is never loaded.
+The teacher and the center are stored as safetensors and the loop position as JSON (no pickles of ours).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+TEACHER_FILE = "teacher.safetensors"
+STATE_FILE = "trainer_state.json"
+
+
+@dataclass
+class TrainerState:
+    """Where the loop stands (saved with every checkpoint)."""
+
+    step: int = 0  # optimiser steps done
+    epoch: int = 0  # current epoch
+    batches_in_epoch: int = 0  # batches of the current epoch already consumed (on each process)
+    nonfinite_steps: int = 0  # skipped steps in total
+    consecutive_nonfinite: int = 0
+    samples_seen: int = 0  # image-caption pairs over all processes
+    log_history: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=1)
+
+    @classmethod
+    def from_json(cls, text: str) -> TrainerState:
+        return cls(**json.loads(text))
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def list_checkpoints(root: str | Path) -> list[tuple[int, Path]]:
+    """Complete checkpoints under `root`, oldest first (`.tmp` folders and folders without a state excluded)."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    found = []
+    for child in root.iterdir():
+        match = CHECKPOINT_RE.match(child.name)
+        if match and child.is_dir() and (child / STATE_FILE).is_file():
+            found.append((int(match.group(1)), child))
+    return sorted(found)
+
+
+def latest_checkpoint(root: str | Path) -> Path | None:
+    checkpoints = list_checkpoints(root)
+    return checkpoints[-1][1] if checkpoints else None
+
+
+def save_checkpoint(
+    accelerator: Accelerator,
+    root: str | Path,
+    state: TrainerState,
+    teacher: nn.Module | None,
+    center: torch.Tensor | None,
+    total_limit: int | None,
+    extra_files: dict[str, str] | None = None,
+) -> Path:
+    """Write `root/checkpoint-<step>` atomically on every process (collective: all processes must call it)."""
+    root = Path(root)
+    final = root / f"checkpoint-{state.step}"
+    tmp = root / f"checkpoint-{state.step}.tmp"
+    if accelerator.is_main_process:
+        root.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    # Each process's own place in its data (they differ only when a stream is split between processes).
+    position = {"epoch": state.epoch, "batches_in_epoch": state.batches_in_epoch}
+    (tmp / f"position_{accelerator.process_index}.json").write_text(json.dumps(position), encoding="utf-8")
+    if accelerator.is_main_process:
+        tensors: dict[str, torch.Tensor] = {}
+        if teacher is not None:
+            tensors.update(
+                {f"teacher.{k}": v.detach().contiguous().cpu() for k, v in teacher.state_dict().items()}
+            )
+        if center is not None:
+            tensors["dino_center"] = center.detach().contiguous().cpu()
+        if tensors:
+            save_file(tensors, str(tmp / TEACHER_FILE))
+        for name, text in (extra_files or {}).items():
+            (tmp / name).write_text(text, encoding="utf-8")
+        # The state file is written last: its presence marks a complete checkpoint.
+        with open(tmp / STATE_FILE, "w", encoding="utf-8") as handle:
+            handle.write(state.to_json())
+            handle.flush()
+            os.fsync(handle.fileno())
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        if final.exists():  # left by an earlier run that got further: replace it
+            old = root / f"checkpoint-{state.step}.old"
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+        _fsync_dir(root)
+        if total_limit is not None and total_limit > 0:
+            for _, path in list_checkpoints(root)[:-total_limit]:
+                shutil.rmtree(path, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def load_checkpoint(
+    accelerator: Accelerator,
+    path: str | Path,
+    teacher: nn.Module | None,
+    center: torch.Tensor | None,
+) -> TrainerState:
+    """Restore model, optimiser, scheduler, scaler and RNG states (accelerate), the teacher and the center."""
+    path = Path(path)
+    if not (path / STATE_FILE).is_file():
+        raise FileNotFoundError(f"{path} is not a complete checkpoint (no {STATE_FILE})")
+    accelerator.load_state(str(path))
+    if teacher is not None or center is not None:
+        teacher_path = path / TEACHER_FILE
+        if not teacher_path.is_file():
+            raise FileNotFoundError(
+                f"{path} has no {TEACHER_FILE}: it was saved without distillation and cannot resume a run with it"
+            )
+        tensors = load_file(str(teacher_path), device="cpu")
+        if teacher is not None:
+            teacher_state = {k[len("teacher.") :]: v for k, v in tensors.items() if k.startswith("teacher.")}
+            teacher.load_state_dict(teacher_state, strict=True)
+        if center is not None:
+            if "dino_center" not in tensors:
+                raise KeyError(f"{teacher_path} has no dino_center")
+            center.copy_(tensors["dino_center"].to(center.device))
+    state = TrainerState.from_json((path / STATE_FILE).read_text(encoding="utf-8"))
+    position_file = path / f"position_{accelerator.process_index}.json"
+    if position_file.is_file():
+        position = json.loads(position_file.read_text(encoding="utf-8"))
+        state.epoch, state.batches_in_epoch = position["epoch"], position["batches_in_epoch"]
+    return state
