@@ -1,6 +1,6 @@
 """Zero-shot classification and multilingual retrieval with an RS-M-CLIP model, on the bundled sample images.
 
-    python examples/zero_shot_and_retrieval.py --model path/to/model   # a converted or trained model folder
+python examples/zero_shot_and_retrieval.py --model path/to/model   # a converted or trained model folder
 """
 
 from __future__ import annotations
@@ -17,7 +17,9 @@ from modeling_rsmclip.testing import sample_dir
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", required=True)
     args = parser.parse_args()
 
@@ -27,8 +29,9 @@ def main() -> None:
     for lang in ("en", "fr", "ko"):
         labels = [class_name("rsscn7", c, lang) for c in classes]
         for path in sorted(rsscn7.glob("*/*.jpg"))[:3]:
-            best = classifier(Image.open(path), candidate_labels=labels,
-                              hypothesis_template=PROMPT_TEMPLATES[lang][0])[0]
+            best = classifier(
+                Image.open(path), candidate_labels=labels, hypothesis_template=PROMPT_TEMPLATES[lang][0]
+            )[0]
             print(f"[{lang}] {path.parent.name:12s} -> {best['label']} ({best['score']:.2f})")
 
     retriever = pipeline("rsmclip-retrieval", model=args.model, trust_remote_code=True)

@@ -42,7 +42,6 @@ def train_xlmr_style_tokenizer(texts: list[str], out_dir: str | os.PathLike, voc
     `vocab_size`. Returns the loaded `RSMCLIPTokenizer` (an `XLMRobertaTokenizer`).
     """
     import sentencepiece as spm
-
     from transformers import XLMRobertaTokenizer
 
     from .processing_rsmclip import RSMCLIPTokenizer
@@ -70,7 +69,12 @@ def train_xlmr_style_tokenizer(texts: list[str], out_dir: str | os.PathLike, voc
         XLMRobertaTokenizer.from_pretrained(tmp, model_max_length=77).save_pretrained(Path(tmp) / "converted")
         tokenizer = RSMCLIPTokenizer.from_pretrained(Path(tmp) / "converted", model_max_length=77)
     ids = tokenizer("a", add_special_tokens=True)["input_ids"]
-    if (tokenizer.bos_token_id, tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.unk_token_id) != (0, 1, 2, 3):
+    if (tokenizer.bos_token_id, tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.unk_token_id) != (
+        0,
+        1,
+        2,
+        3,
+    ):
         raise RuntimeError(f"tokenizer lost XLM-R's id layout (ids of 'a': {ids})")
     if len(tokenizer) > vocab_size:
         raise ValueError(f"tokenizer has {len(tokenizer)} tokens, more than vocab_size={vocab_size}")
