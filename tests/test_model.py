@@ -145,12 +145,14 @@ def test_sdpa_matches_eager_and_gradient_checkpointing(tiny, batch):
     trained = RSMCLIPModel._from_config(copy.deepcopy(model.config))
     trained.load_state_dict(state)
     trained.train()
-    trained.gradient_checkpointing_enable()
+    enable = getattr(trained, "activation_checkpointing_enable", trained.gradient_checkpointing_enable)
+    disable = getattr(trained, "activation_checkpointing_disable", trained.gradient_checkpointing_disable)
+    enable()
     loss_ckpt = trained(**batch, return_loss=True).loss
     loss_ckpt.backward()
     grad_ckpt = trained.vision_model.encoder.layers[0].mlp.fc1.weight.grad.clone()
     trained.zero_grad()
-    trained.gradient_checkpointing_disable()
+    disable()
     trained(**batch, return_loss=True).loss.backward()
     torch.testing.assert_close(
         grad_ckpt, trained.vision_model.encoder.layers[0].mlp.fc1.weight.grad, atol=1e-6, rtol=1e-5
