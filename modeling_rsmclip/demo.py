@@ -29,7 +29,16 @@ def load_demo_model(model: str | None):
     from transformers import AutoModel, AutoProcessor
 
     if model is None and (DEMO_MODEL_DIR / "config.json").exists():
-        model = str(DEMO_MODEL_DIR)
+        net, processor = (
+            AutoModel.from_pretrained(DEMO_MODEL_DIR).eval(),
+            AutoProcessor.from_pretrained(DEMO_MODEL_DIR),
+        )
+        return (
+            net,
+            processor,
+            "bundled demo model (trained on the UCM-Captions train split, 10 languages)",
+            True,
+        )
     if model is not None:
         return AutoModel.from_pretrained(model).eval(), AutoProcessor.from_pretrained(model), model, True
     from .testing import make_tiny_model_and_processor
@@ -86,7 +95,10 @@ def run_demo(
     classes = sorted(set(labels.values()))
     ucm_embeds = _image_embeds(net, processor, ucm_paths)
 
-    print(f"\nZero-shot classification of {len(ucm_paths)} UC Merced images into {len(classes)} classes")
+    print(
+        f"\nZero-shot classification of {len(ucm_paths)} UC Merced test-split images into {len(classes)} classes "
+        f"(chance {1 / len(classes):.0%}); prompts in each language"
+    )
     results: dict = {"model": name, "trained": trained, "zero_shot": {}, "retrieval": {}}
     for lang in languages:
         cls = class_embeddings(net, processor, "ucm", classes, lang)
