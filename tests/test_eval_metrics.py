@@ -196,3 +196,25 @@ def test_evaluate_metric_module_matches() -> None:
     expected = recall_at_k(scores, correct, ks=(1, 3, 5))
     out = metric.compute(predictions=scores.tolist(), references=correct, k=[1, 3, 5])
     assert [out[f"recall@{k}"] for k in (1, 3, 5)] == pytest.approx([expected[k] for k in (1, 3, 5)])
+
+
+def test_tie_rules_bracket_duplicate_captions():
+    from modeling_rsmclip.evaluation.metrics import first_correct_ranks, retrieval_metrics
+
+    # Two images; the same sentence was written for both (texts 0 and 1 are identical, so they tie exactly).
+    # Image 0's captions: texts 0 and 2; image 1's: texts 1 and 3.
+    similarity = np.array([[0.9, 0.9, 0.1, 0.2], [0.5, 0.5, 0.3, 0.8]])
+    text_to_image = [0, 1, 0, 1]
+    pess = retrieval_metrics(similarity, text_to_image, ks=(1,), ties="pessimistic")
+    opt = retrieval_metrics(similarity, text_to_image, ks=(1,), ties="optimistic")
+    # image 0: its best caption (0.9) ties with image 1's copy -> rank 1 (pessimistic) or 0 (optimistic)
+    # image 1: its best caption (0.8) is ahead of everything -> rank 0 either way
+    assert pess["i2t_R@1"] == 50.0 and opt["i2t_R@1"] == 100.0
+    # text 0 and text 1 (0.9 vs 0.5 / 0.9 vs 0.5): no ties in text->image
+    assert pess["t2i_R@1"] == opt["t2i_R@1"]
+    assert first_correct_ranks(
+        [[1.0, 1.0, 1.0]], np.array([[True, False, False]]), ties="optimistic"
+    ).tolist() == [0]
+    assert first_correct_ranks([[1.0, 1.0, 1.0]], np.array([[True, False, False]])).tolist() == [2]
+    with pytest.raises(ValueError, match="ties must be one of"):
+        first_correct_ranks([[1.0]], [0], ties="random")

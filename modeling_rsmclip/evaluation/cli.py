@@ -114,6 +114,14 @@ def add_retrieval_arguments(parser: argparse.ArgumentParser) -> None:
         "--dataset-name", help="dataset name in results and the model card (default: from the input)"
     )
     parser.add_argument("--ks", type=_csv_ints, default=(1, 5, 10), help="recall cut-offs (default: 1,5,10)")
+    parser.add_argument(
+        "--ties",
+        choices=("pessimistic", "optimistic"),
+        default="pessimistic",
+        help="how an exact score tie with the correct item counts: against it (pessimistic, default) or for it "
+        "(optimistic). Caption sets that repeat the same sentence for many images (UCM-Captions, RSICD) tie "
+        "often in image->text; published numbers rank with a sort, which falls between the two",
+    )
     parser.add_argument("--grid-queries", type=int, default=3, help="images whose captions are grid queries")
     parser.add_argument(
         "--grid-languages",
@@ -139,7 +147,7 @@ def run_retrieval(args: argparse.Namespace) -> int:
             raise SystemExit("--translations applies to --karpathy-json input only")
         data = load_builder_dataset(args.dataset, args.split, args.languages, args.dataset_name)
     embedder, model_name = _make_embedder(args)
-    result = evaluate_retrieval(embedder, data, tuple(args.ks), model_name=model_name)
+    result = evaluate_retrieval(embedder, data, tuple(args.ks), model_name=model_name, ties=args.ties)
     stem = f"retrieval_{_slug(data.name)}_{_slug(str(data.split))}"
     out = Path(args.output_dir)
     path = _write_json(out / f"{stem}.json", result.results)

@@ -28,7 +28,16 @@ from typing import Any
 
 import numpy as np
 
-TIE_RULE = "pessimistic: rank = number of incorrect items scoring >= the best-scoring correct item; hit@K iff rank < K"
+TIE_RULES = {
+    "pessimistic": "pessimistic: rank = number of incorrect items scoring >= the best-scoring correct item; "
+    "hit@K iff rank < K",
+    # Published remote-sensing retrieval numbers rank with a sort, where an exact tie (e.g. the same caption text
+    # written for several images, frequent in UCM-Captions and RSICD) may fall either way; this rule is the
+    # favourable bound of that.
+    "optimistic": "optimistic: rank = number of incorrect items scoring > the best-scoring correct item; "
+    "hit@K iff rank < K",
+}
+TIE_RULE = TIE_RULES["pessimistic"]
 
 DEFAULT_RETRIEVAL_KS: tuple[int, ...] = (1, 5, 10)
 DEFAULT_ZERO_SHOT_KS: tuple[int, ...] = (1, 5)
@@ -75,8 +84,11 @@ def correct_mask_from_indices(correct: Sequence[Sequence[int] | int], num_galler
     return mask
 
 
-def first_correct_ranks(scores: Any, correct: Any, chunk_size: int = 1024) -> np.ndarray:
-    """0-based rank of the best-placed correct item of every query, under the pessimistic tie rule.
+def first_correct_ranks(
+    scores: Any, correct: Any, chunk_size: int = 1024, ties: str = "pessimistic"
+) -> np.ndarray:
+    """0-based rank of the best-placed correct item of every query, under a tie rule of `TIE_RULES`
+    (`"pessimistic"` by default: a tie counts against the query).
 
     Args:
         scores: (queries x gallery) similarity scores, higher is better.
@@ -84,6 +96,8 @@ def first_correct_ranks(scores: Any, correct: Any, chunk_size: int = 1024) -> np
             gallery indices (or a single index). Every query needs at least one correct item.
         chunk_size: number of queries processed at once (bounds the temporary memory for large galleries).
     """
+    if ties not in TIE_RULES:
+        raise ValueError(f"ties must be one of {sorted(TIE_RULES)}, got {ties!r}")
     scores = _check_scores(scores)
     if isinstance(correct, np.ndarray) and correct.dtype == bool:
         mask = correct
@@ -101,7 +115,8 @@ def first_correct_ranks(scores: Any, correct: Any, chunk_size: int = 1024) -> np
         s = scores[start : start + chunk_size]
         m = mask[start : start + chunk_size]
         best = np.where(m, s, -np.inf).max(axis=1, keepdims=True)
-        ranks[start : start + chunk_size] = ((s >= best) & ~m).sum(axis=1)
+        ahead = s >= best if ties == "pessimistic" else s > best
+        ranks[start : start + chunk_size] = (ahead & ~m).sum(axis=1)
     return ranks
 
 
@@ -121,7 +136,10 @@ def recall_from_ranks(ranks: np.ndarray, ks: Sequence[int]) -> dict[int, float]:
 
 
 def retrieval_metrics(
-    similarity: Any, text_to_image: Sequence[int] | np.ndarray, ks: Sequence[int] = DEFAULT_RETRIEVAL_KS
+    similarity: Any,
+    text_to_image: Sequence[int] | np.ndarray,
+    ks: Sequence[int] = DEFAULT_RETRIEVAL_KS,
+    ties: str = "pessimistic",
 ) -> dict[str, float | int]:
     """Image->text and text->image recall@K and their mean (mR) for one language.
 
@@ -129,6 +147,7 @@ def retrieval_metrics(
         similarity: (images x texts) similarity matrix.
         text_to_image: for every text (column), the index of the image it describes.
         ks: cut-offs.
+        ties: the tie rule (`TIE_RULES`).
 
     Image->text counts an image as correct when any of its captions is in its top K. Images that have no caption
     (e.g. a language whose translations are missing) cannot be scored as image->text queries; they are left out of
@@ -147,11 +166,11 @@ def retrieval_metrics(
     # t2i: one correct image per text.
     t2i_mask = np.zeros((num_texts, num_images), dtype=bool)
     t2i_mask[np.arange(num_texts), text_to_image] = True
-    t2i = recall_from_ranks(first_correct_ranks(similarity.T, t2i_mask), ks)
+    t2i = recall_from_ranks(first_correct_ranks(similarity.T, t2i_mask, ties=ties), ks)
     # i2t: all captions of the image are correct.
     i2t_mask = t2i_mask.T
     has_text = i2t_mask.any(axis=1)
-    i2t = recall_from_ranks(first_correct_ranks(similarity[has_text], i2t_mask[has_text]), ks)
+    i2t = recall_from_ranks(first_correct_ranks(similarity[has_text], i2t_mask[has_text], ties=ties), ks)
     out: dict[str, float | int] = {}
     for k in ks:
         out[f"i2t_R@{int(k)}"] = i2t[int(k)]

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from .embed import DatasetImages, Embedder, ImageFiles, ImageSource
-from .metrics import DEFAULT_RETRIEVAL_KS, TIE_RULE, retrieval_metrics
+from .metrics import DEFAULT_RETRIEVAL_KS, TIE_RULES, retrieval_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -232,8 +232,10 @@ def evaluate_retrieval(
     data: RetrievalData,
     ks: tuple[int, ...] = DEFAULT_RETRIEVAL_KS,
     model_name: str | None = None,
+    ties: str = "pessimistic",
 ) -> RetrievalResult:
-    """Embed the gallery once and the captions of every language, and compute the metrics per language."""
+    """Embed the gallery once and the captions of every language, and compute the metrics per language
+    (`ties`: the tie rule, see `metrics.TIE_RULES`)."""
     image_embeds = embedder.images(data.images, desc=f"{data.name}: images")
     per_language: dict[str, dict[str, Any]] = {}
     text_embeds: dict[str, torch.Tensor] = {}
@@ -246,7 +248,7 @@ def evaluate_retrieval(
         text_to_image[lang] = np.array([index for index, _ in pairs], dtype=np.int64)
         text_embeds[lang] = embedder.texts(texts[lang], desc=f"{data.name}: {lang} captions")
         similarity = (image_embeds @ text_embeds[lang].T).numpy()
-        per_language[lang] = retrieval_metrics(similarity, text_to_image[lang], ks)
+        per_language[lang] = retrieval_metrics(similarity, text_to_image[lang], ks, ties=ties)
         logger.info("%s %s: mR %.2f", data.name, lang, per_language[lang]["mR"])
     metric_keys = [
         k for k in next(iter(per_language.values())) if k.startswith(("i2t_", "t2i_")) or k == "mR"
@@ -263,7 +265,7 @@ def evaluate_retrieval(
             "num_images": len(data.image_ids),
         },
         "ks": [int(k) for k in ks],
-        "tie_rule": TIE_RULE,
+        "tie_rule": TIE_RULES[ties],
         "units": "percent",
         "languages": per_language,
         "average": average,
