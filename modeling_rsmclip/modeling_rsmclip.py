@@ -312,6 +312,14 @@ class RSMCLIPModel(RSMCLIPPreTrainedModel):
         use_dict = return_dict if return_dict is not None else self.config.return_dict
         return output if use_dict else output.to_tuple()
 
+    @classmethod
+    def from_pretrained(cls, *args: Any, **kwargs: Any):
+        """`PreTrainedModel.from_pretrained`, reading safetensors only (a pickled `.bin` is refused)."""
+        if kwargs.get("use_safetensors") is False:
+            raise ValueError("RS-M-CLIP weights are read from safetensors only")
+        kwargs["use_safetensors"] = True
+        return super().from_pretrained(*args, **kwargs)
+
     def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, **kwargs: Any) -> None:
         """`PreTrainedModel.save_pretrained` (safetensors), plus what a Hub-hosted copy needs to run without this
         package: the code files, `auto_map` for AutoModel and AutoModelForZeroShotImageClassification, and the

@@ -164,3 +164,13 @@ def test_loss_needs_pairs(tiny, batch):
     texts = processor(text=["a", "b", "c"], return_tensors="pt")
     with pytest.raises(ValueError, match="pairs"):
         model(pixel_values=batch["pixel_values"][:2], **texts, return_loss=True)
+
+
+def test_weights_are_read_from_safetensors_only(tiny, tmp_path):
+    model, _ = tiny
+    model.save_pretrained(tmp_path)
+    state = RSMCLIPModel.from_pretrained(tmp_path).state_dict()
+    (tmp_path / "model.safetensors").unlink()
+    torch.save(state, tmp_path / "pytorch_model.bin")
+    with pytest.raises(OSError, match="safetensors"):
+        RSMCLIPModel.from_pretrained(tmp_path)
