@@ -61,6 +61,9 @@ def _worker(out_dir: str) -> None:
     dino.update_center(teacher[:, shard].reshape(-1, K))
     results["center"] = dino.center[0].tolist()
     Path(out_dir, f"rank{rank}.json").write_text(json.dumps(results))
+    # Leave together: a rank that exits while gloo still runs its threads in the other aborts the run.
+    torch.distributed.barrier()
+    state.destroy_process_group()
 
 
 def _torchrun(args: list[str], tmp_path: Path, timeout: int = 240) -> subprocess.CompletedProcess:
