@@ -16,6 +16,11 @@ from pathlib import Path
 SAMPLE_DIR = Path(__file__).resolve().parents[1] / "examples" / "sample"
 
 
+def shared_data_dir() -> Path:
+    """The real data beside the checkout: `$RSMCLIP_SHARED_DATA`, else `../shared/data` (it may be absent)."""
+    return Path(os.environ.get("RSMCLIP_SHARED_DATA", SAMPLE_DIR.parents[2] / "shared" / "data"))
+
+
 def sample_dir() -> Path:
     """The bundled sample data (`examples/sample`): UCM-Captions and RSSCN7 images in their public layouts."""
     if not (SAMPLE_DIR / "ucm" / "dataset.json").exists():

@@ -9,16 +9,17 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 import shutil
 from pathlib import Path
+
+from modeling_rsmclip.testing import shared_data_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    default_shared = os.environ.get("RSMCLIP_SHARED_DATA", str(ROOT.parent / "shared" / "data"))
+    default_shared = str(shared_data_dir())
     parser.add_argument("--shared-data", default=default_shared)
     parser.add_argument("--out", default=str(ROOT / "examples" / "sample"))
     parser.add_argument("--per-class", type=int, default=2)

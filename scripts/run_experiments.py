@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from modeling_rsmclip.testing import shared_data_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = {
@@ -42,6 +43,7 @@ def _run(cmd: list[str], log: Path) -> None:
 def evaluate(model_dir: Path, out: Path, shared: Path, languages: str, log: Path) -> dict:
     rsmclip = [sys.executable, "-m", "modeling_rsmclip.cli"]
     lang_args = [] if languages == "all" else ["--languages", languages]
+    common = [*lang_args, "--output-dir", str(out), "--no-plots", "--no-cache"]
     ucm = shared / "ucm-captions"
     _run(
         rsmclip
@@ -57,11 +59,7 @@ def evaluate(model_dir: Path, out: Path, shared: Path, languages: str, log: Path
             str(ucm / "translations"),
             "--dataset-name",
             "UCM-Captions",
-            *lang_args,
-            "--output-dir",
-            str(out),
-            "--no-plots",
-            "--no-cache",
+            *common,
         ],
         log,
     )
@@ -77,11 +75,7 @@ def evaluate(model_dir: Path, out: Path, shared: Path, languages: str, log: Path
             "rsscn7-mini",
             "--class-names",
             "rsscn7",
-            *lang_args,
-            "--output-dir",
-            str(out),
-            "--no-plots",
-            "--no-cache",
+            *common,
         ],
         log,
     )
@@ -101,11 +95,7 @@ def evaluate(model_dir: Path, out: Path, shared: Path, languages: str, log: Path
             "ucm",
             "--class-names",
             "ucm",
-            *lang_args,
-            "--output-dir",
-            str(out),
-            "--no-plots",
-            "--no-cache",
+            *common,
         ],
         log,
     )
@@ -144,9 +134,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--out", default="outputs/experiments")
-    parser.add_argument(
-        "--shared-data", default=os.environ.get("RSMCLIP_SHARED_DATA", str(ROOT.parent / "shared" / "data"))
-    )
+    parser.add_argument("--shared-data", default=str(shared_data_dir()))
     parser.add_argument(
         "--extra", nargs=argparse.REMAINDER, default=[], help="more train.py flags for every run"
     )

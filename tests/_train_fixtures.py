@@ -9,17 +9,12 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 from pathlib import Path
 
 import datasets
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-def shared_data_dir() -> Path:
-    return Path(os.environ.get("RSMCLIP_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
+from modeling_rsmclip.testing import shared_data_dir
 
 
 def ucm_dir() -> Path:

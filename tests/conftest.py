@@ -2,22 +2,17 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def shared_data_path() -> Path:
-    return Path(os.environ.get("RSMCLIP_SHARED_DATA", ROOT.parent / "shared" / "data"))
+from modeling_rsmclip.testing import shared_data_dir
 
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """`../shared/data` (or `$RSMCLIP_SHARED_DATA`): the real UCM-Captions and RSSCN7-mini data."""
-    path = shared_data_path()
+    path = shared_data_dir()
     if not (path / "ucm-captions" / "dataset.json").exists():
         pytest.skip(f"real data not found at {path}: set RSMCLIP_SHARED_DATA to the shared/data folder")
     return path

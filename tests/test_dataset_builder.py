@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -26,10 +25,9 @@ from modeling_rsmclip.data import (
 )
 from modeling_rsmclip.data.cli import main as cli_main
 from modeling_rsmclip.templates import CLASS_NAMES, LANGUAGES, PROMPT_TEMPLATES
+from modeling_rsmclip.testing import shared_data_dir
 
-SHARED_DATA = Path(
-    os.environ.get("RSMCLIP_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")
-)
+SHARED_DATA = shared_data_dir()
 UCM = SHARED_DATA / "ucm-captions"
 RSSCN7 = SHARED_DATA / "rsscn7-mini"
 

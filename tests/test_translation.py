@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -23,10 +22,9 @@ from modeling_rsmclip.data import (
     translate_texts,
 )
 from modeling_rsmclip.templates import PROMPT_TEMPLATES
+from modeling_rsmclip.testing import shared_data_dir
 
-SHARED_DATA = Path(
-    os.environ.get("RSMCLIP_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")
-)
+SHARED_DATA = shared_data_dir()
 UCM = SHARED_DATA / "ucm-captions"
 RSSCN7 = SHARED_DATA / "rsscn7-mini"
 TARGETS = ("pt", "es", "fr", "de", "nl", "it", "zh", "ko", "ru")

@@ -19,6 +19,22 @@ PAPER_CITATION = """@inproceedings{silva2024rsmclip,
   note      = {arXiv:2410.23370}
 }"""
 
+# Hyper-parameters of the self-distillation loss: shown only when it is on.
+DISTILLATION_HYPERPARAMETERS = (
+    "distillation_weight",
+    "num_global_crops",
+    "num_local_crops",
+    "global_crop_scale",
+    "local_crop_scale",
+    "student_temp",
+    "teacher_temp",
+    "warmup_teacher_temp",
+    "teacher_temp_warmup_steps",
+    "center_momentum",
+    "teacher_momentum",
+    "teacher_momentum_final",
+)
+
 # Hyper-parameters shown in the card, in this order.
 CARD_HYPERPARAMETERS = (
     "learning_rate",
@@ -33,18 +49,7 @@ CARD_HYPERPARAMETERS = (
     "per_device_train_batch_size",
     "gradient_accumulation_steps",
     "distillation",
-    "distillation_weight",
-    "num_global_crops",
-    "num_local_crops",
-    "global_crop_scale",
-    "local_crop_scale",
-    "student_temp",
-    "teacher_temp",
-    "warmup_teacher_temp",
-    "teacher_temp_warmup_steps",
-    "center_momentum",
-    "teacher_momentum",
-    "teacher_momentum_final",
+    *DISTILLATION_HYPERPARAMETERS,
     "clip_view",
     "freeze_vision_tower",
     "freeze_text_tower",
@@ -146,20 +151,7 @@ def build_model_card(
     for name in CARD_HYPERPARAMETERS:
         if not config.lora and name.startswith("lora_"):
             continue
-        if not config.distillation and name in (
-            "distillation_weight",
-            "num_global_crops",
-            "num_local_crops",
-            "global_crop_scale",
-            "local_crop_scale",
-            "student_temp",
-            "teacher_temp",
-            "warmup_teacher_temp",
-            "teacher_temp_warmup_steps",
-            "center_momentum",
-            "teacher_momentum",
-            "teacher_momentum_final",
-        ):
+        if not config.distillation and name in DISTILLATION_HYPERPARAMETERS:
             continue
         lines.append(f"| {name} | {_fmt(values[name])} |")
     lines += ["", "## Results", ""]
