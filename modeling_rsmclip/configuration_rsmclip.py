@@ -144,6 +144,9 @@ TEXT_POOLER_TYPES = ("mean_pooler", "cls_pooler")
 TEXT_PROJECTION_TYPES = ("mlp", "linear")
 
 
+_SUB_CONFIG_CLASSES = {"vision_config": CLIPVisionConfig, "text_config": XLMRobertaConfig}
+
+
 class RSMCLIPConfig(PreTrainedConfig):
     r"""Configuration of [`RSMCLIPModel`].
 
@@ -163,7 +166,11 @@ class RSMCLIPConfig(PreTrainedConfig):
     """
 
     model_type = "rsmclip"
-    sub_configs_defaults = {"vision_config": CLIPVisionConfig, "text_config": XLMRobertaConfig}
+    # transformers >= 5.18 declares sub-configs with `sub_configs_defaults`; earlier 5.x releases with `sub_configs`.
+    if hasattr(PreTrainedConfig, "sub_configs_defaults"):
+        sub_configs_defaults = dict(_SUB_CONFIG_CLASSES)
+    else:  # pragma: no cover - depends on the installed transformers
+        sub_configs = dict(_SUB_CONFIG_CLASSES)
 
     vision_config: dict | CLIPVisionConfig | None = None
     text_config: dict | XLMRobertaConfig | None = None
@@ -190,10 +197,12 @@ class RSMCLIPConfig(PreTrainedConfig):
             self.text_config = {**_RS_M_CLIP_TEXT, **self.text_config}
         elif self.text_config is None:
             self.text_config = dict(_RS_M_CLIP_TEXT)
-        for sub in ("vision_config", "text_config"):
+        for sub, config_class in _SUB_CONFIG_CLASSES.items():
             value = getattr(self, sub)
             if isinstance(value, dict):
                 value.pop("model_type", None)
+                # Built here rather than left to the base class, whose handling of dicts differs across 5.x.
+                setattr(self, sub, config_class(**value))
         super().__post_init__(**kwargs)
         if self.text_pooler_type not in TEXT_POOLER_TYPES:
             raise ValueError(
