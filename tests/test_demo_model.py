@@ -26,7 +26,7 @@ def test_demo_scores_far_above_chance(capsys):
     accuracies = results["zero_shot"]
     assert set(accuracies) == {"en", "pt", "zh"}
     for lang, accuracy in accuracies.items():
-        assert accuracy >= 3 * chance, (lang, accuracy)
-    assert sum(accuracies.values()) / len(accuracies) >= 4 * chance
+        assert accuracy >= 6 * chance, (lang, accuracy)
+    assert sum(accuracies.values()) / len(accuracies) >= 8 * chance
     out = capsys.readouterr().out
     assert "Zero-shot classification" in out and "RANDOMLY INITIALISED" not in out
