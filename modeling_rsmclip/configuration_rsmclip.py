@@ -166,7 +166,7 @@ class RSMCLIPConfig(PreTrainedConfig):
     """
 
     model_type = "rsmclip"
-    # transformers >= 5.18 declares sub-configs with `sub_configs_defaults`; earlier 5.x releases with `sub_configs`.
+    # Newer 5.x releases (5.23) declare sub-configs with `sub_configs_defaults`; older ones (5.17) with `sub_configs`.
     if hasattr(PreTrainedConfig, "sub_configs_defaults"):
         sub_configs_defaults = dict(_SUB_CONFIG_CLASSES)
     else:  # pragma: no cover - depends on the installed transformers
