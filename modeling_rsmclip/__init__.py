@@ -16,7 +16,12 @@ from transformers import (
 
 from .configuration_rsmclip import PRESETS, RSMCLIPConfig
 from .modeling_rsmclip import RSMCLIPDistillationHead, RSMCLIPModel, RSMCLIPOutput, RSMCLIPPreTrainedModel
-from .pipeline_rsmclip import RETRIEVAL_TASK, RSMCLIPRetrievalPipeline, register_retrieval_pipeline
+from .pipeline_rsmclip import (
+    RETRIEVAL_TASK,
+    RSMCLIPRetrievalPipeline,
+    RSMCLIPZeroShotImageClassificationPipeline,
+    register_retrieval_pipeline,
+)
 from .processing_rsmclip import (
     RSMCLIPImageProcessor,
     RSMCLIPProcessor,
@@ -50,6 +55,7 @@ __all__ = [
     "RSMCLIPProcessor",
     "RSMCLIPTokenizer",
     "RSMCLIPRetrievalPipeline",
+    "RSMCLIPZeroShotImageClassificationPipeline",
     "array_to_rgb",
     "to_rgb",
 ]
