@@ -13,16 +13,15 @@ import argparse
 import sys
 
 import modeling_rsmclip  # noqa: F401  (registers the model type with the Auto classes)
+from modeling_rsmclip.errors import ArgumentParser, run_command
 from modeling_rsmclip.evaluation.cli import add_retrieval_arguments, configure_logging, run_retrieval
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_retrieval_arguments(parser)
     configure_logging()
-    return run_retrieval(parser.parse_args(argv))
+    return run_command(run_retrieval, parser.parse_args(argv))
 
 
 if __name__ == "__main__":

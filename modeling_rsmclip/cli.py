@@ -6,6 +6,8 @@ import argparse
 import importlib
 import sys
 
+from .errors import ArgumentParser, run_command
+
 # Modules that each define `add_subparser(subparsers)`.
 SUBCOMMAND_MODULES = (
     "modeling_rsmclip.demo",
@@ -18,7 +20,7 @@ SUBCOMMAND_MODULES = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="rsmclip", description="RS-M-CLIP: multilingual CLIP for remote-sensing imagery."
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -35,7 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    return int(args.func(args) or 0)
+    # A user error in any sub-command: one `error: ...` line on stderr, exit status 2 (see errors.py).
+    return run_command(args.func, args)
 
 
 if __name__ == "__main__":

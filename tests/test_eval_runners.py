@@ -243,8 +243,10 @@ def test_class_names_fallback_and_image_folder(tmp_path) -> None:
     assert data.labels == [0, 1]
     assert data.skipped == {"non_image_files": 1}
     names, source = resolve_class_names(data.classes, ["en", "ko"])
-    assert source == "identifiers"
-    assert names == {"en": ["Dense Forest", "sea ice"], "ko": ["Dense Forest", "sea ice"]}
+    # "sea_ice" is an NWPU-RESISC45 class (shipped table); "Dense-Forest" is in none: split into words, untranslated
+    assert source == "mixed"
+    sea_ice = CLASS_NAMES["nwpu-resisc45"]["sea_ice"]
+    assert names == {"en": ["dense forest", sea_ice["en"]], "ko": ["dense forest", sea_ice["ko"]]}
     # Known classes are matched ignoring case, spaces and separators; the dataset name breaks ties.
     names, source = resolve_class_names(["River_Lake", "forest"], ["ru"], hint="rsscn7")
     assert source == "templates.CLASS_NAMES['rsscn7']"

@@ -256,22 +256,19 @@ def _run(args: argparse.Namespace) -> int:
     overrides = {}
     if args.dino_out_dim is not None:
         overrides["dino_out_dim"] = args.dino_out_dim
-    try:
-        out = convert_open_clip(
-            args.source,
-            args.output_dir,
-            tokenizer=args.tokenizer,
-            revision=args.revision,
-            cache_dir=args.cache_dir,
-            local_files_only=args.offline,
-            open_clip_model=args.open_clip_model,
-            push_to_hub=args.push_to_hub,
-            private=args.private or None,
-            config_overrides=overrides,
-        )
-    except ConversionError as error:
-        print(f"rsmclip convert: error: {error}")
-        return 1
+    # A ConversionError (a ValueError) is a user error: `rsmclip` prints `error: ...` and exits 2.
+    out = convert_open_clip(
+        args.source,
+        args.output_dir,
+        tokenizer=args.tokenizer,
+        revision=args.revision,
+        cache_dir=args.cache_dir,
+        local_files_only=args.offline,
+        open_clip_model=args.open_clip_model,
+        push_to_hub=args.push_to_hub,
+        private=args.private or None,
+        config_overrides=overrides,
+    )
     print(f"wrote {out}" + (f" and pushed it to {args.push_to_hub}" if args.push_to_hub else ""))
     return 0
 

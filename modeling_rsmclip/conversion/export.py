@@ -20,6 +20,7 @@ from typing import Any
 
 from safetensors.torch import save_file
 
+from ..errors import UserError
 from ..modeling_rsmclip import RSMCLIPModel
 from .checkpoint import CONFIG_FILE, SAFETENSORS_FILE
 from .convert import upload_folder
@@ -148,20 +149,16 @@ def export_to_open_clip(
 
 def _run(args: argparse.Namespace) -> int:
     if not args.to_open_clip:
-        print("rsmclip export: error: choose the target format (--to-open-clip)")
-        return 2
-    try:
-        out = export_to_open_clip(
-            args.model,
-            args.output_dir,
-            hf_model_name=args.hf_model_name,
-            hf_tokenizer_name=args.hf_tokenizer_name,
-            push_to_hub=args.push_to_hub,
-            private=args.private or None,
-        )
-    except ConversionError as error:
-        print(f"rsmclip export: error: {error}")
-        return 1
+        raise UserError("choose the target format (--to-open-clip)")
+    # A ConversionError (a ValueError) is a user error: `rsmclip` prints `error: ...` and exits 2.
+    out = export_to_open_clip(
+        args.model,
+        args.output_dir,
+        hf_model_name=args.hf_model_name,
+        hf_tokenizer_name=args.hf_tokenizer_name,
+        push_to_hub=args.push_to_hub,
+        private=args.private or None,
+    )
     name = f"hf-hub:{args.push_to_hub}" if args.push_to_hub else f"local-dir:{out.resolve()}"
     print(f"wrote {out}; load it with open_clip.create_model_and_transforms({name!r})")
     return 0

@@ -17,7 +17,14 @@ from typing import Any
 from datasets import Dataset, DatasetDict, Features, Image, List, Value
 from datasets.utils.logging import disable_progress_bar, enable_progress_bar, is_progress_bar_enabled
 
-from ..templates import CLASS_NAMES, LANGUAGES, PROMPT_TEMPLATES, humanize_class_name
+from ..templates import (
+    CLASS_NAMES,
+    LANGUAGES,
+    PROMPT_TEMPLATES,
+    find_table,
+    humanize_class_name,
+    lookup_class,
+)
 from .card import make_dataset_card
 from .readers import SPLITS, SourceItem, check_images, read_imagefolder, read_karpathy
 from .report import INCOMPLETE, BuildReport
@@ -104,13 +111,15 @@ def resolve_class_names(
     through the translation cache/model (counted in ``report.translation`` when a report is given).
     """
     user = _load_mapping(class_names, "class names")
-    known = CLASS_NAMES.get(source.lower(), {})
+    table = find_table(source)
     names: dict[str, dict[str, str]] = {}
     for label in labels:
         entry = user.get(label, {})
         if not isinstance(entry, Mapping):
             raise ValueError(f"class names for {label!r} must be an object {{lang: name}}, got {entry!r}")
-        merged = {**known.get(label, {}), **entry}  # the user's names win, language by language
+        key = lookup_class(table, label) if table else None  # folder aliases too, e.g. RSSCN7's "aGrass"
+        known = CLASS_NAMES[table][key] if key is not None else {}
+        merged = {**known, **entry}  # the user's names win, language by language
         names[label] = {lang: str(name) for lang, name in merged.items() if str(name).strip()}
         names[label].setdefault(SOURCE_LANGUAGE, humanize_class_name(label))
     cache = cache if cache is not None else TranslationCache(None)
@@ -306,6 +315,7 @@ def _add_template_captions(
         progress=progress,
         report=report,
     )
+    report.class_names = {label: {lang: names[label][lang] for lang in langs} for label in labels}
     for item in items:
         item.captions = _template_captions(
             item, names[item.label], langs, prompt_templates, templates_per_image, seed

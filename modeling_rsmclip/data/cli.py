@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..errors import ArgumentParser, UserError, report_user_error, run_command
 from .builder import LAYOUTS, BuildError, build_dataset, push_dataset, save_dataset
 from .translate import RECOMMENDED_MODELS, HFTranslator, MissingTranslationsError
 
@@ -112,8 +113,7 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
 def run_build_dataset(args: argparse.Namespace) -> int:
     """Run the build described by parsed ``build-dataset`` arguments; returns the exit code."""
     if args.output is None and args.push_to_hub is None:
-        print("error: give --output DIR and/or --push-to-hub REPO_ID", file=sys.stderr)
-        return 2
+        raise UserError("give --output DIR and/or --push-to-hub REPO_ID")
     translator = None
     if args.translation_model:
         translator = HFTranslator(
@@ -150,9 +150,8 @@ def run_build_dataset(args: argparse.Namespace) -> int:
             path = error.report.save(args.output / "build_report.json")
             print(f"build report written to {path}", file=sys.stderr)
         return 1
-    except (MissingTranslationsError, FileNotFoundError, PermissionError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    except MissingTranslationsError as error:
+        return report_user_error(error)
     print(report.summary())
     if args.output is not None:
         save_dataset(
@@ -178,11 +177,11 @@ def run_build_dataset(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Stand-alone entry point (``python -m modeling_rsmclip.data.cli ...``) with the same arguments."""
-    parser = argparse.ArgumentParser(prog="rsmclip")
+    parser = ArgumentParser(prog="rsmclip")
     subparsers = parser.add_subparsers(dest="command", required=True)
     add_subparser(subparsers)
     args = parser.parse_args(argv)
-    return args.func(args)
+    return run_command(args.func, args)
 
 
 if __name__ == "__main__":

@@ -41,6 +41,8 @@ class BuildReport:
     rows: dict[str, int] = field(default_factory=dict)
     captions: dict[str, dict[str, int]] = field(default_factory=dict)
     labels: dict[str, int] = field(default_factory=dict)
+    # ImageFolder sets: the name of every class in every language, as put in the captions (read back by evaluation).
+    class_names: dict[str, dict[str, str]] = field(default_factory=dict)
     translation: dict[str, dict[str, int]] = field(default_factory=dict)
     distinct_english_texts: int = 0
     translation_model: str | None = None

@@ -10,6 +10,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from ..errors import UserError
 from .embed import default_cache_dir
 
 logger = logging.getLogger(__name__)
@@ -138,13 +139,13 @@ def run_retrieval(args: argparse.Namespace) -> int:
 
     if args.karpathy_json is not None:
         if args.images is None:
-            raise SystemExit("--karpathy-json needs --images (the image folder)")
+            raise UserError("--karpathy-json needs --images (the image folder)")
         data = load_karpathy(
             args.karpathy_json, args.images, args.split, args.translations, args.languages, args.dataset_name
         )
     else:
         if args.translations is not None:
-            raise SystemExit("--translations applies to --karpathy-json input only")
+            raise UserError("--translations applies to --karpathy-json input only")
         data = load_builder_dataset(args.dataset, args.split, args.languages, args.dataset_name)
     embedder, model_name = _make_embedder(args)
     result = evaluate_retrieval(embedder, data, tuple(args.ks), model_name=model_name, ties=args.ties)
@@ -180,7 +181,7 @@ def _default_grid_languages(available: list[str]) -> list[str]:
 
 # ------------------------------------------------------------------------------------------------- zero-shot
 def add_zero_shot_arguments(parser: argparse.ArgumentParser) -> None:
-    from ..templates import CLASS_NAMES, LANGUAGES
+    from ..templates import CLASS_NAMES, DATASET_ALIASES, LANGUAGES
 
     data = parser.add_argument_group(
         "data (an ImageFolder, an image folder with a labels CSV, or a builder dataset)"
@@ -204,9 +205,14 @@ def add_zero_shot_arguments(parser: argparse.ArgumentParser) -> None:
     )
     data.add_argument(
         "--class-names",
-        choices=sorted(CLASS_NAMES),
+        metavar="FILE_OR_TABLE",
         default=None,
-        help="translated class-name table to use (default: the one that covers the classes, if any)",
+        help="class names: a JSON or YAML file mapping each class folder to a name (used in every language) or "
+        "to {language: name}; or the name of a shipped table ("
+        + ", ".join(sorted(k for k in CLASS_NAMES if k not in DATASET_ALIASES))
+        + "). An existing file wins over a table name. Default: the builder's names for a builder dataset, "
+        "else the shipped table that knows the classes; classes no source knows are split into words "
+        "(BareLand -> 'bare land') and flagged",
     )
     parser.add_argument(
         "--languages",
@@ -224,17 +230,24 @@ def run_zero_shot(args: argparse.Namespace) -> int:
 
     if args.image_folder is not None:
         if args.split is not None:
-            raise SystemExit("--split does not apply to --image-folder input")
+            raise UserError("--split does not apply to --image-folder input")
         data = load_image_folder(args.image_folder, args.dataset_name)
     elif args.labels_csv is not None:
         if args.images is None:
-            raise SystemExit("--labels-csv needs --images (the image folder)")
+            raise UserError("--labels-csv needs --images (the image folder)")
         data = load_labels_csv(args.labels_csv, args.images, args.split, args.dataset_name)
     else:
         data = load_builder_labels(args.dataset, args.split or "test", args.dataset_name)
+    table, user_names = _class_names_option(args.class_names)
     embedder, model_name = _make_embedder(args)
     results = evaluate_zero_shot(
-        embedder, data, args.languages, args.class_names, ks=tuple(args.ks), model_name=model_name
+        embedder,
+        data,
+        args.languages,
+        table,
+        ks=tuple(args.ks),
+        model_name=model_name,
+        class_names=user_names,
     )
     stem = f"zero_shot_{_slug(data.name)}" + (f"_{_slug(data.split)}" if data.split else "")
     out = Path(args.output_dir)
@@ -243,6 +256,8 @@ def run_zero_shot(args: argparse.Namespace) -> int:
     for lang, metrics in results["languages"].items():
         accs = "  ".join(f"top-{k} {metrics[f'top{k}']:.2f}" for k in results["ks"])
         print(f"  {lang}: {accs}  mean per-class {metrics['mean_per_class_accuracy']:.2f}")
+    for line in class_names_summary(results):
+        print(line)
     if not args.no_plots:
         metric_names = [f"top{k}" for k in results["ks"]] + ["mean_per_class_accuracy"]
         plot_language_bars(
@@ -262,6 +277,53 @@ def run_zero_shot(args: argparse.Namespace) -> int:
             )
         print(f"plots: {out}/{stem}_*.png")
     return 0
+
+
+def _class_names_option(value: str | None) -> tuple[str | None, dict[str, Any] | None]:
+    """``--class-names``: (a shipped table, None) or (None, the file's names); an existing file wins."""
+    from ..templates import find_table
+    from .zero_shot import load_class_names_file
+
+    if value is None:
+        return None, None
+    if Path(value).is_file():
+        return None, load_class_names_file(value)
+    table = find_table(value)
+    if table is None:
+        raise UserError(f"--class-names {value!r} is neither an existing file nor a shipped class-name table")
+    return table, None
+
+
+def class_names_summary(results: dict[str, Any]) -> list[str]:
+    """The lines that flag where class names came from: unknown classes, missing translations, unused entries."""
+    sources = results.get("class_name_sources") or {}
+    counts: dict[str, int] = {}
+    for source in sources.values():
+        counts[source] = counts.get(source, 0) + 1
+    lines = ["class names: " + ", ".join(f"{n} from {source}" for source, n in sorted(counts.items()))]
+    unmapped = results.get("unmapped_classes") or {}
+    if unmapped:
+        shown = ", ".join(f"{cls} -> {words!r}" for cls, words in unmapped.items())
+        lines.append(
+            f"WARNING: {len(unmapped)} class(es) are in no class-name table and were split into English words, "
+            f"untranslated (give names with --class-names FILE): {shown}"
+        )
+    for lang, classes in sorted((results.get("untranslated_class_names") or {}).items()):
+        if any(cls not in unmapped for cls in classes):
+            lines.append(
+                f"WARNING: no {lang} name for {', '.join(c for c in classes if c not in unmapped)}: English used"
+            )
+    for lang, names in sorted((results.get("content_free_class_names") or {}).items()):
+        lines.append(f"WARNING: {lang} class name(s) the tokenizer cannot read (no known tokens): {names}")
+    unused = results.get("unused_class_names") or []
+    if unused:
+        lines.append(
+            f"WARNING: --class-names entries that are not classes of the dataset: {', '.join(unused)}"
+        )
+    empty = (results.get("skipped") or {}).get("empty_class_folders") or []
+    if empty:
+        lines.append(f"WARNING: skipped {len(empty)} class folder(s) without images: {', '.join(empty)}")
+    return lines
 
 
 # ----------------------------------------------------------------------------------------------- model index

@@ -2,17 +2,19 @@
 
 For every language, each class name is put into that language's prompt templates, the normalised prompt embeddings
 of a class are averaged and re-normalised into a class embedding, and an image is scored against every class by
-cosine similarity. Class names come from `templates.CLASS_NAMES` when the dataset's classes are known there
-(UC Merced, RSSCN7), otherwise from the folder / label names, in English, for every language.
+cosine similarity. The name of each class, per language, comes from (first match wins): the user's class-name file
+(``--class-names``), the names the dataset builder put in a builder dataset's captions (its ``build_report.json``),
+the shipped tables `templates.CLASS_NAMES` (AID, EuroSAT, NWPU-RESISC45, UC Merced, WHU-RS19, RSSCN7, PatternNet,
+OPTIMAL-31, RSI-CB256, folder-name aliases included), else the identifier split into words (``BareLand`` ->
+"bare land"), which is flagged in the results (``unmapped_classes``) and in the CLI's summary.
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import os
-import re
-from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +23,17 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from ..templates import CLASS_NAMES, PROMPT_TEMPLATES
+from ..processing_rsmclip import content_free_texts
+from ..templates import (
+    CLASS_NAMES,
+    DATASET_ALIASES,
+    LANGUAGES,
+    PROMPT_TEMPLATES,
+    find_table,
+    lookup_class,
+    norm_key,
+    split_identifier,
+)
 from .embed import DatasetImages, Embedder, ImageFiles, ImageSource
 from .metrics import DEFAULT_ZERO_SHOT_KS, TIE_RULE, average_prompt_embeddings, zero_shot_metrics
 from .retrieval import load_split
@@ -41,8 +53,10 @@ class ZeroShotData:
     images: ImageSource
     labels: list[int]
     classes: list[str]
-    skipped: dict[str, int] = field(default_factory=dict)
+    skipped: dict[str, Any] = field(default_factory=dict)
     dataset_type: str | None = None
+    # Builder datasets: {class: {language: name}} as the builder put them in the captions.
+    builder_class_names: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
 def _image_extensions() -> set[str]:
@@ -57,27 +71,37 @@ def load_image_folder(root: str | os.PathLike, name: str | None = None) -> ZeroS
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"image folder not found: {root}")
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not classes:
+    folders = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not folders:
         raise ValueError(f"{root}: no class sub-folders")
     extensions = _image_extensions()
-    paths: list[Path] = []
-    labels: list[int] = []
-    skipped: Counter[str] = Counter()
-    for label, cls in enumerate(classes):
-        for path in sorted((root / cls).rglob("*")):
-            if not path.is_file() or path.name.startswith("."):
-                continue
-            if path.suffix.lower() not in extensions:
-                skipped["non_image_files"] += 1
-                continue
-            paths.append(path)
-            labels.append(label)
-    if not paths:
-        raise ValueError(f"{root}: no images in the class folders")
-    if skipped:
+    found: dict[str, list[Path]] = {}
+    skipped: dict[str, Any] = {}
+    for cls in folders:
+        files = [p for p in sorted((root / cls).rglob("*")) if p.is_file() and not p.name.startswith(".")]
+        images = [p for p in files if p.suffix.lower() in extensions]
+        if len(images) < len(files):
+            skipped["non_image_files"] = skipped.get("non_image_files", 0) + len(files) - len(images)
+        if images:
+            found[cls] = images
+        else:
+            skipped.setdefault("empty_class_folders", []).append(cls)
+    if not found:
+        raise ValueError(f"{root}: no images in the class folders ({', '.join(folders)})")
+    if skipped.get("non_image_files"):
         logger.warning("%s: skipped %d non-image file(s)", root, skipped["non_image_files"])
-    return ZeroShotData(name or root.name, None, str(root), ImageFiles(paths), labels, classes, dict(skipped))
+    if skipped.get("empty_class_folders"):
+        # An empty class would still be scored as a distractor: it is left out of the classes, and reported.
+        logger.warning(
+            "%s: skipped %d class folder(s) without images: %s",
+            root,
+            len(skipped["empty_class_folders"]),
+            ", ".join(skipped["empty_class_folders"]),
+        )
+    classes = list(found)
+    paths = [p for cls in classes for p in found[cls]]
+    labels = [label for label, cls in enumerate(classes) for _ in found[cls]]
+    return ZeroShotData(name or root.name, None, str(root), ImageFiles(paths), labels, classes, skipped)
 
 
 def load_labels_csv(
@@ -147,54 +171,167 @@ def load_builder_labels(path_or_id: str, split: str | None = "test", name: str |
         classes,
         skipped,
         dataset_type=None if Path(path_or_id).exists() else path_or_id,
+        builder_class_names=_builder_class_names(path_or_id),
     )
 
 
-def _norm_key(name: str) -> str:
-    return re.sub(r"[\s_\-]+", "", name).lower()
+def _builder_class_names(path_or_id: str) -> dict[str, dict[str, str]]:
+    """The per-language class names recorded by the dataset builder in ``build_report.json`` (local folders)."""
+    report = Path(path_or_id) / "build_report.json"
+    if not report.is_file():
+        return {}
+    try:
+        names = json.loads(report.read_text(encoding="utf-8")).get("class_names") or {}
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"cannot read the class names of {report}: {err}") from err
+    return {str(k): dict(v) for k, v in names.items() if isinstance(v, Mapping)}
+
+
+def load_class_names_file(path: str | os.PathLike) -> dict[str, dict[str, str] | str]:
+    """A user's class names: JSON or YAML mapping ``folder -> name`` (one name for every language) or
+    ``folder -> {language: name}``. Errors name the file and the entry."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"class-names file not found: {path}") from None
+    try:
+        if path.suffix.lower() in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text)
+        else:
+            data = json.loads(text)
+    except Exception as err:  # json.JSONDecodeError, yaml.YAMLError
+        raise ValueError(
+            f"class-names file {path} is not valid {path.suffix.lstrip('.') or 'JSON'}: {err}"
+        ) from err
+    if not isinstance(data, Mapping) or not data:
+        raise ValueError(
+            f"class-names file {path} must hold a non-empty mapping folder -> name or {{language: name}}"
+        )
+    out: dict[str, dict[str, str] | str] = {}
+    for folder, value in data.items():
+        if isinstance(value, str) and value.strip():
+            out[str(folder)] = value.strip()
+        elif isinstance(value, Mapping) and value:
+            unknown = [lang for lang in value if lang not in LANGUAGES]
+            if unknown:
+                raise ValueError(
+                    f"{path}: class {folder!r} has unknown language code(s) {unknown}; use {', '.join(LANGUAGES)}"
+                )
+            bad = [lang for lang, name in value.items() if not isinstance(name, str) or not name.strip()]
+            if bad:
+                raise ValueError(f"{path}: class {folder!r} has an empty name for {bad}")
+            out[str(folder)] = {lang: name.strip() for lang, name in value.items()}
+        else:
+            raise ValueError(
+                f"{path}: class {folder!r} must map to a name or to {{language: name}}, got {value!r}"
+            )
+    return out
+
+
+def _covered(table: str, classes: Sequence[str]) -> int:
+    return sum(lookup_class(table, c) is not None for c in classes)
 
 
 def find_class_names_dataset(classes: Sequence[str], hint: str | None = None) -> str | None:
-    """The `CLASS_NAMES` dataset whose class identifiers cover ``classes`` (ignoring case, spaces, _ and -).
+    """The `CLASS_NAMES` table that knows ``classes`` (folder names in any spelling, or folder aliases).
 
-    ``hint`` (e.g. the dataset's name) wins when it is one of the covering tables.
+    ``hint`` (e.g. the dataset's name, in any spelling) wins when its table knows at least one class; otherwise the
+    table that knows the most classes, the smallest of those on a tie; None when no table knows any class.
     """
-    wanted = {_norm_key(c) for c in classes}
-    matches = [key for key, table in CLASS_NAMES.items() if wanted <= {_norm_key(c) for c in table}]
-    if hint in matches:
-        return hint
-    # Prefer the smallest covering label set (the most specific dataset).
-    return min(matches, key=lambda key: len(CLASS_NAMES[key])) if matches else None
+    hinted = find_table(hint)
+    if hinted is not None and _covered(hinted, classes):
+        return hinted
+    scores = {key: _covered(key, classes) for key in CLASS_NAMES if key not in DATASET_ALIASES}
+    best = max(scores.values(), default=0)
+    if best == 0:
+        return None
+    return min((key for key, n in scores.items() if n == best), key=lambda key: (len(CLASS_NAMES[key]), key))
+
+
+@dataclass
+class ClassNames:
+    """Per language, the name of every class, and where each name came from."""
+
+    names: dict[str, list[str]]
+    sources: dict[str, str]  # class -> "user", "builder", "templates.CLASS_NAMES[...]" or "identifier"
+    unmapped: dict[str, str]  # class -> the words its identifier was split into
+    untranslated: dict[str, list[str]]  # language -> classes that use their English/identifier name there
+    unused_user_names: list[str] = field(default_factory=list)
+
+    @property
+    def source(self) -> str:
+        kinds = set(self.sources.values())
+        if kinds == {"identifier"}:
+            return "identifiers"
+        return kinds.pop() if len(kinds) == 1 else "mixed"
+
+
+def resolve_class_names_detailed(
+    classes: Sequence[str],
+    languages: Sequence[str],
+    dataset: str | None = None,
+    hint: str | None = None,
+    user_names: Mapping[str, Mapping[str, str] | str] | None = None,
+    builder_names: Mapping[str, Mapping[str, str]] | None = None,
+) -> ClassNames:
+    """Resolve the prompt name of every class in every language (see the module doc for the order)."""
+    table = None
+    if dataset is not None:
+        table = find_table(dataset)
+        if table is None:
+            raise ValueError(f"unknown class-name table {dataset!r}; known: {sorted(CLASS_NAMES)}")
+    else:
+        table = find_class_names_dataset(classes, hint)
+    user = {norm_key(k): (k, v) for k, v in (user_names or {}).items()}
+    builder = {norm_key(k): v for k, v in (builder_names or {}).items()}
+    names: dict[str, list[str]] = {lang: [] for lang in languages}
+    sources: dict[str, str] = {}
+    unmapped: dict[str, str] = {}
+    untranslated: dict[str, list[str]] = {}
+    used_user: set[str] = set()
+    for cls in classes:
+        key = lookup_class(table, cls) if table is not None else None
+        tabled = CLASS_NAMES[table][key] if key is not None else {}
+        entry = user.get(norm_key(cls))
+        if entry is not None:
+            used_user.add(entry[0])
+            given = entry[1]
+            per_lang = {lang: given for lang in languages} if isinstance(given, str) else dict(given)
+            sources[cls] = "user"
+        elif norm_key(cls) in builder:
+            per_lang, sources[cls] = dict(builder[norm_key(cls)]), "builder"
+        elif tabled:
+            per_lang, sources[cls] = dict(tabled), f"templates.CLASS_NAMES[{table!r}]"
+        else:
+            per_lang, sources[cls] = {}, "identifier"
+            unmapped[cls] = split_identifier(cls) or cls
+        english = per_lang.get("en") or tabled.get("en") or split_identifier(cls) or cls
+        for lang in languages:
+            name = per_lang.get(lang) or tabled.get(lang)
+            if not name:
+                name = english
+                if lang != "en":
+                    untranslated.setdefault(lang, []).append(cls)
+            names[lang].append(name)
+    for cls, words in unmapped.items():
+        logger.warning("class %r is in no class-name table: using %r, untranslated", cls, words)
+    unused = sorted(set(k for k, _ in user.values()) - used_user)
+    if unused:
+        logger.warning("class-names entries for folders that are not classes of the dataset: %s", unused)
+    return ClassNames(names, sources, unmapped, untranslated, unused)
 
 
 def resolve_class_names(
     classes: Sequence[str], languages: Sequence[str], dataset: str | None = None, hint: str | None = None
 ) -> tuple[dict[str, list[str]], str]:
-    """Per language, the name of every class to put in the prompts, and where the names came from.
-
-    ``dataset`` names a `CLASS_NAMES` entry; ``None`` looks for one that covers the classes (preferring ``hint``,
-    the dataset's name). Without one, the
-    class identifiers themselves (``_`` and ``-`` read as spaces) are used in every language.
-    """
-    if dataset is not None and dataset not in CLASS_NAMES:
-        raise ValueError(f"unknown class-name table {dataset!r}; known: {sorted(CLASS_NAMES)}")
-    key = dataset or find_class_names_dataset(classes, hint)
-    fallback = [re.sub(r"[_\-]+", " ", c).strip() for c in classes]
-    if key is None:
-        logger.warning("no translated class names for classes %s: using the class identifiers", list(classes))
-        return {lang: list(fallback) for lang in languages}, "identifiers"
-    table = {_norm_key(c): v for c, v in CLASS_NAMES[key].items()}
-    names: dict[str, list[str]] = {}
-    for lang in languages:
-        names[lang] = []
-        for cls, default in zip(classes, fallback):
-            entry = table.get(_norm_key(cls))
-            if entry is None:
-                raise ValueError(f"class {cls!r} is not in the {key!r} class-name table")
-            if lang not in entry:
-                logger.warning("no %s name for class %r in %r: using %r", lang, cls, key, default)
-            names[lang].append(entry.get(lang, default))
-    return names, f"templates.CLASS_NAMES[{key!r}]"
+    """Per language, the name of every class to put in the prompts, and where the names came from: a table
+    (``"templates.CLASS_NAMES['aid']"``), ``"identifiers"`` (no class known) or ``"mixed"``. See
+    `resolve_class_names_detailed` for the per-class sources."""
+    resolved = resolve_class_names_detailed(classes, languages, dataset, hint)
+    return resolved.names, resolved.source
 
 
 def evaluate_zero_shot(
@@ -205,8 +342,13 @@ def evaluate_zero_shot(
     templates: Mapping[str, Sequence[str]] | None = None,
     ks: tuple[int, ...] = DEFAULT_ZERO_SHOT_KS,
     model_name: str | None = None,
+    class_names: Mapping[str, Mapping[str, str] | str] | None = None,
 ) -> dict[str, Any]:
-    """Zero-shot metrics for every language (images are embedded once, prompts once per language)."""
+    """Zero-shot metrics for every language (images are embedded once, prompts once per language).
+
+    ``class_names`` (a user's ``folder -> name`` or ``folder -> {language: name}``) wins over every other source;
+    ``class_names_dataset`` forces one shipped table.
+    """
     templates = dict(templates or PROMPT_TEMPLATES)
     missing = [lang for lang in languages if not templates.get(lang)]
     if missing:
@@ -215,14 +357,27 @@ def evaluate_zero_shot(
         for template in templates[lang]:
             if template.count("{}") != 1:
                 raise ValueError(f"{lang} template {template!r} must contain exactly one '{{}}'")
-    class_names, names_source = resolve_class_names(
-        data.classes, languages, class_names_dataset, hint=data.name
+    resolved = resolve_class_names_detailed(
+        data.classes,
+        languages,
+        class_names_dataset,
+        hint=data.name,
+        user_names=class_names,
+        builder_names=data.builder_class_names,
     )
+    # Names the tokenizer cannot read would score every image alike: flagged (warning and results), not fatal.
+    content_free: dict[str, list[str]] = {}
+    tokenizer = getattr(embedder, "tokenizer", None)
+    for lang in languages if tokenizer is not None else ():
+        empty = content_free_texts(tokenizer, resolved.names[lang])
+        if empty:
+            content_free[lang] = empty
+            logger.warning("%s class name(s) with no content the tokenizer knows: %s", lang, empty)
     image_embeds = embedder.images(data.images, desc=f"{data.name}: images").numpy()
     labels = np.asarray(data.labels)
     per_language: dict[str, dict[str, Any]] = {}
     for lang in languages:
-        prompts = [template.format(name) for name in class_names[lang] for template in templates[lang]]
+        prompts = [template.format(name) for name in resolved.names[lang] for template in templates[lang]]
         prompt_embeds = embedder.texts(prompts, desc=f"{data.name}: {lang} prompts").numpy()
         class_embeds = average_prompt_embeddings(
             prompt_embeds.reshape(len(data.classes), len(templates[lang]), -1)
@@ -243,8 +398,13 @@ def evaluate_zero_shot(
             "num_images": len(data.labels),
         },
         "classes": list(data.classes),
-        "class_names": class_names,
-        "class_names_source": names_source,
+        "class_names": resolved.names,
+        "class_names_source": resolved.source,
+        "class_name_sources": resolved.sources,
+        "unmapped_classes": resolved.unmapped,
+        "untranslated_class_names": resolved.untranslated,
+        "unused_class_names": resolved.unused_user_names,
+        "content_free_class_names": content_free,
         "templates": {lang: list(templates[lang]) for lang in languages},
         "ks": [int(k) for k in ks],
         "tie_rule": TIE_RULE,

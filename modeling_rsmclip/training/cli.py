@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from collections.abc import Sequence
 
+from ..errors import ArgumentParser, report_user_error, run_command
 from .config import add_training_arguments, config_from_args
 
 DESCRIPTION = (
@@ -30,8 +30,7 @@ def run(args: argparse.Namespace) -> int:
         config = config_from_args(args)
         config.validate()
     except (ValueError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        return report_user_error(error)
     try:
         result = train(config)
     except NonFiniteLossError as error:
@@ -59,7 +58,7 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="train.py",
         description=DESCRIPTION,
         epilog=EPILOG,
@@ -71,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    return run_command(args.func, args)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,76 @@
+"""One error style for every command line entry point.
+
+A user error (a missing file, a bad option value, input the program cannot use) prints one line,
+``error: <message>``, on stderr and exits with status 2, without a traceback. Commands raise `UserError` (or the
+usual `ValueError` / `OSError` family, which library code raises with a message naming the file or value); the
+`rsmclip` command and the stand-alone scripts run every sub-command through `run_command`, so a new sub-command
+gets this behaviour by registering itself in `cli.SUBCOMMAND_MODULES`. Set ``RSMCLIP_DEBUG=1`` to see the
+traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+class UserError(ValueError):
+    """A mistake in what the user asked for; the CLI prints ``error: <message>`` and exits with status 2."""
+
+
+# What counts as a user error at the command line. ValueError and OSError are what this package (and transformers,
+# huggingface_hub, PIL) raise for bad input, with messages that name the file or value; programming errors
+# (TypeError, KeyError, AttributeError, ...) keep their traceback.
+USER_ERRORS: tuple[type[BaseException], ...] = (UserError, ValueError, OSError)
+
+
+def one_line(error: BaseException) -> str:
+    """The error's message on one line (a multi-line message is joined with ' | ')."""
+    text = str(error).strip() or type(error).__name__
+    return " | ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
+def report_user_error(error: BaseException | str) -> int:
+    """Print ``error: <message>`` on stderr; returns the exit status for a user error (2)."""
+    message = error if isinstance(error, str) else one_line(error)
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    return EXIT_USER_ERROR
+
+
+def run_command(func: Callable[[argparse.Namespace], Any], args: argparse.Namespace) -> int:
+    """Run a sub-command's function; a user error becomes one ``error:`` line and exit status 2."""
+    try:
+        return int(func(args) or 0)
+    except USER_ERRORS as error:
+        if os.environ.get("RSMCLIP_DEBUG"):
+            raise
+        return report_user_error(error)
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr, flush=True)
+        return EXIT_INTERRUPTED
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with the same one-line error style (``error: <message> (see PROG --help)``, exit status 2).
+
+    Sub-parsers created with ``add_subparsers().add_parser(...)`` are of this class too.
+    """
+
+    def error(self, message: str) -> Any:
+        self.exit(EXIT_USER_ERROR, f"error: {message} (see {self.prog} --help)\n")
+
+
+__all__ = [
+    "ArgumentParser",
+    "EXIT_USER_ERROR",
+    "USER_ERRORS",
+    "UserError",
+    "report_user_error",
+    "run_command",
+]
