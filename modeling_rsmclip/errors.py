@@ -31,9 +31,14 @@ USER_ERRORS: tuple[type[BaseException], ...] = (UserError, ValueError, OSError)
 
 
 def one_line(error: BaseException) -> str:
-    """The error's message on one line (a multi-line message is joined with ' | ')."""
+    """The error's message on one line: the lines of a multi-line message (e.g. a list of problems) joined by "; "."""
     text = str(error).strip() or type(error).__name__
-    return " | ".join(line.strip() for line in text.splitlines() if line.strip())
+    out = ""
+    for line in text.splitlines():
+        line = line.strip().removeprefix("- ").removeprefix("* ").strip()
+        if line:
+            out = line if not out else out + (" " if out.endswith(":") else "; ") + line
+    return out
 
 
 def report_user_error(error: BaseException | str) -> int:

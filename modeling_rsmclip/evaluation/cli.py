@@ -81,6 +81,13 @@ def _make_embedder(args: argparse.Namespace) -> tuple[Any, str]:
     from .embed import Embedder
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model_path = Path(args.model)
+    if not model_path.exists() and (
+        model_path.is_absolute() or args.model.startswith(".") or args.model.count("/") > 1
+    ):
+        raise FileNotFoundError(
+            f"model folder not found: {args.model} (give a model folder or a Hub id org/name)"
+        )
     model = RSMCLIPModel.from_pretrained(args.model)
     processor = RSMCLIPProcessor.from_pretrained(args.model)
     cache_dir = None if args.no_cache else (args.cache_dir or default_cache_dir())
