@@ -9,8 +9,9 @@ texts) by cosine similarity of the model's embeddings:
     >>> retriever(pil_image, texts=["a beach", "a forest"])
     >>> retriever(Path("scene.tif"), images=[...])  # an image file as the query: a Path, never a str
 
-What is a text and what is an image is never guessed from a file name: a `str` query is a text (a warning says so
-when it also names an existing file); a `pathlib.Path`, PIL image, numpy array or torch tensor query is an image.
+What is a text and what is an image is never guessed from a file name: a query is an image when it is a
+`pathlib.Path`, a PIL image, a numpy array or a torch tensor, or a `str` naming an existing file (with or without an
+extension); any other `str` is a text (with a warning when it looks like a path to a missing file).
 The gallery's kind is the keyword it comes in: every item of `images=` is an image (a `str` there is a file path),
 every item of `texts=` a text. Images are decoded and converted by `processing_rsmclip.to_rgb` (`bands=` and
 `intensity_scaling=` apply to the query and gallery images). The gallery's embeddings are computed once and reused
@@ -33,6 +34,8 @@ from transformers.pipelines import ZeroShotImageClassificationPipeline
 from .processing_rsmclip import CONTEXT_LENGTH, check_texts, content_free_texts, to_rgb
 
 RETRIEVAL_TASK = "rsmclip-retrieval"
+# Only to word a warning about a text query that looks like a missing file; never to decide text vs image.
+_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp", ".gif", ".jp2")
 
 
 def _check_top_k(top_k: Any) -> int:
@@ -73,6 +76,22 @@ def check_candidate_labels(labels: Any, tokenizer: Any) -> list[str]:
             f"characters): their scores would mean nothing"
         )
     return labels
+
+
+def query_is_text(query: Any) -> bool:
+    """The retrieval query rule: a `str` is a text unless it names an existing file; anything else is an image."""
+    if not isinstance(query, str):
+        return False
+    if os.path.isfile(query):
+        return False
+    if os.sep in query or os.path.splitext(query)[1].lower() in _IMAGE_SUFFIXES:
+        warnings.warn(
+            f"the query {query!r} is used as a text: no file of that name exists (an image query must be an "
+            f"existing file, a pathlib.Path, a PIL image or an array)",
+            UserWarning,
+            stacklevel=3,
+        )
+    return True
 
 
 class RSMCLIPRetrievalPipeline(Pipeline):
@@ -160,12 +179,18 @@ class RSMCLIPRetrievalPipeline(Pipeline):
     ) -> dict[str, Any]:
         if gallery is None:
             raise ValueError("no gallery: pass `images=[...]` or `texts=[...]` to rank the query against")
-        return {"query": query, "gallery": gallery, "kind": kind, "image_options": image_options or {}}
+        return {
+            "query": query,
+            "query_is_text": query_is_text(query),
+            "gallery": gallery,
+            "kind": kind,
+            "image_options": image_options or {},
+        }
 
     def _forward(self, inputs: dict[str, Any]) -> dict[str, Any]:
         query, options = inputs["query"], inputs["image_options"]
         query_embed = (
-            self._embed_texts([query]) if isinstance(query, str) else self._embed_images([query], options)
+            self._embed_texts([query]) if inputs["query_is_text"] else self._embed_images([query], options)
         )
         gallery_embeds = self._gallery_embeddings(inputs["gallery"], inputs["kind"], options)
         scores = (query_embed @ gallery_embeds.t())[0]
@@ -187,16 +212,8 @@ class RSMCLIPRetrievalPipeline(Pipeline):
         return results
 
     def __call__(self, inputs: Any, **kwargs: Any) -> Any:
-        if isinstance(inputs, str):
-            if not inputs.strip():
-                raise ValueError("the query text is empty")
-            if os.path.isfile(inputs):
-                warnings.warn(
-                    f"the query {inputs!r} is used as a text, although a file of that name exists: pass "
-                    f"pathlib.Path({inputs!r}) (or the loaded image) to query with the image",
-                    UserWarning,
-                    stacklevel=2,
-                )
+        if isinstance(inputs, str) and not inputs.strip():
+            raise ValueError("the query text is empty")
         return super().__call__(inputs, **kwargs)
 
 

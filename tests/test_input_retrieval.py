@@ -30,14 +30,19 @@ def test_extensionless_image_paths_are_images(retriever, sample_images, tmp_path
         shutil.copy(f, target)
         plain.append(str(target))
     from_pil = _scores(retriever(images[0], images=images[:3]))
-    from_paths = _scores(retriever(Path(plain[0]), images=plain))  # Path query, str paths in images=
-    assert from_paths.keys() == from_pil.keys()
-    for index, score in from_pil.items():
-        assert from_paths[index] == pytest.approx(score, abs=1e-5)
-    assert from_paths[0] == pytest.approx(1.0, abs=1e-5)  # the query is gallery image 0 itself
-    # a str query is a text, even when it names a file: the user is told how to query with the image
-    with pytest.warns(UserWarning, match=r"used as a text.*pathlib.Path"):
-        as_text = _scores(retriever(plain[0], images=plain))
+    for query in (Path(plain[0]), plain[0]):  # a Path, or a str naming an existing file: an image
+        from_paths = _scores(retriever(query, images=plain))  # str paths in images= are images
+        assert from_paths.keys() == from_pil.keys()
+        for index, score in from_pil.items():
+            assert from_paths[index] == pytest.approx(score, abs=1e-5)
+        assert from_paths[0] == pytest.approx(1.0, abs=1e-5)  # the query is gallery image 0 itself
+    # a str naming no file is a text, whatever it looks like; a path-like one is flagged
+    missing = str(tmp_path / "typo.jpg")
+    with pytest.warns(UserWarning, match=r"typo.jpg' is used as a text: no file of that name exists"):
+        as_text = _scores(retriever(missing, images=plain))
+    with pytest.warns(UserWarning, match="used as a text"):
+        text_embed = _scores(retriever(missing, texts=[missing, "a forest"]))
+    assert text_embed[0] == pytest.approx(1.0, abs=1e-5)  # the same text embedding on both sides
     assert as_text[0] != pytest.approx(1.0, abs=1e-3)
 
 
