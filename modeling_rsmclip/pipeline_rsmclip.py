@@ -7,7 +7,7 @@ texts) by cosine similarity of the model's embeddings:
     >>> retriever("campo de ténis", images=["1.jpg", "2.jpg", pil_image], top_k=2)
     [{"score": 0.31, "index": 1, "image": "2.jpg"}, {"score": 0.12, "index": 0, "image": "1.jpg"}]
     >>> retriever(pil_image, texts=["a beach", "a forest"])
-    >>> retriever(Path("scene.tif"), images=[...])  # an image file as the query: a Path, never a str
+    >>> retriever(Path("scene"), images=[...])  # an image file as the query (a Path, or a str naming a file)
 
 What is a text and what is an image is never guessed from a file name: a query is an image when it is a
 `pathlib.Path`, a PIL image, a numpy array or a torch tensor, or a `str` naming an existing file (with or without an
