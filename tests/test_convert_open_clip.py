@@ -38,6 +38,7 @@ from modeling_rsmclip.conversion import convert as convert_module
 from modeling_rsmclip.conversion import export as export_module
 from modeling_rsmclip.conversion.checkpoint import builtin_open_clip_config, parse_source
 from modeling_rsmclip.conversion.open_clip_config import known_text_architecture_name, text_architecture
+from modeling_rsmclip.errors import run_command
 from modeling_rsmclip.processing_rsmclip import RSMCLIPImageProcessor
 from modeling_rsmclip.templates import CLASS_NAMES, LANGUAGES, PROMPT_TEMPLATES
 from modeling_rsmclip.testing import make_tiny_model_and_processor, make_tiny_tokenizer, sample_dir
@@ -542,8 +543,10 @@ def test_cli_convert_and_export(converted, tmp_path, capsys):
     assert "local-dir:" in capsys.readouterr().out
     assert (tmp_path / "oc" / "open_clip_model.safetensors").is_file()
 
+    # user errors: one `error: ...` line on stderr, exit status 2 (as `rsmclip` runs every command)
     args = parser.parse_args(["convert", str(tmp_path / "nowhere" / "x" / "y"), str(tmp_path / "z")])
-    assert args.func(args) == 1
-    assert "no such folder" in capsys.readouterr().out
+    assert run_command(args.func, args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "no such folder" in err and len(err.splitlines()) == 1
     args = parser.parse_args(["export", str(tmp_path / "rsmclip"), str(tmp_path / "oc2")])
-    assert args.func(args) == 2
+    assert run_command(args.func, args) == 2
