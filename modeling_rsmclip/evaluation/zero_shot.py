@@ -176,8 +176,17 @@ def load_builder_labels(path_or_id: str, split: str | None = "test", name: str |
 
 
 def _builder_class_names(path_or_id: str) -> dict[str, dict[str, str]]:
-    """The per-language class names recorded by the dataset builder in ``build_report.json`` (local folders)."""
+    """The per-language class names recorded by the dataset builder in ``build_report.json`` (a save_to_disk folder,
+    or a Hub dataset pushed by the builder)."""
     report = Path(path_or_id) / "build_report.json"
+    if not Path(path_or_id).exists():
+        try:
+            from huggingface_hub import hf_hub_download
+
+            report = Path(hf_hub_download(path_or_id, "build_report.json", repo_type="dataset"))
+        except Exception as err:  # no report in the repository, offline, ...: the other name sources apply
+            logger.info("%s: no builder class names (%s)", path_or_id, err)
+            return {}
     if not report.is_file():
         return {}
     try:
