@@ -153,7 +153,9 @@ def _check_statistics(state: dict[str, torch.Tensor], config: RSMCLIPConfig, key
             continue
         tensor = state[name].double()
         # the sample std of n normal draws has a relative spread of about 1 / sqrt(2n): allow 5 of those
-        assert tensor.std().item() == pytest.approx(std, rel=max(0.03, 5 / math.sqrt(2 * tensor.numel()))), name
+        assert tensor.std().item() == pytest.approx(std, rel=max(0.03, 5 / math.sqrt(2 * tensor.numel()))), (
+            name
+        )
         assert abs(tensor.mean().item()) < 4 * std / math.sqrt(tensor.numel()) + 1e-12, name
     assert torch.equal(
         state["distillation_head.last_layer.parametrizations.weight.original0"],
