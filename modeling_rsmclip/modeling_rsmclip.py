@@ -175,8 +175,8 @@ class RSMCLIPPreTrainedModel(PreTrainedModel):
     RS-M-CLIP: CLIP ViT image tower + XLM-RoBERTa text tower (masked mean pooling, MLP projection), a learned
     temperature, and the DINO distillation head used by the self-distillation loss during training.
 
-    The distillation head is trained only by the self-distillation step (`get_distillation_logits`, called by
-    `train.py`), never by `forward`. Its parameters are therefore frozen (`requires_grad=False`) whenever the
+    The distillation head is trained only by the self-distillation step (`get_distillation_logits`, or the
+    training step of `train.py`), never by `forward`. Its parameters are therefore frozen (`requires_grad=False`) whenever the
     model is built or loaded, so a plain CLIP fine-tune (`forward(return_loss=True)` under the Trainer or DDP)
     has no trainable parameter without a gradient. The distillation step unfreezes it with
     `model.distillation_head.requires_grad_(True)` (the weight-norm magnitude stays fixed with
