@@ -208,7 +208,6 @@ class ZeroShotImageClassificationSmallModelTest(unittest.TestCase):
         cls.folder = f"{cls.tmp.name}/model"
         model.save_pretrained(cls.folder)
         make_processor(tokenizer, config.vision_config.image_size).save_pretrained(cls.folder)
-        cls.model, cls.tokenizer = model, tokenizer
         cls.image = Image.open(sample_dir() / "ucm" / "images" / "1091.jpg").convert("RGB")
 
     @classmethod
@@ -223,16 +222,14 @@ class ZeroShotImageClassificationSmallModelTest(unittest.TestCase):
         inputs = processor(
             images=[self.image], text=[template.format(x) for x in labels], padding=True, return_tensors="pt"
         )
-        model = self.model.to(dtype)
-        try:
-            with torch.no_grad():
-                logits = model(
-                    input_ids=inputs["input_ids"],
-                    attention_mask=inputs["attention_mask"],
-                    pixel_values=inputs["pixel_values"].to(dtype),
-                ).logits_per_image
-        finally:
-            self.model.to(torch.float32)
+        # A copy in `dtype`: casting the shared float32 model down and back would round its weights.
+        model = RSMCLIPModel.from_pretrained(self.folder, dtype=dtype).eval()
+        with torch.no_grad():
+            logits = model(
+                input_ids=inputs["input_ids"],
+                attention_mask=inputs["attention_mask"],
+                pixel_values=inputs["pixel_values"].to(dtype),
+            ).logits_per_image
         return logits[0].float().softmax(-1).tolist()
 
     def test_small_model_pt(self, dtype: str = "float32"):
