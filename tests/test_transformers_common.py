@@ -44,9 +44,10 @@ def test_transformers_test_modules_are_available():
 
 
 class RSMCLIPVisionModelTester:
-    """The vision tower's part of the config (CLIPVisionModelTester's sizes, with 6-pixel patches for speed)."""
+    """The vision tower's part of the config: CLIPVisionModelTester's widths, with a batch of 4 and 6-pixel
+    patches (26 tokens) to keep the suite fast on a CPU."""
 
-    def __init__(self, parent, batch_size=12, image_size=30, patch_size=6, num_hidden_layers=2):
+    def __init__(self, parent, batch_size=4, image_size=30, patch_size=6, num_hidden_layers=2):
         self.parent = parent
         self.batch_size = batch_size
         self.image_size = image_size
@@ -78,9 +79,10 @@ class RSMCLIPVisionModelTester:
 
 
 class RSMCLIPTextModelTester:
-    """The text tower's part of the config (CLIPTextModelTester's sizes) on an XLM-R layout (pad id 1)."""
+    """The text tower's part of the config: CLIPTextModelTester's widths (batch of 4) on an XLM-R layout
+    (pad id 1)."""
 
-    def __init__(self, parent, batch_size=12, seq_length=7, vocab_size=99, num_hidden_layers=2):
+    def __init__(self, parent, batch_size=4, seq_length=7, vocab_size=99, num_hidden_layers=2):
         self.parent = parent
         self.batch_size = batch_size
         self.seq_length = seq_length
@@ -116,7 +118,7 @@ class RSMCLIPTextModelTester:
 
 
 class RSMCLIPModelTester:
-    """A tiny RSMCLIP (a small distillation head too) and a batch of 12 image-text pairs, as CLIPModelTester."""
+    """A tiny RSMCLIP (a small distillation head too) and a batch of image-text pairs, as CLIPModelTester."""
 
     def __init__(self, parent, is_training=True):
         self.parent = parent
