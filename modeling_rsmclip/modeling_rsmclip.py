@@ -20,22 +20,30 @@ from torch.nn.utils import parametrize
 from transformers import CLIPVisionModel, PreTrainedModel, XLMRobertaModel
 from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPooling
-from transformers.utils import ModelOutput
+from transformers.processing_utils import Unpack
+from transformers.utils import ModelOutput, TransformersKwargs, auto_docstring, can_return_tuple
 
 from .configuration_rsmclip import RSMCLIPConfig
 
 
+@auto_docstring
 @dataclass
 class RSMCLIPOutput(ModelOutput):
-    """Output of [`RSMCLIPModel.forward`].
-
-    Args:
-        loss: symmetric InfoNCE loss (when `return_loss=True`).
-        logits_per_image: `(n_images, n_texts)` scaled cosine similarities.
-        logits_per_text: `(n_texts, n_images)`, the transpose.
-        text_embeds: normalised text embeddings `(n_texts, projection_dim)`.
-        image_embeds: normalised image embeddings `(n_images, projection_dim)`.
-        text_model_output, vision_model_output: the towers' outputs (projected pooler outputs).
+    r"""
+    loss (`torch.FloatTensor` of shape `(1,)`, *optional*, returned when `return_loss` is `True`):
+        Symmetric InfoNCE loss for image-text similarity (the i-th text is the positive of the i-th image).
+    logits_per_image (`torch.FloatTensor` of shape `(image_batch_size, text_batch_size)`):
+        The scaled cosine similarities between `image_embeds` and `text_embeds`.
+    logits_per_text (`torch.FloatTensor` of shape `(text_batch_size, image_batch_size)`):
+        The scaled cosine similarities between `text_embeds` and `image_embeds` (the transpose).
+    text_embeds (`torch.FloatTensor` of shape `(text_batch_size, projection_dim)`):
+        The L2-normalised text embeddings: masked mean of the text tower's last hidden state, then the projection.
+    image_embeds (`torch.FloatTensor` of shape `(image_batch_size, projection_dim)`):
+        The L2-normalised image embeddings: the vision tower's pooled output through `visual_projection`.
+    text_model_output (`BaseModelOutputWithPooling`):
+        The text tower's output; its `pooler_output` is the projected, un-normalised text embedding.
+    vision_model_output (`BaseModelOutputWithPooling`):
+        The vision tower's output; its `pooler_output` is the projected, un-normalised image embedding.
     """
 
     loss: torch.FloatTensor | None = None
@@ -47,10 +55,7 @@ class RSMCLIPOutput(ModelOutput):
     vision_model_output: BaseModelOutputWithPooling | None = None
 
     def to_tuple(self) -> tuple[Any, ...]:
-        return tuple(
-            self[k] if k not in ("text_model_output", "vision_model_output") else getattr(self, k).to_tuple()
-            for k in self.keys()
-        )
+        return tuple(v.to_tuple() if isinstance(v, ModelOutput) else v for v in self.values())
 
 
 def contrastive_loss(logits: torch.Tensor) -> torch.Tensor:
@@ -66,7 +71,8 @@ def clip_loss(logits_per_text: torch.Tensor) -> torch.Tensor:
 class RSMCLIPDistillationHead(nn.Module):
     """The DINO projection head: MLP -> L2 normalisation -> weight-normalised linear layer to `out_dim` logits.
 
-    With `norm_last_layer=True` the weight-norm magnitude is fixed at 1 (not trained), as in DINO.
+    With `norm_last_layer=True` the weight-norm magnitude is fixed at 1 (not trained), as in DINO:
+    `requires_grad_(True)` leaves it frozen.
     """
 
     def __init__(
@@ -95,12 +101,19 @@ class RSMCLIPDistillationHead(nn.Module):
         if norm_last_layer:
             self.last_layer.parametrizations.weight.original0.requires_grad = False
 
+    def requires_grad_(self, requires_grad: bool = True) -> RSMCLIPDistillationHead:
+        super().requires_grad_(requires_grad)
+        if self.norm_last_layer:
+            self.last_layer.parametrizations.weight.original0.requires_grad_(False)
+        return self
+
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         x = self.mlp(features)
         x = F.normalize(x, dim=-1, p=2)
         return self.last_layer(x)
 
 
+@auto_docstring
 class RSMCLIPPreTrainedModel(PreTrainedModel):
     config: RSMCLIPConfig
     config_class = RSMCLIPConfig
@@ -118,6 +131,18 @@ class RSMCLIPPreTrainedModel(PreTrainedModel):
         "XLMRobertaEmbeddings",
     ]
 
+    @classmethod
+    def is_custom_code(cls) -> bool:
+        """False, so that weights missing at `from_pretrained` get the same initialisation as the constructor's.
+
+        transformers skips, for custom code, every module whose own parameters are all loaded, because custom
+        `_init_weights` may write parameters in place. That also skips parameter-less containers (`CLIPAttention`,
+        `CLIPMLP`, and this model once `logit_scale` is loaded) whose initialisation sets their children's
+        weights, so the vision tower's and the projections' missing weights would get the generic N(0, 0.02).
+        Here every initialisation goes through `transformers.initialization`, which leaves loaded tensors alone.
+        """
+        return False
+
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
         factor = self.config.initializer_factor
@@ -130,9 +155,12 @@ class RSMCLIPPreTrainedModel(PreTrainedModel):
                     init.normal_(layer.weight, std=layer.in_features**-0.5 * factor)
             init.constant_(module.logit_scale, self.config.logit_scale_init_value)
         elif isinstance(module, parametrize.ParametrizationList) and hasattr(module, "original0"):
-            # The weight-normalised last layer of the distillation head: direction ~ N(0, 0.02), unit magnitude.
-            init.trunc_normal_(module.original1, std=0.02)
+            # The weight-normalised last layer of the distillation head: direction ~ truncated N(0, range * factor)
+            # as the head's other layers (DINO's 0.02 by default), unit magnitude.
+            init.trunc_normal_(module.original1, std=self.config.initializer_range * factor)
             init.ones_(module.original0)
+        elif isinstance(module, nn.Linear) and parametrize.is_parametrized(module):
+            pass  # its weight is computed from the parametrisation above
         elif isinstance(module, nn.Linear):
             # Linear layers outside the towers (the towers initialise their own): DINO's truncated normal.
             init.trunc_normal_(module.weight, std=self.config.initializer_range * factor)
@@ -142,10 +170,20 @@ class RSMCLIPPreTrainedModel(PreTrainedModel):
             super()._init_weights(module)
 
 
-class RSMCLIPModel(RSMCLIPPreTrainedModel):
-    """RS-M-CLIP: CLIP ViT image tower + XLM-RoBERTa text tower (masked mean pooling, MLP projection), a learned
-    temperature, and the DINO distillation head used by the self-distillation loss during training."""
+@auto_docstring(
+    custom_intro="""
+    RS-M-CLIP: CLIP ViT image tower + XLM-RoBERTa text tower (masked mean pooling, MLP projection), a learned
+    temperature, and the DINO distillation head used by the self-distillation loss during training.
 
+    The distillation head is trained only by the self-distillation step (`get_distillation_logits`, or the
+    training step of `train.py`), never by `forward`. Its parameters are therefore frozen (`requires_grad=False`) whenever the
+    model is built or loaded, so a plain CLIP fine-tune (`forward(return_loss=True)` under the Trainer or DDP)
+    has no trainable parameter without a gradient. The distillation step unfreezes it with
+    `model.distillation_head.requires_grad_(True)` (the weight-norm magnitude stays fixed with
+    `dino_norm_last_layer`).
+    """
+)
+class RSMCLIPModel(RSMCLIPPreTrainedModel):
     def __init__(self, config: RSMCLIPConfig) -> None:
         super().__init__(config)
         vision_config = config.vision_config
@@ -171,6 +209,8 @@ class RSMCLIPModel(RSMCLIPPreTrainedModel):
             num_layers=config.dino_num_layers,
             norm_last_layer=config.dino_norm_last_layer,
         )
+        # Trained only by the distillation step, which unfreezes it (see the class docstring).
+        self.distillation_head.requires_grad_(False)
         self.post_init()
 
     # ----------------------------------------------------------------------------------------------- text tower
@@ -181,14 +221,17 @@ class RSMCLIPModel(RSMCLIPPreTrainedModel):
             attention_mask = (input_ids != self.config.text_config.pad_token_id).long()
         return attention_mask
 
+    @can_return_tuple
+    @auto_docstring
     def get_text_features(
         self,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
-        **kwargs: Any,
-    ) -> BaseModelOutputWithPooling:
-        """Encode texts. `pooler_output` is the projected, un-normalised embedding `(batch, projection_dim)`.
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> tuple | BaseModelOutputWithPooling:
+        r"""
+        Encode texts. `pooler_output` is the projected, un-normalised embedding `(batch, projection_dim)`.
 
         Pooling is the mean over non-padding tokens (`attention_mask`, or `input_ids != pad_token_id` when no
         mask is given), so the same text padded to different lengths has the same embedding.
@@ -232,10 +275,17 @@ class RSMCLIPModel(RSMCLIPPreTrainedModel):
         )
         return outputs.pooler_output
 
+    @can_return_tuple
+    @auto_docstring
     def get_image_features(
-        self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False, **kwargs: Any
-    ) -> BaseModelOutputWithPooling:
-        """Encode images. `pooler_output` is the projected, un-normalised embedding `(batch, projection_dim)`."""
+        self,
+        pixel_values: torch.Tensor,
+        interpolate_pos_encoding: bool = False,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> tuple | BaseModelOutputWithPooling:
+        r"""
+        Encode images. `pooler_output` is the projected, un-normalised embedding `(batch, projection_dim)`.
+        """
         if pixel_values is None:
             raise ValueError(
                 "get_image_features needs `pixel_values` (preprocess the images with the processor)"
@@ -262,6 +312,8 @@ class RSMCLIPModel(RSMCLIPPreTrainedModel):
         )
 
     # ------------------------------------------------------------------------------------------------- forward
+    @can_return_tuple
+    @auto_docstring
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -270,22 +322,24 @@ class RSMCLIPModel(RSMCLIPPreTrainedModel):
         position_ids: torch.LongTensor | None = None,
         return_loss: bool | None = None,
         interpolate_pos_encoding: bool = False,
-        return_dict: bool | None = None,
-        **kwargs: Any,
-    ) -> RSMCLIPOutput | tuple:
-        """Similarity logits between images and texts, and the symmetric InfoNCE loss when `return_loss=True`
-        (the i-th text is the positive of the i-th image)."""
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> RSMCLIPOutput:
+        r"""
+        return_loss (`bool`, *optional*):
+            Whether or not to return the symmetric InfoNCE loss (the i-th text is the positive of the i-th image).
+        """
         if input_ids is None or input_ids.shape[0] == 0:
             raise ValueError(
                 "no texts given (an empty list of texts or candidate labels?): pass at least one text"
             )
         if pixel_values is None or pixel_values.shape[0] == 0:
             raise ValueError("no images given: pass at least one image")
+        # return_dict=True: the feature methods would follow `config.return_dict` and return tuples.
         vision_outputs = self.get_image_features(
-            pixel_values, interpolate_pos_encoding=interpolate_pos_encoding
+            pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, return_dict=True, **kwargs
         )
         text_outputs = self.get_text_features(
-            input_ids, attention_mask=attention_mask, position_ids=position_ids
+            input_ids, attention_mask=attention_mask, position_ids=position_ids, return_dict=True, **kwargs
         )
         image_embeds = F.normalize(vision_outputs.pooler_output, dim=-1)
         text_embeds = F.normalize(text_outputs.pooler_output, dim=-1)
@@ -300,7 +354,7 @@ class RSMCLIPModel(RSMCLIPPreTrainedModel):
                     f"{logits_per_text.shape[1]} images"
                 )
             loss = clip_loss(logits_per_text)
-        output = RSMCLIPOutput(
+        return RSMCLIPOutput(
             loss=loss,
             logits_per_image=logits_per_image,
             logits_per_text=logits_per_text,
@@ -309,16 +363,20 @@ class RSMCLIPModel(RSMCLIPPreTrainedModel):
             text_model_output=text_outputs,
             vision_model_output=vision_outputs,
         )
-        use_dict = return_dict if return_dict is not None else self.config.return_dict
-        return output if use_dict else output.to_tuple()
 
     @classmethod
     def from_pretrained(cls, *args: Any, **kwargs: Any):
-        """`PreTrainedModel.from_pretrained`, reading safetensors only (a pickled `.bin` is refused)."""
+        """`PreTrainedModel.from_pretrained`, reading safetensors only (a pickled `.bin` is refused).
+
+        Loading replaces the parameters, so the distillation head is frozen again here, as the constructor does.
+        """
         if kwargs.get("use_safetensors") is False:
             raise ValueError("RS-M-CLIP weights are read from safetensors only")
         kwargs["use_safetensors"] = True
-        return super().from_pretrained(*args, **kwargs)
+        loaded = super().from_pretrained(*args, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded  # output_loading_info=True
+        model.distillation_head.requires_grad_(False)
+        return loaded
 
     def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, **kwargs: Any) -> None:
         """`PreTrainedModel.save_pretrained` (safetensors), plus what a Hub-hosted copy needs to run without this

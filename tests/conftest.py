@@ -46,3 +46,16 @@ def sample_images():
 
     files = sorted((sample_dir() / "ucm" / "images").glob("*.jpg"), key=lambda p: int(p.stem))[:6]
     return [Image.open(f).convert("RGB") for f in files], files
+
+
+def pytest_configure(config):
+    # Markers used by transformers' common test modules (tests/test_transformers_common.py imports them).
+    for marker in (
+        "slow",
+        "accelerate_tests",
+        "flash_attn_test",
+        "flash_attn_3_test",
+        "flash_attn_4_test",
+        "torch_compile_test",
+    ):
+        config.addinivalue_line("markers", f"{marker}: used by transformers' common model tests")

@@ -67,15 +67,15 @@ def load_model_and_processor(config: TrainingConfig) -> tuple[RSMCLIPModel, Any]
 
 
 def freeze_towers(model: RSMCLIPModel, config: TrainingConfig) -> None:
-    """Freeze the towers the configuration asks for, and the distillation head when it is not used."""
+    """Freeze the towers the configuration asks for; the distillation head (frozen when the model is built or
+    loaded) trains only with distillation."""
     if config.freeze_vision_tower:
         model.vision_model.requires_grad_(False)
         model.visual_projection.requires_grad_(False)
     if config.freeze_text_tower:
         model.text_model.requires_grad_(False)
         model.text_projection.requires_grad_(False)
-    if not config.distillation:
-        model.distillation_head.requires_grad_(False)
+    model.distillation_head.requires_grad_(config.distillation)
 
 
 def apply_lora(model: RSMCLIPModel, config: TrainingConfig) -> nn.Module:

@@ -3,11 +3,16 @@
 A checkpoint is written to `checkpoint-N.tmp` and renamed to `checkpoint-N` only once every file is on disk, so a
 crash mid-write leaves the previous checkpoints untouched and usable; a leftover `.tmp` folder is never loaded.
 The teacher and the center are stored as safetensors and the loop position as JSON (no pickles of ours).
+
+A checkpoint damaged afterwards (a truncated `model.safetensors`, a corrupt `trainer_state.json`, ...) is found by
+`check_checkpoint` before anything is restored from it; resuming from the latest checkpoint then warns, naming the
+file, and falls back to the previous valid one (`resume_latest_checkpoint`).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -17,8 +22,11 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
+
+logger = logging.getLogger(__name__)
 
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 TEACHER_FILE = "teacher.safetensors"
@@ -43,6 +51,41 @@ class TrainerState:
     @classmethod
     def from_json(cls, text: str) -> TrainerState:
         return cls(**json.loads(text))
+
+
+class CorruptCheckpointError(ValueError):
+    """A checkpoint that cannot be restored; `file` is the file at fault (or the folder)."""
+
+    def __init__(self, file: str | Path, reason: str) -> None:
+        super().__init__(f"{file}: {reason}")
+        self.file = Path(file)
+
+
+def check_checkpoint(path: str | Path) -> None:
+    """Check that every file of ours and every safetensors file of a checkpoint is readable, before any state is
+    restored from it: `trainer_state.json` and `position_*.json` parse into what the loop saved, and each
+    `*.safetensors` file's header covers the file exactly (a truncated file does not). Raises
+    `CorruptCheckpointError` naming the first bad file."""
+    path = Path(path)
+    state_file = path / STATE_FILE
+    if not state_file.is_file():
+        raise CorruptCheckpointError(state_file, "missing: the checkpoint is incomplete")
+    try:
+        TrainerState.from_json(state_file.read_text(encoding="utf-8"))
+    except (ValueError, TypeError, UnicodeDecodeError) as error:
+        raise CorruptCheckpointError(state_file, f"not a trainer state ({error})") from error
+    for position_file in sorted(path.glob("position_*.json")):
+        try:
+            position = json.loads(position_file.read_text(encoding="utf-8"))
+            int(position["epoch"]), int(position["batches_in_epoch"])
+        except (ValueError, TypeError, KeyError, UnicodeDecodeError) as error:
+            raise CorruptCheckpointError(position_file, f"not a loop position ({error!r})") from error
+    for weights in sorted(path.rglob("*.safetensors")):
+        try:
+            with safe_open(str(weights), framework="pt") as handle:
+                handle.keys()
+        except (SafetensorError, OSError) as error:
+            raise CorruptCheckpointError(weights, f"unreadable safetensors file ({error})") from error
 
 
 def _fsync_dir(path: Path) -> None:
@@ -138,11 +181,19 @@ def load_checkpoint(
     teacher: nn.Module | None,
     center: torch.Tensor | None,
 ) -> TrainerState:
-    """Restore model, optimiser, scheduler, scaler and RNG states (accelerate), the teacher and the center."""
+    """Restore model, optimiser, scheduler, scaler and RNG states (accelerate), the teacher and the center.
+
+    The checkpoint is checked first (`check_checkpoint`); a damaged one raises `CorruptCheckpointError` naming the
+    file, before anything is restored when the damage is in a JSON or safetensors file.
+    """
     path = Path(path)
     if not (path / STATE_FILE).is_file():
         raise FileNotFoundError(f"{path} is not a complete checkpoint (no {STATE_FILE})")
-    accelerator.load_state(str(path))
+    check_checkpoint(path)
+    try:
+        accelerator.load_state(str(path))
+    except Exception as error:  # a damaged pickle of accelerate's (optimizer.bin, random_states_0.pkl, ...)
+        raise CorruptCheckpointError(path, f"accelerate could not restore it ({error!r})") from error
     if teacher is not None or center is not None:
         teacher_path = path / TEACHER_FILE
         if not teacher_path.is_file():
@@ -163,3 +214,32 @@ def load_checkpoint(
         position = json.loads(position_file.read_text(encoding="utf-8"))
         state.epoch, state.batches_in_epoch = position["epoch"], position["batches_in_epoch"]
     return state
+
+
+def resume_latest_checkpoint(
+    accelerator: Accelerator,
+    root: str | Path,
+    teacher: nn.Module | None,
+    center: torch.Tensor | None,
+) -> tuple[Path | None, TrainerState]:
+    """Restore the newest checkpoint under `root` that can be restored; `(None, TrainerState())` when there is none.
+
+    A damaged checkpoint is skipped with a warning naming the file, and the previous one is tried. When a
+    checkpoint failed after accelerate had started restoring it and no older one can be restored, the model is
+    left half-restored: that raises instead of starting from scratch.
+    """
+    half_restored = []
+    candidates = [path for _, path in reversed(list_checkpoints(root))]
+    for index, path in enumerate(candidates):
+        try:
+            return path, load_checkpoint(accelerator, path, teacher, center)
+        except CorruptCheckpointError as error:
+            if error.file == path:
+                half_restored.append(str(error))
+            fallback = candidates[index + 1] if index + 1 < len(candidates) else "no earlier checkpoint"
+            logger.warning("cannot resume from %s: %s; falling back to %s", path, error, fallback)
+    if half_restored:
+        raise RuntimeError(
+            "no checkpoint could be restored, and restoring one failed part-way: " + "; ".join(half_restored)
+        )
+    return None, TrainerState()

@@ -37,7 +37,13 @@ from .build import (
     parameter_groups,
 )
 from .card import build_model_card
-from .checkpoint import TrainerState, latest_checkpoint, load_checkpoint, save_checkpoint
+from .checkpoint import (
+    TrainerState,
+    latest_checkpoint,
+    load_checkpoint,
+    resume_latest_checkpoint,
+    save_checkpoint,
+)
 from .config import TrainingConfig
 from .data import (
     EpochShuffleSampler,
@@ -365,17 +371,15 @@ def train(
     # -------------------------------------------------------------------------------------------- resume
     state = TrainerState()
     if config.resume_from_checkpoint:
-        path = (
-            latest_checkpoint(checkpoints_dir)
-            if config.resume_from_checkpoint == "latest"
-            else Path(config.resume_from_checkpoint)
-        )
+        center = dino_loss.center if dino_loss is not None else None
+        if config.resume_from_checkpoint == "latest":  # a damaged checkpoint falls back to the previous one
+            path, state = resume_latest_checkpoint(accelerator, checkpoints_dir, teacher, center)
+        else:
+            path = Path(config.resume_from_checkpoint)
+            state = load_checkpoint(accelerator, path, teacher, center)
         if path is None:
             logger.info("no checkpoint in %s: starting from scratch", checkpoints_dir)
         else:
-            state = load_checkpoint(
-                accelerator, path, teacher, dino_loss.center if dino_loss is not None else None
-            )
             logger.info(
                 "resumed from %s at step %d (epoch %d, batch %d)",
                 path,
