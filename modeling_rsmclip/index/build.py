@@ -291,7 +291,7 @@ def _run(
         if pending["digest"] != digest or pending["fingerprint"] != fingerprint:
             raise ValueError(
                 f"{output} holds an unfinished {pending['kind']} of other sources ({', '.join(pending['sources'])}): "
-                f"rerun that command to finish it, or remove {output / 'runs' / ('run-%03d.json' % pending['run'])}"
+                f"rerun that command to finish it, or remove {output}/runs/run-{pending['run']:03d}.json"
             )
         plan = pending
         logger.info("resuming run %d of %s", plan["run"], output)
@@ -398,7 +398,7 @@ def finalize(
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    shard_files = sorted((output / "shards").glob(f"*.parquet"))
+    shard_files = sorted((output / "shards").glob("*.parquet"))
     tables, report = [], {"unreadable": [], "nodata_tiles": [], "duplicates": [], "unchanged": []}
     for path in shard_files:
         tables.append(pq.read_table(path))
