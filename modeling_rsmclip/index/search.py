@@ -340,6 +340,7 @@ class RSMCLIPIndex:
     def _result(self, rank: int, score: float, i: int) -> dict[str, Any]:
         row = dict(self.row(i))
         footprint = row.pop("footprint_lonlat", None)
+        ring = row.pop("footprint", None)
         out = {
             "rank": rank,
             "score": score,
@@ -349,6 +350,7 @@ class RSMCLIPIndex:
             "bbox": row.pop("bbox", None),
         }
         out.update(row)
+        out["footprint"] = json.loads(ring) if ring else None
         out["footprint_lonlat"] = json.loads(footprint) if footprint else None
         return out
 
@@ -371,7 +373,10 @@ def to_geojson(results: list[dict[str, Any]]) -> dict[str, Any]:
         }
         if result.get("window") is not None:
             properties["window"] = ",".join(str(v) for v in result["window"])
-        features.append({"type": "Feature", "geometry": geometry, "properties": properties})
+        feature = {"type": "Feature", "geometry": geometry, "properties": properties}
+        if result.get("bbox") is not None:
+            feature["bbox"] = list(result["bbox"])
+        features.append(feature)
     return {"type": "FeatureCollection", "features": features}
 
 
