@@ -82,10 +82,4 @@ def read_window(
 
         reader = RasterReader(path, preset=preset, bands=bands).__enter__()
         _READERS[key] = reader
-    return reader.read_rgb(_read_window_arg(window))
-
-
-def _read_window_arg(window: Window) -> Any:
-    from rasterio.windows import Window as RioWindow
-
-    return RioWindow(*window)
+    return reader.read_rgb(tuple(window))
