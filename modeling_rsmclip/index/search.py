@@ -8,8 +8,10 @@ the manifest's fingerprint, and searched in the FAISS index, optionally restrict
 from __future__ import annotations
 
 import ast
+import io
 import json
 import os
+import tokenize
 from pathlib import Path
 from typing import Any
 
@@ -34,21 +36,33 @@ _COMPARE = {
 _STRING_METHODS = {"contains": "match_substring", "startswith": "starts_with", "endswith": "ends_with"}
 
 
+def _pandas_precedence(text: str) -> str:
+    """``&``, ``|``, ``~`` as ``and``, ``or``, ``not``: as in `pandas.DataFrame.query`, they bind more loosely than
+    comparisons, so ``a == 1 | b == 2`` means ``(a == 1) or (b == 2)``."""
+    words = {"&": "and", "|": "or", "~": "not"}
+    return " ".join(
+        words.get(tok.string, tok.string) if tok.type == tokenize.OP else tok.string
+        for tok in tokenize.generate_tokens(io.StringIO(text).readline)
+        if tok.string.strip()
+    )
+
+
 def parse_where(text: str, columns: list[str]) -> Any:
     """A `pyarrow.compute` expression from a pandas-``query``-style filter over the metadata columns.
 
     Grammar (Python syntax, nothing is executed): comparisons ``label == "beach"``, ``valid_fraction >= 0.9``,
     chained ``0.5 < valid_fraction <= 1``; membership ``label in ["beach", "river"]`` / ``not in``; missing values
     ``crs is None`` / ``is not None``; string tests ``path.str.contains("2021")``, ``.str.startswith(...)``,
-    ``.str.endswith(...)``; combined with ``and``, ``or``, ``not`` (or ``&``, ``|``, ``~``) and parentheses.
+    ``.str.endswith(...)``; combined with ``and``, ``or``, ``not`` (or ``&``, ``|``, ``~``, which
+    here, as in `pandas.DataFrame.query`, bind more loosely than comparisons) and parentheses.
     An unknown column or construct is a ValueError naming it.
     """
     import pyarrow.compute as pc
 
     try:
-        tree = ast.parse(text.strip(), mode="eval")
-    except SyntaxError as err:
-        raise ValueError(f"--where {text!r} is not a valid expression: {err.msg}") from err
+        tree = ast.parse(_pandas_precedence(text.strip()), mode="eval")
+    except (SyntaxError, tokenize.TokenError) as err:
+        raise ValueError(f"--where {text!r} is not a valid expression: {getattr(err, 'msg', err)}") from err
 
     def column(node: ast.AST) -> Any:
         if isinstance(node, ast.Name):
