@@ -371,27 +371,31 @@ class RSMCLIPIndex:
 
 # ---------------------------------------------------------------------------------------------------- GeoJSON
 def to_geojson(results: list[dict[str, Any]]) -> dict[str, Any]:
-    """A GeoJSON FeatureCollection (RFC 7946, lon/lat) of the results' footprints, scores and metadata as
-    properties; a result without a footprint gets a null geometry."""
+    """A GeoJSON FeatureCollection (RFC 7946, lon/lat) of the results' footprints, with the score, rank, id, path,
+    label and the other scalar metadata as properties; a result without a footprint gets a null geometry."""
     features = []
     for result in results:
-        ring = result.get("footprint_lonlat")
-        if ring is None and result.get("bbox") is not None:
+        polygon = result.get("footprint_lonlat")
+        if polygon is None and result.get("bbox") is not None:
             west, south, east, north = result["bbox"]
-            ring = [[west, north], [west, south], [east, south], [east, north], [west, north]]
-        geometry = {"type": "Polygon", "coordinates": [ring]} if ring is not None else None
-        properties = {
-            k: v
-            for k, v in result.items()
-            if k not in ("footprint_lonlat", "bbox", "bounds") and _json_scalar(v)
-        }
+            polygon = [[[west, south], [east, south], [east, north], [west, north], [west, south]]]
+        if polygon is not None:
+            polygon = [_counter_clockwise(ring) for ring in polygon]
+        geometry = {"type": "Polygon", "coordinates": polygon} if polygon is not None else None
+        properties = {k: v for k, v in result.items() if _json_scalar(v)}
         if result.get("window") is not None:
             properties["window"] = ",".join(str(v) for v in result["window"])
-        feature = {"type": "Feature", "geometry": geometry, "properties": properties}
+        feature: dict[str, Any] = {"type": "Feature", "geometry": geometry, "properties": properties}
         if result.get("bbox") is not None:
             feature["bbox"] = list(result["bbox"])
         features.append(feature)
     return {"type": "FeatureCollection", "features": features}
+
+
+def _counter_clockwise(ring: list[list[float]]) -> list[list[float]]:
+    """RFC 7946's right-hand rule for an exterior ring: counter-clockwise (same first point)."""
+    area = sum(x0 * y1 - x1 * y0 for (x0, y0), (x1, y1) in zip(ring, ring[1:]))
+    return ring if area >= 0 else ring[::-1]
 
 
 def _json_scalar(value: Any) -> bool:
