@@ -205,3 +205,19 @@ def test_index_type_choice_and_factory_override(demo, sources, tmp_path, index_t
     assert choose_index(5_000_000, 512)[0] == "IVF8192,PQ64"
     with pytest.raises(ValueError, match="index type"):
         choose_index(10, 8, "bogus")
+
+
+def test_package_import_needs_no_index_extra_and_a_missing_one_names_the_install_command(monkeypatch) -> None:
+    code = (
+        "import sys, modeling_rsmclip\n"
+        "from modeling_rsmclip import RSMCLIPIndex\n"
+        "from modeling_rsmclip.index import build_index\n"
+        "assert not {'faiss', 'pyarrow', 'rasterio'} & set(sys.modules), sorted(sys.modules)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True, timeout=120)
+    from modeling_rsmclip.index.build import require_index_dependencies
+
+    monkeypatch.setitem(sys.modules, "faiss", None)
+    with pytest.raises(ImportError, match=r'pip install "rsmclip\[index\]"'):
+        require_index_dependencies()
