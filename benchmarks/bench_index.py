@@ -24,7 +24,6 @@ import argparse
 import hashlib
 import json
 import os
-import resource
 import shutil
 import sys
 import tempfile
@@ -79,7 +78,9 @@ def throughput(args: argparse.Namespace) -> dict:
     for p in images:
         (folder / p.name).symlink_to(p)
     # Model only: the same images, decoded and preprocessed beforehand, same batch size.
-    pixels = processor(images=[Image.open(p).convert("RGB") for p in images], return_tensors="pt")["pixel_values"]
+    pixels = processor(images=[Image.open(p).convert("RGB") for p in images], return_tensors="pt")[
+        "pixel_values"
+    ]
     model_only, index_rate = [], []
 
     def run_model() -> float:
@@ -91,8 +92,15 @@ def throughput(args: argparse.Namespace) -> dict:
 
     def run_index(r: int) -> float:
         start = time.perf_counter()
-        build_index(model, work / f"idx{r}", [folder], processor=processor, batch_size=args.batch_size,
-                    num_workers=args.num_workers, progress=False)
+        build_index(
+            model,
+            work / f"idx{r}",
+            [folder],
+            processor=processor,
+            batch_size=args.batch_size,
+            num_workers=args.num_workers,
+            progress=False,
+        )
         rate = len(images) / (time.perf_counter() - start)
         shutil.rmtree(work / f"idx{r}")
         return rate
@@ -104,10 +112,16 @@ def throughput(args: argparse.Namespace) -> dict:
     shutil.rmtree(work)
     ratio = [i / m for i, m in zip(index_rate, model_only)]
     return {
-        "model": args.model, "images": len(images), "batch_size": args.batch_size,
-        "num_workers": args.num_workers, "rounds": args.rounds,
-        "model_only_img_s": model_only, "files_to_index_img_s": index_rate,
-        "ratio_per_round": ratio, "ratio_median": float(np.median(ratio)), "machine": MACHINE,
+        "model": args.model,
+        "images": len(images),
+        "batch_size": args.batch_size,
+        "num_workers": args.num_workers,
+        "rounds": args.rounds,
+        "model_only_img_s": model_only,
+        "files_to_index_img_s": index_rate,
+        "ratio_per_round": ratio,
+        "ratio_median": float(np.median(ratio)),
+        "machine": MACHINE,
     }
 
 
@@ -120,7 +134,9 @@ def embed_tiles(args: argparse.Namespace) -> dict:
     mean = torch.tensor(ip.image_mean).view(1, 3, 1, 1)
     std = torch.tensor(ip.image_std).view(1, 3, 1, 1)
     data = shared_data_dir()
-    files = sorted((data / "ucm-captions" / "images").glob("*.jpg")) + sorted((data / "rsscn7-mini").rglob("*.jpg"))
+    files = sorted((data / "ucm-captions" / "images").glob("*.jpg")) + sorted(
+        (data / "rsscn7-mini").rglob("*.jpg")
+    )
     size, stride = 128, 64
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -137,7 +153,9 @@ def embed_tiles(args: argparse.Namespace) -> dict:
         done.append(torch.nn.functional.normalize(emb, dim=-1).numpy().astype(np.float32))
         embedded += len(tiles)
         tiles.clear()
-        np.save(out, np.concatenate(done))
+        tmp = out.with_name(out.stem + ".tmp.npy")
+        np.save(tmp, np.concatenate(done))
+        os.replace(tmp, out)  # a run stopped by its time limit leaves a whole file
 
     count = 0
     for path in files:
@@ -163,7 +181,7 @@ def embed_tiles(args: argparse.Namespace) -> dict:
     if tiles:
         flush()
     total = have + embedded
-    return {"tiles": total, "available_tiles_in_shared_images": None, "rate_tiles_s": embedded / (time.perf_counter() - start)}
+    return {"tiles": total, "rate_tiles_s": embedded / (time.perf_counter() - start), "machine": MACHINE}
 
 
 # ---------------------------------------------------------------------------------------------------- search
@@ -176,10 +194,16 @@ def _queries(n: int) -> np.ndarray:
     ucm = shared_data_dir() / "ucm-captions"
     data = load_karpathy(ucm / "dataset.json", ucm / "images", "test", ucm / "translations")
     texts = [t for lang in data.captions for _, t in data.captions[lang][:: max(1, 10 * 1050 // n)]][:n]
-    return Embedder(model, processor, batch_size=128, cache_dir=None, show_progress=False).embed_texts(texts).numpy()
+    return (
+        Embedder(model, processor, batch_size=128, cache_dir=None, show_progress=False)
+        .embed_texts(texts)
+        .numpy()
+    )
 
 
-def _bench_index(base: np.ndarray, queries: np.ndarray, truth: np.ndarray, factory: str, sweep: dict) -> list[dict]:
+def _bench_index(
+    base: np.ndarray, queries: np.ndarray, truth: np.ndarray, factory: str, sweep: dict
+) -> list[dict]:
     import faiss
 
     from modeling_rsmclip.index.build import apply_search_params, build_faiss
@@ -203,13 +227,25 @@ def _bench_index(base: np.ndarray, queries: np.ndarray, truth: np.ndarray, facto
         t = time.perf_counter()
         index.search(queries, 10)
         batch_qps = len(queries) / (time.perf_counter() - t)
-        recall = float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found, truth)])) if truth is not None else 1.0
-        rows.append({
-            "factory": factory, "param": name, "value": value, "recall@10": recall,
-            "p50_ms": 1000 * float(np.percentile(latencies, 50)), "p99_ms": 1000 * float(np.percentile(latencies, 99)),
-            "single_qps": len(queries) / sum(latencies), "batch_qps": batch_qps,
-            "build_s": build_s, "bytes_per_entry": bytes_per_entry,
-        })
+        recall = (
+            float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found, truth)]))
+            if truth is not None
+            else 1.0
+        )
+        rows.append(
+            {
+                "factory": factory,
+                "param": name,
+                "value": value,
+                "recall@10": recall,
+                "p50_ms": 1000 * float(np.percentile(latencies, 50)),
+                "p99_ms": 1000 * float(np.percentile(latencies, 99)),
+                "single_qps": len(queries) / sum(latencies),
+                "batch_qps": batch_qps,
+                "build_s": build_s,
+                "bytes_per_entry": bytes_per_entry,
+            }
+        )
         print(json.dumps(rows[-1]), flush=True)
     return rows
 
@@ -231,7 +267,13 @@ def search(args: argparse.Namespace) -> dict:
         rows = _bench_index(base, queries, None, "Flat", {})
         rows += _bench_index(base, queries, truth, f"IVF{nlist},Flat", {"nprobe": [4, 8, 16, 32, 64]})
         rows += _bench_index(base, queries, truth, "HNSW32,Flat", {"efSearch": [16, 32, 64, 128]})
-        results["real"] = {"n": len(base), "dim": base.shape[1], "queries": len(queries), "auto": [auto, params], "rows": rows}
+        results["real"] = {
+            "n": len(base),
+            "dim": base.shape[1],
+            "queries": len(queries),
+            "auto": [auto, params],
+            "rows": rows,
+        }
     if args.random:
         rng = np.random.default_rng(0)
         dim = args.random_dim
@@ -244,8 +286,12 @@ def search(args: argparse.Namespace) -> dict:
         del exact
         rows = _bench_index(base, queries[: min(100, len(queries))], None, "Flat", {})
         nlist = args.random_nlist
-        rows += _bench_index(base, queries, truth, f"IVF{nlist},Flat", {"nprobe": [8, 32, 128, 512], "max_train": 64 * nlist})
-        rows += _bench_index(base, queries, truth, f"IVF{nlist},PQ64", {"nprobe": [8, 32, 128, 512], "max_train": 64 * nlist})
+        rows += _bench_index(
+            base, queries, truth, f"IVF{nlist},Flat", {"nprobe": [8, 32, 128, 512], "max_train": 64 * nlist}
+        )
+        rows += _bench_index(
+            base, queries, truth, f"IVF{nlist},PQ64", {"nprobe": [8, 32, 128, 512], "max_train": 64 * nlist}
+        )
         results["random"] = {"n": args.random, "dim": dim, "queries": len(queries), "rows": rows}
     return results
 
@@ -255,20 +301,50 @@ def eval_memory(args: argparse.Namespace) -> dict:
     from modeling_rsmclip.evaluation.metrics import retrieval_metrics_chunked
 
     rng = np.random.default_rng(0)
-    images = torch.nn.functional.normalize(torch.from_numpy(rng.standard_normal((args.images, 512), dtype=np.float32)), dim=-1)
+    images = torch.nn.functional.normalize(
+        torch.from_numpy(rng.standard_normal((args.images, 512), dtype=np.float32)), dim=-1
+    )
     owner = np.repeat(np.arange(args.images), args.texts // args.images)
-    texts = images[torch.from_numpy(owner)] + 0.5 * torch.from_numpy(rng.standard_normal((len(owner), 512), dtype=np.float32))
+    texts = images[torch.from_numpy(owner)] + 0.5 * torch.from_numpy(
+        rng.standard_normal((len(owner), 512), dtype=np.float32)
+    )
     texts = torch.nn.functional.normalize(texts, dim=-1)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    import gc
+    import threading
+
+    import psutil
+
+    gc.collect()
+    process = psutil.Process()
+    before = process.memory_info().rss / 2**20
+    peak = [before]
+    running = [True]
+
+    def sample() -> None:  # resident memory every 5 ms while ranking
+        while running[0]:
+            peak[0] = max(peak[0], process.memory_info().rss / 2**20)
+            time.sleep(0.005)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
     start = time.perf_counter()
     metrics = retrieval_metrics_chunked(images, texts, owner)
     elapsed = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    running[0] = False
+    sampler.join()
+    peak = peak[0]
     return {
-        "images": args.images, "texts": len(owner), "dim": 512, "seconds": elapsed, "mR": metrics["mR"],
-        "peak_rss_mib": peak, "rss_before_ranking_mib": before,
+        "images": args.images,
+        "texts": len(owner),
+        "dim": 512,
+        "seconds": elapsed,
+        "mR": metrics["mR"],
+        "peak_rss_while_ranking_mib": peak,
+        "rss_before_ranking_mib": before,
+        "ranking_extra_mib": peak - before,
         "embeddings_mib": (images.numel() + texts.numel()) * 4 / 2**20,
-        "full_matrix_would_need_mib": args.images * len(owner) * 4 / 2**20, "machine": MACHINE,
+        "full_matrix_would_need_mib": args.images * len(owner) * 4 / 2**20,
+        "machine": MACHINE,
     }
 
 
@@ -297,12 +373,19 @@ def fingerprint(args: argparse.Namespace) -> dict:
         model_fingerprint(model, processor)
         new.append(time.perf_counter() - t)
     params = sum(p.numel() for p in model.parameters())
-    return {"params": params, "sha256_every_weight_s": old, "row_sum_checksum_s": new,
-            "speedup_median": float(np.median(np.array(old) / np.array(new))), "machine": MACHINE}
+    return {
+        "params": params,
+        "sha256_every_weight_s": old,
+        "row_sum_checksum_s": new,
+        "speedup_median": float(np.median(np.array(old) / np.array(new))),
+        "machine": MACHINE,
+    }
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("throughput")
     p.add_argument("--model", choices=("demo", "full"), default="demo")
@@ -330,8 +413,13 @@ def main() -> None:
         s.add_argument("--json-out", default=None, help="also write the figures here")
     args = parser.parse_args()
     torch.manual_seed(0)
-    result = {"throughput": throughput, "embed-tiles": embed_tiles, "search": search, "eval-memory": eval_memory,
-              "fingerprint": fingerprint}[args.command](args)
+    result = {
+        "throughput": throughput,
+        "embed-tiles": embed_tiles,
+        "search": search,
+        "eval-memory": eval_memory,
+        "fingerprint": fingerprint,
+    }[args.command](args)
     result["command"] = " ".join(sys.argv)
     text = json.dumps(result, indent=1)
     print(text)
