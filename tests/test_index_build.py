@@ -221,3 +221,49 @@ def test_package_import_needs_no_index_extra_and_a_missing_one_names_the_install
     monkeypatch.setitem(sys.modules, "faiss", None)
     with pytest.raises(ImportError, match=r'pip install "rsmclip\[index\]"'):
         require_index_dependencies()
+
+
+def test_builder_dataset_source_equals_the_image_folder(demo, union, tmp_path) -> None:
+    datasets = pytest.importorskip("datasets")
+    from modeling_rsmclip.index import build_index
+
+    ucm = sample_dir() / "ucm"
+    labels = dict(line.split(",")[:2] for line in (ucm / "labels.csv").read_text().splitlines()[1:])
+    files = sorted(labels, key=lambda f: int(f.split(".")[0]))
+    classes = sorted(set(labels.values()))
+    features = datasets.Features(
+        {
+            "image": datasets.Image(),
+            "image_id": datasets.Value("string"),
+            "label": datasets.ClassLabel(names=classes),
+        }
+    )
+    rows = {
+        "image": [str(ucm / "images" / f) for f in files],
+        "image_id": files,
+        "label": [classes.index(labels[f]) for f in files],
+    }
+    datasets.DatasetDict({"test": datasets.Dataset.from_dict(rows, features=features)}).save_to_disk(
+        str(tmp_path / "ds")
+    )
+    model, processor = demo
+    index = build_index(
+        model,
+        tmp_path / "idx",
+        [],
+        processor=processor,
+        dataset=str(tmp_path / "ds"),
+        split="test",
+        **OPTIONS,
+    )
+    meta = index.metadata.to_pylist()
+    assert [r["id"] for r in meta] == [f"ds/test/{f}" for f in files]
+    assert [r["label"] for r in meta] == [labels[f] for f in files] and meta[0]["image_id"] == files[0]
+    ids, emb = shard_embeddings(index.path)
+    union_ids, union_emb = shard_embeddings(union.path)
+    position = {i: k for k, i in enumerate(union_ids)}
+    expected = union_emb[[position[f"ucm/images/{f}"] for f in files]]
+    np.testing.assert_allclose(emb, expected, atol=1e-3)
+    # The same bytes as the folder's files: content hashes equal.
+    union_hash = dict(zip(union.metadata["id"].to_pylist(), union.metadata["content_hash"].to_pylist()))
+    assert [r["content_hash"] for r in meta] == [union_hash[f"ucm/images/{f}"] for f in files]
