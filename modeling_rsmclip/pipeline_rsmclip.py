@@ -8,6 +8,7 @@ texts) by cosine similarity of the model's embeddings:
     [{"score": 0.31, "index": 1, "image": "2.jpg"}, {"score": 0.12, "index": 0, "image": "1.jpg"}]
     >>> retriever(pil_image, texts=["a beach", "a forest"])
     >>> retriever(Path("scene"), images=[...])  # an image file as the query (a Path, or a str naming a file)
+    >>> retriever("praia", images=RSMCLIPIndex.load("my-index"), top_k=5)  # an archive index as the gallery
 
 What is a text and what is an image is never guessed from a file name: a query is an image when it is a
 `pathlib.Path`, a PIL image, a numpy array or a torch tensor, or a `str` naming an existing file (with or without an
@@ -113,6 +114,10 @@ class RSMCLIPRetrievalPipeline(Pipeline):
     ):
         _refuse_unknown(kwargs, self.ACCEPTED, "the rsmclip-retrieval pipeline")
         preprocess: dict[str, Any] = {}
+        if images is not None and hasattr(images, "search") and not isinstance(images, list | tuple):
+            # A gallery that searches itself (an archive index); the query follows the same text/image rule.
+            top_k = 10 if top_k is None else _check_top_k(top_k)
+            return {"gallery": images, "kind": "index", "top_k": top_k}, {}, {}
         if images is not None and texts is not None:
             raise ValueError("give the gallery as either `images` or `texts`, not both")
         if images is not None or texts is not None:
@@ -176,6 +181,7 @@ class RSMCLIPRetrievalPipeline(Pipeline):
         gallery: list[Any] | None = None,
         kind: str | None = None,
         image_options: dict[str, Any] | None = None,
+        top_k: int | None = None,
     ) -> dict[str, Any]:
         if gallery is None:
             raise ValueError("no gallery: pass `images=[...]` or `texts=[...]` to rank the query against")
@@ -185,10 +191,14 @@ class RSMCLIPRetrievalPipeline(Pipeline):
             "gallery": gallery,
             "kind": kind,
             "image_options": image_options or {},
+            "top_k": top_k,
         }
 
     def _forward(self, inputs: dict[str, Any]) -> dict[str, Any]:
         query, options = inputs["query"], inputs["image_options"]
+        if inputs["kind"] == "index":
+            image = not inputs["query_is_text"]
+            return {"results": inputs["gallery"].search(query, top_k=inputs["top_k"], image=image)}
         query_embed = (
             self._embed_texts([query]) if inputs["query_is_text"] else self._embed_images([query], options)
         )
@@ -197,6 +207,8 @@ class RSMCLIPRetrievalPipeline(Pipeline):
         return {"scores": scores.cpu(), "gallery": inputs["gallery"], "kind": inputs["kind"]}
 
     def postprocess(self, outputs: dict[str, Any], top_k: int | None = None) -> list[dict[str, Any]]:
+        if "results" in outputs:
+            return outputs["results"]
         scores = outputs["scores"]
         k = len(scores) if top_k is None else min(top_k, len(scores))
         values, indices = torch.topk(scores, k)

@@ -1,0 +1,85 @@
+"""GeoTIFF scenes for the index: the tile grid, reading a tile as RGB with its valid mask, and its footprint.
+
+Everything goes through `modeling_rsmclip.geo` (`raster.RasterReader`: band presets, stretch, nodata/alpha masks,
+footprints from the geotransform; `tiling.TileGrid`: the fixed window order), so a tile of the index is the same
+tile as in `rsmclip map`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from typing import Any
+
+Window = tuple[int, int, int, int]  # col_off, row_off, width, height
+
+
+def _require_rasterio() -> Any:
+    try:
+        import rasterio
+    except ImportError as err:  # pragma: no cover - depends on the environment
+        raise ImportError(
+            'GeoTIFF scenes need rasterio: pip install "rsmclip[index]" (or "rsmclip[geo]")'
+        ) from err
+    return rasterio
+
+
+@contextlib.contextmanager
+def open_scene(
+    path: str | os.PathLike, preset: str | None = None, bands: list[int] | None = None
+) -> Iterator[Any]:
+    """A `geo.raster.RasterReader` for ``path`` (``.crs``, ``.transform``, ``.width``, ``.height``,
+    ``.read_rgb(window)``)."""
+    _require_rasterio()
+    from ..geo.raster import RasterReader
+
+    with RasterReader(path, preset=preset, bands=bands) as reader:
+        yield reader
+
+
+def tile_windows(width: int, height: int, size: int, overlap: int = 0) -> list[Window]:
+    """The tile windows of a ``width`` x ``height`` raster, in `geo.tiling.TileGrid`'s fixed order."""
+    if size is None or size < 1:
+        raise ValueError(f"tile size must be a positive number of pixels, got {size}")
+    if not 0 <= overlap < size:
+        raise ValueError(f"overlap must be in 0..{size - 1} pixels, got {overlap}")
+    from ..geo.tiling import TileGrid
+
+    return [_as_window(w) for w in TileGrid(width, height, size, overlap=overlap).windows()]
+
+
+def _as_window(window: Any) -> Window:
+    if hasattr(window, "col_off"):
+        return (int(window.col_off), int(window.row_off), int(window.width), int(window.height))
+    col_off, row_off, width, height = window
+    return (int(col_off), int(row_off), int(width), int(height))
+
+
+def window_footprint(reader: Any, window: Window) -> tuple[Any, Any, Any, Any]:
+    """``(bounds, ring, polygon_lonlat, bbox)`` of the part of a window inside the raster, from the reader's
+    geotransform (rotation-aware): ``bounds`` (left, bottom, right, top) and ``ring`` (closed ring of the four
+    corners) in the raster's CRS; ``polygon_lonlat`` GeoJSON Polygon coordinates and ``bbox`` (west, south,
+    east, north) in lon/lat, None for a raster without a CRS."""
+    inside = reader.clip_window(window) or window
+    ring = reader.window_footprint(inside)
+    bounds = reader.window_bounds(inside)
+    return bounds, ring, reader.to_lonlat_polygon(ring), reader.to_lonlat_bounds(bounds)
+
+
+_READERS: dict[tuple[str, str | None, tuple[int, ...] | None], Any] = {}
+
+
+def read_window(
+    path: str, window: Window, preset: str | None = None, bands: list[int] | None = None
+) -> tuple[Any, Any]:
+    """``(rgb uint8 HxWx3, valid HxW bool)`` of one window; readers stay open per process (data-loader worker)."""
+    key = (str(path), preset, tuple(bands) if bands is not None else None)
+    reader = _READERS.get(key)
+    if reader is None:
+        _require_rasterio()
+        from ..geo.raster import RasterReader
+
+        reader = RasterReader(path, preset=preset, bands=bands).__enter__()
+        _READERS[key] = reader
+    return reader.read_rgb(tuple(window))
