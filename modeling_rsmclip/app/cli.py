@@ -1,0 +1,81 @@
+"""`rsmclip app`: serve the web app (Search, Classify, Segment) on this machine."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 7860
+
+
+def add_subparser(subparsers: argparse._SubParsersAction) -> None:
+    from .ui_defaults import DEFAULT_CONCURRENCY, DEFAULT_QUEUE_SIZE
+
+    parser = subparsers.add_parser(
+        "app",
+        help="serve the web app: multilingual archive search, zero-shot classification, scene maps",
+        description=(
+            "Serve the RS-M-CLIP web app. With no arguments it runs offline on the bundled demo model and an "
+            "index of the bundled sample images (built on first start)."
+        ),
+    )
+    parser.add_argument(
+        "--model", default=None, help="model folder or Hub id (default: the bundled demo model)"
+    )
+    parser.add_argument(
+        "--index",
+        default=None,
+        help="archive index folder (`rsmclip index build`; default: the bundled samples)",
+    )
+    parser.add_argument("--no-index", action="store_true", help="serve without the Search tab's archive")
+    parser.add_argument("--host", default=DEFAULT_HOST, help=f"address to listen on (default {DEFAULT_HOST})")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=DEFAULT_CONCURRENCY,
+        help=f"requests computed at once; more wait in the queue (default {DEFAULT_CONCURRENCY})",
+    )
+    parser.add_argument(
+        "--max-queue",
+        type=int,
+        default=DEFAULT_QUEUE_SIZE,
+        help=f"queued requests (default {DEFAULT_QUEUE_SIZE})",
+    )
+    parser.add_argument(
+        "--max-upload-mb", type=float, default=25.0, help="largest upload accepted (default 25)"
+    )
+    parser.add_argument("--share", action="store_true", help="also open a public gradio.live link")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    for value, name in ((args.concurrency, "--concurrency"), (args.max_queue, "--max-queue")):
+        if value < 1:
+            print(f"error: {name} must be at least 1, got {value}", file=sys.stderr)
+            return 2
+    if not 0 < args.port < 65536:
+        print(f"error: --port must be between 1 and 65535, got {args.port}", file=sys.stderr)
+        return 2
+    try:
+        from .service import AppLimits, AppService
+        from .ui import build_demo, launch_kwargs
+    except ImportError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    try:
+        service = AppService.load(
+            args.model,
+            args.index,
+            with_index=not args.no_index,
+            limits=AppLimits(max_upload_mb=args.max_upload_mb),
+        )
+    except (FileNotFoundError, ValueError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    demo = build_demo(service, concurrency=args.concurrency, max_queue=args.max_queue)
+    demo.launch(**launch_kwargs(service, server_name=args.host, server_port=args.port, share=args.share))
+    return 0
