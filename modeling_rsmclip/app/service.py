@@ -95,6 +95,14 @@ class SegmentResult:
     geotiff_path: str | None
 
 
+def human_size(n_bytes: int) -> str:
+    """1536 -> '1.5 KB', 3 * 2**20 -> '3.0 MB'."""
+    for unit, scale in (("GB", 2**30), ("MB", 2**20), ("KB", 2**10)):
+        if n_bytes >= scale:
+            return f"{n_bytes / scale:.1f} {unit}"
+    return f"{n_bytes} bytes"
+
+
 def split_labels(text: str) -> list[str]:
     """Labels typed in one box: separated by commas, semicolons, new lines or CJK commas; blanks dropped."""
     return [part.strip() for part in re.split(r"[,;\n，、；]", text or "") if part.strip()]
@@ -203,8 +211,8 @@ class AppService:
         size = path.stat().st_size
         if size > self.limits.max_upload_bytes:
             raise InputError(
-                f"{path.name}: the file is {size / 2**20:.1f} MB, more than the {self.limits.max_upload_mb:g} MB "
-                "this app accepts"
+                f"{path.name}: the file is {human_size(size)}, more than the "
+                f"{human_size(self.limits.max_upload_bytes)} this app accepts"
             )
         if size == 0:
             raise InputError(f"{path.name}: the file is empty")
