@@ -10,17 +10,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-import torch.nn.functional as F
+from _app_fixtures import UCM_IMAGES, reference_probabilities
 from PIL import Image
 
 from modeling_rsmclip.app.language import detect_language, resolve_language
 from modeling_rsmclip.app.mapview import Projection, footprints_svg
 from modeling_rsmclip.app.service import AppLimits, AppService, InputError, split_labels, write_results_csv
-from modeling_rsmclip.templates import LANGUAGES, PROMPT_TEMPLATES
+from modeling_rsmclip.templates import LANGUAGES
 from modeling_rsmclip.testing import sample_dir
-
-UCM_IMAGES = sample_dir() / "ucm" / "images"
 
 
 @pytest.fixture(scope="module")
@@ -74,22 +71,6 @@ def test_split_labels():
 
 
 # ---------------------------------------------------------------------------------------------- classification
-@torch.no_grad()
-def reference_probabilities(model, processor, image_path: Path, labels: list[str], lang: str) -> np.ndarray:
-    """CLIP's zero-shot recipe written out with the model's own methods: every template of `lang`, each prompt
-    embedding normalised, averaged per class and re-normalised; softmax of exp(logit_scale) x cosine."""
-    classes = []
-    for label in labels:
-        prompts = [t.format(label) for t in PROMPT_TEMPLATES[lang]]
-        batch = processor(text=prompts, return_tensors="pt", padding=True)
-        embeds = F.normalize(model.get_text_features(**batch).pooler_output, dim=-1)
-        classes.append(F.normalize(embeds.mean(0), dim=-1))
-    pixels = processor(images=[Image.open(image_path).convert("RGB")], return_tensors="pt")["pixel_values"]
-    image = F.normalize(model.get_image_features(pixel_values=pixels).pooler_output, dim=-1)
-    logits = model.logit_scale.exp() * image @ torch.stack(classes).t()
-    return logits.softmax(-1)[0].numpy()
-
-
 @pytest.mark.parametrize(
     "image, labels, lang",
     [

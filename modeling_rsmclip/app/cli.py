@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import socket
 import sys
 
 DEFAULT_HOST = "127.0.0.1"
@@ -61,8 +62,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: --port must be between 1 and 65535, got {args.port}", file=sys.stderr)
         return 2
     try:
+        from . import ui  # noqa: F401  (Gradio installed?)
         from .service import AppLimits, AppService
-        from .ui import build_demo, launch_kwargs
     except ImportError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -76,6 +77,53 @@ def run(args: argparse.Namespace) -> int:
     except (FileNotFoundError, ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    demo = build_demo(service, concurrency=args.concurrency, max_queue=args.max_queue)
-    demo.launch(**launch_kwargs(service, server_name=args.host, server_port=args.port, share=args.share))
+    serve(
+        service,
+        args.host,
+        args.port,
+        concurrency=args.concurrency,
+        max_queue=args.max_queue,
+        share=args.share,
+    )
     return 0
+
+
+def free_port(host: str = DEFAULT_HOST) -> int:
+    """A TCP port nobody listens on right now (for tests and benchmarks)."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def serve(
+    service,
+    host: str = DEFAULT_HOST,
+    port: int | None = None,
+    *,
+    block: bool = True,
+    concurrency: int | None = None,
+    max_queue: int | None = None,
+    **launch_options,
+):
+    """Build the page for `service` and serve it on host:port (a free port when None).
+
+    With `block=False` it returns at once with `(demo, url)`; `demo.close()` stops the server.
+    """
+    from .ui import build_demo, launch_kwargs
+    from .ui_defaults import DEFAULT_CONCURRENCY, DEFAULT_QUEUE_SIZE
+
+    demo = build_demo(
+        service, concurrency=concurrency or DEFAULT_CONCURRENCY, max_queue=max_queue or DEFAULT_QUEUE_SIZE
+    )
+    port = port or free_port(host)
+    demo.launch(
+        **launch_kwargs(
+            service,
+            server_name=host,
+            server_port=port,
+            prevent_thread_lock=not block,
+            quiet=not block,
+            **launch_options,
+        )
+    )
+    return demo, f"http://{host}:{port}/"

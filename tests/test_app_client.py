@@ -1,0 +1,109 @@
+"""The launched web app, driven with gradio_client over HTTP: same numbers as the Python API, errors in the page."""
+
+from __future__ import annotations
+
+import concurrent.futures
+
+import numpy as np
+import pytest
+from _app_fixtures import UCM_IMAGES, confidences, reference_probabilities
+
+pytest.importorskip("gradio", reason='the web app needs Gradio: pip install "rsmclip[app]"')
+from gradio_client import Client, handle_file  # noqa: E402
+from gradio_client.exceptions import AppError  # noqa: E402
+
+from modeling_rsmclip.app.cli import serve  # noqa: E402
+from modeling_rsmclip.app.service import AppLimits, AppService  # noqa: E402
+
+MAX_UPLOAD_MB = 1.0
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory):
+    """(service, client): the app on the bundled demo model, on a free port of 127.0.0.1, once for this module."""
+    service = AppService.load(
+        with_index=False, limits=AppLimits(max_upload_mb=MAX_UPLOAD_MB), work_dir=tmp_path_factory.mktemp("work")
+    )
+    demo, url = serve(service, "127.0.0.1", block=False, concurrency=2)
+    try:
+        yield service, Client(url, verbose=False, download_files=str(tmp_path_factory.mktemp("downloads")))
+    finally:
+        demo.close()
+
+
+def test_api_lists_the_tabs(app):
+    _, client = app
+    endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    assert {"/search", "/search_image", "/classify", "/segment"} <= set(endpoints)
+
+
+@pytest.mark.parametrize(
+    "image, labels, lang",
+    [
+        ("191.jpg", "aviões, uma praia, uma floresta, um porto", "pt"),
+        ("1291.jpg", "a tennis court, a beach, a forest", "en"),
+    ],
+)
+def test_classify_returns_the_python_api_numbers(app, image, labels, lang):
+    service, client = app
+    status, label, picture, files = client.predict(
+        handle_file(str(UCM_IMAGES / image)), labels, "auto", api_name="/classify"
+    )
+    assert f"Prompt language: {lang}" in status
+    got = confidences(label)
+    python_api = service.classify(UCM_IMAGES / image, labels, "auto")
+    assert list(got) == sorted(python_api.labels, key=lambda k: -python_api.as_label_dict()[k])
+    np.testing.assert_allclose([got[k] for k in python_api.labels], python_api.probabilities, atol=1e-6)
+    expected = reference_probabilities(service.model, service.processor, UCM_IMAGES / image, python_api.labels, lang)
+    np.testing.assert_allclose([got[k] for k in python_api.labels], expected, atol=1e-5)
+    assert label["label"] == python_api.labels[int(np.argmax(expected))]
+    assert picture and files == []
+
+
+@pytest.mark.parametrize(
+    "labels, language, message",
+    [
+        ("forest", "auto", "give at least two labels"),
+        (", ".join(f"c{i}" for i in range(30)), "auto", "30 labels given; at most 24"),
+        ("forest, beach", "xx", "not in the list of choices"),  # the drop-down refuses it before the service
+    ],
+)
+def test_bad_input_is_a_message_and_the_server_keeps_serving(app, labels, language, message):
+    _, client = app
+    with pytest.raises(AppError, match=message):
+        client.predict(handle_file(str(UCM_IMAGES / "191.jpg")), labels, language, api_name="/classify")
+    status, *_ = client.predict(
+        handle_file(str(UCM_IMAGES / "191.jpg")), "forest, beach", "en", api_name="/classify"
+    )
+    assert status.startswith("Prompt language: en")
+
+
+def test_unreadable_and_oversized_uploads_are_refused(app, tmp_path):
+    _, client = app
+    (tmp_path / "notes.png").write_text("not a picture")
+    with pytest.raises(AppError, match="notes.png: not a readable image"):
+        client.predict(handle_file(str(tmp_path / "notes.png")), "forest, beach", "en", api_name="/classify")
+    big = tmp_path / "big.png"
+    big.write_bytes(b"\x89PNG" + bytes(int(MAX_UPLOAD_MB * 2**20) + 10))
+    with pytest.raises(Exception, match="(?i)file size|too large|exceeds|413"):
+        client.predict(handle_file(str(big)), "forest, beach", "en", api_name="/classify")
+    with pytest.raises(AppError, match="type a query first"):
+        client.predict("   ", "auto", 5, api_name="/search")
+
+
+def test_concurrent_requests_all_answer(app):
+    """More requests than the queue's concurrency: they wait their turn, every one is answered correctly."""
+    service, client = app
+    expected = service.classify(UCM_IMAGES / "191.jpg", "airplanes, a beach", "en").probabilities
+
+    def one(_):
+        _, label, _, _ = client.predict(
+            handle_file(str(UCM_IMAGES / "191.jpg")), "airplanes, a beach", "en", api_name="/classify"
+        )
+        got = confidences(label)
+        return [got["airplanes"], got["a beach"]]
+
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        results = list(pool.map(one, range(6)))
+    for probs in results:
+        np.testing.assert_allclose(probs, expected, atol=1e-6)
