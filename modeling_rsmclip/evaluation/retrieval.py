@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from .embed import DatasetImages, Embedder, ImageFiles, ImageSource
-from .metrics import DEFAULT_RETRIEVAL_KS, TIE_RULES, retrieval_metrics
+from .metrics import DEFAULT_BLOCK_BYTES, DEFAULT_RETRIEVAL_KS, TIE_RULES, retrieval_metrics_chunked
 
 logger = logging.getLogger(__name__)
 
@@ -233,9 +233,13 @@ def evaluate_retrieval(
     ks: tuple[int, ...] = DEFAULT_RETRIEVAL_KS,
     model_name: str | None = None,
     ties: str = "pessimistic",
+    block_bytes: int = DEFAULT_BLOCK_BYTES,
 ) -> RetrievalResult:
     """Embed the gallery once and the captions of every language, and compute the metrics per language
-    (`ties`: the tie rule, see `metrics.TIE_RULES`)."""
+    (`ties`: the tie rule, see `metrics.TIE_RULES`).
+
+    Ranking runs in blocks of about ``block_bytes`` of scores (`metrics.retrieval_metrics_chunked`), so memory
+    stays bounded for any gallery size; the results equal those of the full similarity matrix."""
     image_embeds = embedder.images(data.images, desc=f"{data.name}: images")
     per_language: dict[str, dict[str, Any]] = {}
     text_embeds: dict[str, torch.Tensor] = {}
@@ -247,8 +251,9 @@ def evaluate_retrieval(
         texts[lang] = [text for _, text in pairs]
         text_to_image[lang] = np.array([index for index, _ in pairs], dtype=np.int64)
         text_embeds[lang] = embedder.texts(texts[lang], desc=f"{data.name}: {lang} captions")
-        similarity = (image_embeds @ text_embeds[lang].T).numpy()
-        per_language[lang] = retrieval_metrics(similarity, text_to_image[lang], ks, ties=ties)
+        per_language[lang] = retrieval_metrics_chunked(
+            image_embeds, text_embeds[lang], text_to_image[lang], ks, ties=ties, block_bytes=block_bytes
+        )
         logger.info("%s %s: mR %.2f", data.name, lang, per_language[lang]["mR"])
     metric_keys = [
         k for k in next(iter(per_language.values())) if k.startswith(("i2t_", "t2i_")) or k == "mR"

@@ -1,0 +1,31 @@
+"""Archive search: a persistent, resumable image index (Parquet shards + FAISS) queried in ten languages.
+
+`build_index` / `add_to_index` embed image folders, builder datasets and GeoTIFF scenes (cut into tiles) into an
+index folder; `RSMCLIPIndex.load(path).search(query)` answers text or image queries; `to_geojson` turns results into
+a FeatureCollection of footprints. Needs ``pip install "rsmclip[index]"`` (faiss, pyarrow; rasterio for scenes).
+Names are imported lazily, so ``import modeling_rsmclip.index`` works without the extra.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "build_index": ".build",
+    "add_to_index": ".build",
+    "choose_index": ".build",
+    "RSMCLIPIndex": ".search",
+    "IndexModelMismatchError": ".search",
+    "parse_where": ".search",
+    "to_geojson": ".search",
+    "bundled_sample_index": ".sample",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,589 @@
+"""Build, resume and extend an index folder; merge its Parquet shards into a FAISS index and a manifest.
+
+Index folder layout::
+
+    INDEX_DIR/
+      manifest.json          model id + fingerprint, processor settings, index type and parameters, counts, versions
+      index.faiss            FAISS index over the L2-normalised embeddings (inner product = cosine)
+      metadata.parquet       one row per FAISS id: id, path, window, footprint, content hash, label, source, ...
+      report.json            unreadable files, mostly-nodata tiles, duplicates, unchanged files (with paths)
+      shards/shard-rRRR-SSSSSS.parquet   embeddings (float16) + metadata of run R, shard S (done = exists)
+      runs/run-RRR.json      what run R embeds (sources, options, work-list digest, shard count)
+
+A run (``build`` or ``add``) expands its sources into a fixed work list, cut into shards of ``shard_size`` items.
+Shard ``S`` is embedded by process ``S % world_size``, so ``accelerate launch`` / ``torchrun`` split the work and
+give the same shards as one process. When every shard exists, rank 0 merges them (`finalize`): duplicates across
+shards are dropped (the first occurrence in work-list order is kept), the FAISS index is rebuilt over all rows,
+and the manifest is written last.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .embed import _atomic_write_json, embed_shard, new_progress, shard_name, write_shard
+from .sources import SourceOptions, collect_items, worklist_digest
+
+logger = logging.getLogger(__name__)
+
+FORMAT = "rsmclip-index"
+FORMAT_VERSION = 1
+INDEX_TYPES = ("auto", "flat", "ivf-flat", "ivf-pq", "hnsw")
+EXACT_THRESHOLD = 100_000  # auto: exact search up to this many vectors
+IVF_FLAT_MAX = 2_000_000  # auto: IVF-Flat up to this many, IVF-PQ beyond
+DEFAULT_SHARD_SIZE = 4096
+
+
+def require_index_dependencies() -> tuple[Any, Any]:
+    """Import faiss and pyarrow, or say which command installs them."""
+    try:
+        import faiss
+        import pyarrow
+    except ImportError as err:
+        raise ImportError(
+            f'archive search needs faiss and pyarrow ({err.name} is missing): pip install "rsmclip[index]"'
+        ) from err
+    return faiss, pyarrow
+
+
+# ------------------------------------------------------------------------------------------------ FAISS choice
+def _pow2(x: float) -> int:
+    return 1 << max(0, round(math.log2(max(1.0, x))))
+
+
+def choose_index(
+    num_vectors: int, dim: int, index_type: str = "auto", exact_threshold: int = EXACT_THRESHOLD
+) -> tuple[str, dict[str, int]]:
+    """The FAISS factory string and search parameters for ``num_vectors`` vectors of ``dim`` dimensions.
+
+    ``auto``: exact (``Flat``) up to ``exact_threshold`` vectors, ``IVF<nlist>,Flat`` up to 2M, ``IVF<nlist>,PQ<m>``
+    beyond, with ``nlist`` the power of two nearest ``4 sqrt(n)`` (at most n/39, FAISS's minimum training points
+    per list) and ``nprobe = nlist / 32`` (at least 8) lists probed. ``hnsw``: ``HNSW32,Flat`` with efSearch 128.
+    Any other string containing a comma or starting with an upper-case letter is taken as a FAISS factory string.
+    """
+    kind = index_type.lower() if index_type.lower() in INDEX_TYPES else None
+    if kind is None:
+        if not index_type or not (index_type[0].isupper() or "," in index_type):
+            raise ValueError(
+                f"index type must be one of {INDEX_TYPES} or a FAISS factory string, got {index_type!r}"
+            )
+        return index_type, {}
+    if kind == "auto":
+        kind = (
+            "flat"
+            if num_vectors <= exact_threshold
+            else ("ivf-flat" if num_vectors <= IVF_FLAT_MAX else "ivf-pq")
+        )
+    if kind == "flat":
+        return "Flat", {}
+    if kind == "hnsw":
+        return "HNSW32,Flat", {"efSearch": 128}
+    nlist = max(1, min(_pow2(4 * math.sqrt(num_vectors)), num_vectors // 39))
+    nprobe = min(nlist, max(8, nlist // 32))
+    if kind == "ivf-flat":
+        return f"IVF{nlist},Flat", {"nprobe": nprobe}
+    m = next(m for m in (64, 48, 32, 24, 16, 12, 8, 4, 2, 1) if dim % m == 0 and m <= dim)
+    return f"IVF{nlist},PQ{m}", {"nprobe": nprobe}
+
+
+def build_faiss(embeddings: np.ndarray, factory: str, seed: int = 0, max_train: int | None = None) -> Any:
+    """A FAISS inner-product index of ``factory`` over ``embeddings`` (float32, L2-normalised rows), trained on a
+    random sample (fixed seed) when the index type needs training."""
+    import faiss
+
+    n, dim = embeddings.shape
+    index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+    if not index.is_trained:
+        nlist = faiss.extract_index_ivf(index).nlist if "IVF" in factory else 0
+        limit = max_train or max(50_000, 256 * nlist)
+        sample = embeddings
+        if n > limit:
+            rows = np.sort(np.random.default_rng(seed).choice(n, size=limit, replace=False))
+            sample = embeddings[rows]
+        index.train(np.ascontiguousarray(sample, dtype=np.float32))
+    for start in range(0, n, 1 << 16):
+        index.add(np.ascontiguousarray(embeddings[start : start + (1 << 16)], dtype=np.float32))
+    return index
+
+
+def apply_search_params(index: Any, params: dict[str, int]) -> None:
+    import faiss
+
+    space = faiss.ParameterSpace()
+    for name, value in params.items():
+        space.set_index_parameter(index, name, value)
+
+
+# ------------------------------------------------------------------------------------------------------ model
+def resolve_model(model: Any, processor: Any = None, device: str | None = None) -> tuple[Any, Any, str]:
+    """(model, processor, name_or_path) from a path / Hub id or a loaded model (then ``processor`` is needed)."""
+    if isinstance(model, str | os.PathLike):
+        from transformers import AutoModel, AutoProcessor
+
+        import modeling_rsmclip  # noqa: F401  (registers the model type)
+
+        name = str(model)
+        loaded = AutoModel.from_pretrained(name).eval()
+        if device is not None:
+            loaded.to(device)
+        return loaded, processor if processor is not None else AutoProcessor.from_pretrained(name), name
+    if processor is None:
+        raise ValueError("a loaded model needs its processor: pass processor=...")
+    name = (
+        getattr(model, "name_or_path", None)
+        or getattr(getattr(model, "config", None), "_name_or_path", "")
+        or ""
+    )
+    return model, processor, str(name)
+
+
+def index_fingerprint(model: Any, processor: Any) -> str:
+    """What an index requires of the model that queries it: `evaluation.embed.model_fingerprint` of the weights,
+    config and processor (inference precision left out: a bf16 GPU build is queried in fp32 on a CPU)."""
+    from ..evaluation.embed import DEFAULT_MAX_TEXT_LENGTH, model_fingerprint
+
+    return model_fingerprint(model, processor, extra=f"index\0{DEFAULT_MAX_TEXT_LENGTH}")
+
+
+def processor_settings(processor: Any) -> dict[str, Any]:
+    image_processor = getattr(processor, "image_processor", None)
+    tokenizer = getattr(processor, "tokenizer", None)
+    settings: dict[str, Any] = {}
+    if image_processor is not None and hasattr(image_processor, "to_dict"):
+        settings["image_processor"] = {
+            k: v for k, v in image_processor.to_dict().items() if not k.startswith("_") and k != "auto_map"
+        }
+    if tokenizer is not None:
+        settings["tokenizer"] = {
+            "class": type(tokenizer).__name__,
+            "vocab_size": len(tokenizer),
+            "max_length": 77,
+        }
+    return settings
+
+
+def library_versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    versions = {}
+    for name in (
+        "rsmclip",
+        "torch",
+        "transformers",
+        "faiss-cpu",
+        "faiss-gpu",
+        "pyarrow",
+        "rasterio",
+        "numpy",
+    ):
+        try:
+            versions[name] = md.version(name)
+        except md.PackageNotFoundError:
+            continue
+    import faiss
+
+    versions.setdefault("faiss", faiss.__version__)
+    return versions
+
+
+# ----------------------------------------------------------------------------------------------- distribution
+class _Processes:
+    """Process index / count under ``accelerate launch`` or ``torchrun`` (accelerate's `PartialState`), or one."""
+
+    def __init__(self) -> None:
+        self.state = None
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            from accelerate import PartialState
+
+            self.state = PartialState()
+        self.rank = self.state.process_index if self.state else 0
+        self.world = self.state.num_processes if self.state else 1
+
+    @property
+    def device(self) -> Any:
+        return self.state.device if self.state else None
+
+    def barrier(self) -> None:
+        if self.state is not None:
+            self.state.wait_for_everyone()
+
+
+# ------------------------------------------------------------------------------------------------------ runs
+def _read_json(path: Path) -> Any:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _runs(output: Path) -> list[dict[str, Any]]:
+    runs_dir = output / "runs"
+    return [_read_json(p) for p in sorted(runs_dir.glob("run-*.json"))] if runs_dir.is_dir() else []
+
+
+def _shard_done(output: Path, run: int, shard: int) -> bool:
+    return (output / "shards" / f"{shard_name(run, shard)}.parquet").is_file()
+
+
+def _known_hashes(output: Path) -> dict[str, str]:
+    path = output / "metadata.parquet"
+    if not path.is_file():
+        return {}
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path, columns=["content_hash", "id"])
+    return dict(zip(table["content_hash"].to_pylist(), table["id"].to_pylist()))
+
+
+def _run(
+    kind: str,
+    model: Any,
+    output: Path,
+    sources: Sequence[str | os.PathLike],
+    options: SourceOptions,
+    *,
+    processor: Any,
+    index_type: str,
+    batch_size: int,
+    num_workers: int | None,
+    shard_size: int,
+    precision: str,
+    device: str | None,
+    exact_threshold: int,
+    progress: bool,
+) -> Any:
+    from ..evaluation.embed import Embedder
+    from .search import RSMCLIPIndex
+
+    require_index_dependencies()
+    procs = _Processes()
+    device = device or (str(procs.device) if procs.device is not None else None)
+    output = Path(output)
+    manifest_path = output / "manifest.json"
+    manifest = _read_json(manifest_path) if manifest_path.is_file() else None
+    if kind == "add" and manifest is None:
+        raise FileNotFoundError(
+            f"no index at {output} (no manifest.json): build it first with `rsmclip index build`"
+        )
+    if kind == "add" and model is None:
+        model = manifest["model"]["name_or_path"]
+    model, processor, model_name = resolve_model(model, processor, device)
+    fingerprint = index_fingerprint(model, processor)
+    if manifest is not None and manifest["model"]["fingerprint"] != fingerprint:
+        raise ValueError(
+            f"{output} was built with another model or processor ({manifest['model']['name_or_path']!r}, "
+            f"fingerprint {manifest['model']['fingerprint'][:12]}), not {model_name!r} (fingerprint {fingerprint[:12]})"
+        )
+
+    items = collect_items(sources, options)
+    if not items:
+        raise ValueError(f"no images found in {', '.join(map(str, sources))}")
+    digest = worklist_digest(items)
+    runs = _runs(output)
+    pending = next((r for r in runs if not r["complete"]), None)
+    if pending is not None:
+        if pending["digest"] != digest or pending["fingerprint"] != fingerprint:
+            raise ValueError(
+                f"{output} holds an unfinished {pending['kind']} of other sources ({', '.join(pending['sources'])}): "
+                f"rerun that command to finish it, or remove {output}/runs/run-{pending['run']:03d}.json"
+            )
+        plan = pending
+        logger.info("resuming run %d of %s", plan["run"], output)
+    else:
+        if kind == "build" and manifest is not None:
+            if runs and runs[0]["digest"] == digest:
+                logger.info("%s is already built from these sources", output)
+                return RSMCLIPIndex.load(output, model=model, processor=processor)
+            raise ValueError(
+                f"{output} already holds an index: add to it with `rsmclip index add {output} SOURCE...`"
+            )
+        plan = {
+            "run": len(runs),
+            "kind": kind,
+            "sources": [str(Path(s).resolve()) for s in sources],
+            "options": options.to_dict(),
+            "digest": digest,
+            "fingerprint": fingerprint,
+            "num_items": len(items),
+            "shard_size": shard_size,
+            "num_shards": math.ceil(len(items) / shard_size),
+            "index_type": index_type,
+            "complete": False,
+            "started": _now(),
+        }
+        if procs.rank == 0:
+            (output / "runs").mkdir(parents=True, exist_ok=True)
+            _atomic_write_json(output / "runs" / f"run-{plan['run']:03d}.json", plan)
+    procs.barrier()
+
+    run, size = plan["run"], plan["shard_size"]
+    mine = [
+        s
+        for s in range(plan["num_shards"])
+        if s % procs.world == procs.rank and not _shard_done(output, run, s)
+    ]
+    known = _known_hashes(output)
+    embedder = Embedder(
+        model,
+        processor,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        precision=precision,
+        cache_dir=None,
+        show_progress=False,
+    )
+    dim = int(model.config.projection_dim)
+    total = sum(len(items[s * size : (s + 1) * size]) for s in mine)
+    rank_note = f" [process {procs.rank}/{procs.world}]" if procs.world > 1 else ""
+    bar = new_progress(total, f"indexing{rank_note}", progress)
+    try:
+        for s in mine:
+            shard_items = items[s * size : (s + 1) * size]
+            rows, embeddings, report = embed_shard(
+                shard_items,
+                embedder,
+                options,
+                known,
+                num_workers=embedder.num_workers,
+                batch_size=batch_size,
+                progress=bar,
+            )
+            write_shard(output / "shards", shard_name(run, s), rows, embeddings, report, dim)
+    finally:
+        bar.close()
+    procs.barrier()
+    if procs.rank == 0:
+        finalize(
+            output,
+            model_name=model_name,
+            fingerprint=fingerprint,
+            processor=processor,
+            dim=dim,
+            index_type=plan.get("index_type", index_type),
+            exact_threshold=exact_threshold,
+            manifest=manifest,
+        )
+        plan["complete"] = True
+        plan["finished"] = _now()
+        _atomic_write_json(output / "runs" / f"run-{run:03d}.json", plan)
+    procs.barrier()
+    if procs.state is not None:
+        procs.state.destroy_process_group()
+    return RSMCLIPIndex.load(output, model=model, processor=processor)
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def finalize(
+    output: Path,
+    *,
+    model_name: str,
+    fingerprint: str,
+    processor: Any,
+    dim: int,
+    index_type: str = "auto",
+    exact_threshold: int = EXACT_THRESHOLD,
+    manifest: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Merge every shard into ``metadata.parquet``, ``index.faiss``, ``report.json`` and ``manifest.json``."""
+    import faiss
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    shard_files = sorted((output / "shards").glob("*.parquet"))
+    tables, report = [], {"unreadable": [], "nodata_tiles": [], "duplicates": [], "unchanged": []}
+    for path in shard_files:
+        tables.append(pq.read_table(path))
+        part = _read_json(path.with_name(path.name[: -len(".parquet")] + ".report.json"))
+        for key in report:
+            report[key].extend(part.get(key, []))
+    table = pa.concat_tables(tables, promote_options="default")
+    # Duplicates across shards (or processes): keep the first occurrence in work-list order.
+    hashes = table["content_hash"].to_pylist()
+    first: dict[str, int] = {}
+    keep = np.zeros(len(hashes), dtype=bool)
+    ids = table["id"].to_pylist()
+    paths = table["path"].to_pylist()
+    for i, h in enumerate(hashes):
+        if h in first:
+            report["duplicates"].append({"id": ids[i], "path": paths[i], "duplicate_of": ids[first[h]]})
+        else:
+            first[h] = i
+            keep[i] = True
+    if not keep.all():
+        table = table.filter(pa.array(keep))
+    n = table.num_rows
+    if n == 0:
+        raise ValueError(f"{output}: nothing could be indexed; see {output / 'report.json'}")
+    flat = table["embedding"].combine_chunks().flatten().to_numpy(zero_copy_only=False)
+    embeddings = flat.astype(np.float32).reshape(n, dim)
+    embeddings /= np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
+    factory, params = choose_index(n, dim, index_type, exact_threshold)
+    index = build_faiss(embeddings, factory)
+    metadata = table.drop_columns(["embedding"])
+    tmp_index = output / ".index.faiss.tmp"
+    faiss.write_index(index, str(tmp_index))
+    tmp_meta = output / ".metadata.parquet.tmp"
+    pq.write_table(metadata, tmp_meta)
+    _atomic_write_json(output / "report.json", report)
+    os.replace(tmp_meta, output / "metadata.parquet")
+    os.replace(tmp_index, output / "index.faiss")
+    georeferenced = "bbox" in metadata.column_names and metadata["bbox"].null_count < n
+    runs = _runs(output)
+    new_manifest = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "model": {"name_or_path": model_name, "fingerprint": fingerprint},
+        "processor": processor_settings(processor),
+        "embedding": {
+            "dim": dim,
+            "stored_dtype": "float16",
+            "normalized": True,
+            "metric": "cosine (inner product)",
+        },
+        "index": {
+            "type": index_type,
+            "factory": factory,
+            "search_params": params,
+            "ntotal": int(index.ntotal),
+            "file": "index.faiss",
+        },
+        "counts": {
+            "items": n,
+            "shards": len(shard_files),
+            "unreadable": len(report["unreadable"]),
+            "nodata_tiles": len(report["nodata_tiles"]),
+            "duplicates": len(report["duplicates"]),
+            "unchanged": len(report["unchanged"]),
+        },
+        "georeferenced": bool(georeferenced),
+        "columns": [c for c in metadata.column_names],
+        "runs": [
+            {k: r[k] for k in ("run", "kind", "sources", "num_items", "num_shards", "options")} for r in runs
+        ],
+        "versions": library_versions(),
+        "created": (manifest or {}).get("created", _now()),
+        "updated": _now(),
+    }
+    _atomic_write_json(output / "manifest.json", new_manifest)
+    return new_manifest
+
+
+# ---------------------------------------------------------------------------------------------- public entry
+def build_index(
+    model: Any,
+    output: str | os.PathLike,
+    sources: Sequence[str | os.PathLike],
+    *,
+    processor: Any = None,
+    dataset: str | None = None,
+    split: str | None = None,
+    tile_size: int | None = None,
+    overlap: int = 0,
+    preset: str | None = None,
+    bands: list[int] | None = None,
+    min_valid: float = 0.5,
+    index_type: str = "auto",
+    batch_size: int = 64,
+    num_workers: int | None = None,
+    shard_size: int = DEFAULT_SHARD_SIZE,
+    precision: str = "fp32",
+    device: str | None = None,
+    exact_threshold: int = EXACT_THRESHOLD,
+    progress: bool = True,
+) -> Any:
+    """Embed every image of ``sources`` (folders, image files, GeoTIFF scenes with ``tile_size``) and of a builder
+    ``dataset`` split into a new index folder ``output``; resume it if a previous build of the same sources was
+    interrupted. Returns the loaded `RSMCLIPIndex`. See the module docstring for the folder layout."""
+    if not sources and not dataset:
+        raise ValueError("nothing to index: give image folders, files, scenes or a dataset")
+    choose_index(1, 8, index_type)  # validate early
+    options = SourceOptions(
+        tile_size=tile_size,
+        overlap=overlap,
+        preset=preset,
+        bands=bands,
+        min_valid=min_valid,
+        dataset=dataset,
+        split=split,
+    )
+    return _run(
+        "build",
+        model,
+        Path(output),
+        list(sources),
+        options,
+        processor=processor,
+        index_type=index_type,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        shard_size=shard_size,
+        precision=precision,
+        device=device,
+        exact_threshold=exact_threshold,
+        progress=progress,
+    )
+
+
+def add_to_index(
+    index_dir: str | os.PathLike,
+    sources: Sequence[str | os.PathLike],
+    *,
+    model: Any = None,
+    processor: Any = None,
+    dataset: str | None = None,
+    split: str | None = None,
+    tile_size: int | None = None,
+    overlap: int = 0,
+    preset: str | None = None,
+    bands: list[int] | None = None,
+    min_valid: float = 0.5,
+    index_type: str | None = None,
+    batch_size: int = 64,
+    num_workers: int | None = None,
+    shard_size: int = DEFAULT_SHARD_SIZE,
+    precision: str = "fp32",
+    device: str | None = None,
+    exact_threshold: int = EXACT_THRESHOLD,
+    progress: bool = True,
+) -> Any:
+    """Append ``sources`` to an existing index (same model: the manifest's, unless ``model`` is given and has the
+    same fingerprint). Files whose content hash is already indexed are not embedded again (listed as unchanged in
+    the report). The FAISS index is rebuilt over all rows, so the result equals a build of the union."""
+    index_dir = Path(index_dir)
+    if index_type is None:
+        manifest_path = index_dir / "manifest.json"
+        index_type = _read_json(manifest_path)["index"]["type"] if manifest_path.is_file() else "auto"
+    options = SourceOptions(
+        tile_size=tile_size,
+        overlap=overlap,
+        preset=preset,
+        bands=bands,
+        min_valid=min_valid,
+        dataset=dataset,
+        split=split,
+    )
+    return _run(
+        "add",
+        model,
+        index_dir,
+        list(sources),
+        options,
+        processor=processor,
+        index_type=index_type,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        shard_size=shard_size,
+        precision=precision,
+        device=device,
+        exact_threshold=exact_threshold,
+        progress=progress,
+    )

@@ -1,0 +1,103 @@
+"""GeoTIFF scenes for the index: the tile grid, reading a tile as RGB with its valid mask, and its footprint.
+
+Reading goes through `modeling_rsmclip.geo.raster.RasterReader` (band presets, stretch, nodata/alpha masks) and the
+grid through `geo.tiling.TileGrid`. Footprints are computed here from the raster's geotransform: the four corners
+of the window (a rotated geotransform gives a true quadrilateral), in the raster's CRS and in lon/lat.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from typing import Any
+
+Window = tuple[int, int, int, int]  # col_off, row_off, width, height
+
+
+def _require_rasterio() -> Any:
+    try:
+        import rasterio
+    except ImportError as err:  # pragma: no cover - depends on the environment
+        raise ImportError(
+            'GeoTIFF scenes need rasterio: pip install "rsmclip[index]" (or "rsmclip[geo]")'
+        ) from err
+    return rasterio
+
+
+@contextlib.contextmanager
+def open_scene(
+    path: str | os.PathLike, preset: str | None = None, bands: list[int] | None = None
+) -> Iterator[Any]:
+    """A `geo.raster.RasterReader` for ``path`` (``.crs``, ``.transform``, ``.width``, ``.height``,
+    ``.read_rgb(window)``)."""
+    _require_rasterio()
+    from ..geo.raster import RasterReader
+
+    with RasterReader(path, preset=preset, bands=bands) as reader:
+        yield reader
+
+
+def tile_windows(width: int, height: int, size: int, overlap: int = 0) -> list[Window]:
+    """The tile windows of a ``width`` x ``height`` raster, in `geo.tiling.TileGrid`'s fixed order."""
+    if size is None or size < 1:
+        raise ValueError(f"tile size must be a positive number of pixels, got {size}")
+    if not 0 <= overlap < size:
+        raise ValueError(f"overlap must be in 0..{size - 1} pixels, got {overlap}")
+    from ..geo.tiling import TileGrid
+
+    return [_as_window(w) for w in TileGrid(width, height, size, overlap=overlap).windows()]
+
+
+def _as_window(window: Any) -> Window:
+    if hasattr(window, "col_off"):
+        return (int(window.col_off), int(window.row_off), int(window.width), int(window.height))
+    col_off, row_off, width, height = window
+    return (int(col_off), int(row_off), int(width), int(height))
+
+
+def window_footprint(reader: Any, window: Window) -> tuple[Any, Any, Any]:
+    """``(bounds, ring, bbox)`` of a window: ``bounds`` (left, bottom, right, top) in the raster's CRS;
+    ``ring`` the GeoJSON polygon ring of its four corners in lon/lat (closed, counter-clockwise from the
+    top-left corner as seen on a north-up map: top-left, bottom-left, bottom-right, top-right); ``bbox``
+    (west, south, east, north). All three are None for a raster without CRS or geotransform."""
+    from rasterio.transform import Affine
+    from rasterio.warp import transform as warp_transform
+
+    crs = reader.crs
+    affine = reader.transform
+    if crs is None or affine is None or affine == Affine.identity():
+        return None, None, None
+    col, row, width, height = window
+    pixel_corners = [(col, row), (col, row + height), (col + width, row + height), (col + width, row)]
+    xs, ys = zip(*(affine * corner for corner in pixel_corners))
+    bounds = (min(xs), min(ys), max(xs), max(ys))
+    lons, lats = warp_transform(crs, "EPSG:4326", list(xs), list(ys))
+    ring = [[float(lon), float(lat)] for lon, lat in zip(lons, lats)]
+    ring.append(ring[0])
+    bbox = (min(lons), min(lats), max(lons), max(lats))
+    return tuple(float(v) for v in bounds), ring, tuple(float(v) for v in bbox)
+
+
+_READERS: dict[tuple[str, str | None, tuple[int, ...] | None], Any] = {}
+
+
+def read_window(
+    path: str, window: Window, preset: str | None = None, bands: list[int] | None = None
+) -> tuple[Any, Any]:
+    """``(rgb uint8 HxWx3, valid HxW bool)`` of one window; readers stay open per process (data-loader worker)."""
+    key = (str(path), preset, tuple(bands) if bands is not None else None)
+    reader = _READERS.get(key)
+    if reader is None:
+        _require_rasterio()
+        from ..geo.raster import RasterReader
+
+        reader = RasterReader(path, preset=preset, bands=bands).__enter__()
+        _READERS[key] = reader
+    return reader.read_rgb(_read_window_arg(window))
+
+
+def _read_window_arg(window: Window) -> Any:
+    from rasterio.windows import Window as RioWindow
+
+    return RioWindow(*window)

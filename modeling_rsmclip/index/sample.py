@@ -1,0 +1,41 @@
+"""The index of the bundled sample images (`examples/sample/`) with the bundled demo model, built once and cached."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+
+def default_index_cache_dir() -> Path:
+    """``$RSMCLIP_INDEX_CACHE``, else ``$XDG_CACHE_HOME/rsmclip/indexes`` (``~/.cache/...``)."""
+    env = os.environ.get("RSMCLIP_INDEX_CACHE")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "rsmclip" / "indexes"
+
+
+def bundled_sample_index(path: str | os.PathLike | None = None, progress: bool = False) -> Any:
+    """Build (the first time) and load the index of the bundled samples (UC Merced test images with their labels,
+    RSSCN7-mini by class folder) made with the bundled demo model. Without ``path`` it lives in the user cache,
+    in a folder named after the sample and model files, so a changed checkout gets a fresh index."""
+    from ..demo import DEMO_MODEL_DIR
+    from ..testing import sample_dir
+    from .build import build_index
+    from .search import RSMCLIPIndex
+
+    root = sample_dir()
+    sources = [root / "ucm", root / "rsscn7"]
+    if path is None:
+        weights = DEMO_MODEL_DIR / "model.safetensors"
+        stat = weights.stat()
+        key = hashlib.sha256(f"{root.resolve()}\0{stat.st_size}\0{stat.st_mtime_ns}".encode()).hexdigest()[
+            :16
+        ]
+        path = default_index_cache_dir() / f"sample-{key}"
+    path = Path(path)
+    if (path / "manifest.json").is_file():
+        return RSMCLIPIndex.load(path)
+    return build_index(str(DEMO_MODEL_DIR), path, sources, num_workers=0, progress=progress)

@@ -1,0 +1,371 @@
+"""Query an index folder: `RSMCLIPIndex.load(path).search(query)` for the CLI, Python, the pipeline and the app.
+
+A query (text in any of the model's languages, or an image) is embedded with the index's model, checked against
+the manifest's fingerprint, and searched in the FAISS index, optionally restricted by a metadata filter
+(``where``, see `parse_where`) and a lon/lat bounding box (``bbox``). Scores are cosine similarities.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .build import apply_search_params, index_fingerprint, require_index_dependencies, resolve_model
+
+
+class IndexModelMismatchError(ValueError):
+    """The model (or processor) given to query an index is not the one that built it."""
+
+
+# ----------------------------------------------------------------------------------------------------- where
+_COMPARE = {
+    ast.Eq: "__eq__",
+    ast.NotEq: "__ne__",
+    ast.Lt: "__lt__",
+    ast.LtE: "__le__",
+    ast.Gt: "__gt__",
+    ast.GtE: "__ge__",
+}
+_STRING_METHODS = {"contains": "match_substring", "startswith": "starts_with", "endswith": "ends_with"}
+
+
+def parse_where(text: str, columns: list[str]) -> Any:
+    """A `pyarrow.compute` expression from a pandas-``query``-style filter over the metadata columns.
+
+    Grammar (Python syntax, nothing is executed): comparisons ``label == "beach"``, ``valid_fraction >= 0.9``,
+    chained ``0.5 < valid_fraction <= 1``; membership ``label in ["beach", "river"]`` / ``not in``; missing values
+    ``crs is None`` / ``is not None``; string tests ``path.str.contains("2021")``, ``.str.startswith(...)``,
+    ``.str.endswith(...)``; combined with ``and``, ``or``, ``not`` (or ``&``, ``|``, ``~``) and parentheses.
+    An unknown column or construct is a ValueError naming it.
+    """
+    import pyarrow.compute as pc
+
+    try:
+        tree = ast.parse(text.strip(), mode="eval")
+    except SyntaxError as err:
+        raise ValueError(f"--where {text!r} is not a valid expression: {err.msg}") from err
+
+    def column(node: ast.AST) -> Any:
+        if isinstance(node, ast.Name):
+            if node.id not in columns:
+                raise ValueError(f"--where: unknown column {node.id!r} (columns: {', '.join(columns)})")
+            return pc.field(node.id)
+        raise ValueError(f"--where: expected a column name, got {ast.unparse(node)!r}")
+
+    def literal(node: ast.AST) -> Any:
+        try:
+            return ast.literal_eval(node)
+        except ValueError as err:
+            raise ValueError(f"--where: expected a literal value, got {ast.unparse(node)!r}") from err
+
+    def operand(node: ast.AST) -> Any:
+        return column(node) if isinstance(node, ast.Name) else pc.scalar(literal(node))
+
+    def convert(node: ast.AST) -> Any:
+        if isinstance(node, ast.BoolOp):
+            parts = [convert(v) for v in node.values]
+            out = parts[0]
+            for part in parts[1:]:
+                out = (out & part) if isinstance(node.op, ast.And) else (out | part)
+            return out
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not | ast.Invert):
+            return ~convert(node.operand)
+        if isinstance(node, ast.BinOp) and isinstance(node.op, ast.BitAnd | ast.BitOr):
+            left, right = convert(node.left), convert(node.right)
+            return (left & right) if isinstance(node.op, ast.BitAnd) else (left | right)
+        if isinstance(node, ast.Compare):
+            out, left = None, node.left
+            for op, right in zip(node.ops, node.comparators):
+                if isinstance(op, ast.In | ast.NotIn):
+                    values = literal(right)
+                    if not isinstance(values, list | tuple | set):
+                        raise ValueError(f"--where: `in` needs a list, got {ast.unparse(right)!r}")
+                    part = column(left).isin(list(values))
+                    part = ~part if isinstance(op, ast.NotIn) else part
+                elif isinstance(op, ast.Is | ast.IsNot):
+                    if literal(right) is not None:
+                        raise ValueError("--where: `is` only compares with None")
+                    part = column(left).is_null()
+                    part = ~part if isinstance(op, ast.IsNot) else part
+                elif type(op) in _COMPARE:
+                    part = getattr(operand(left), _COMPARE[type(op)])(operand(right))
+                else:
+                    raise ValueError(f"--where: unsupported operator in {ast.unparse(node)!r}")
+                out = part if out is None else out & part
+                left = right
+            return out
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            method = node.func.attr
+            target = node.func.value
+            if (
+                method in _STRING_METHODS
+                and isinstance(target, ast.Attribute)
+                and target.attr == "str"
+                and len(node.args) == 1
+            ):
+                pattern = literal(node.args[0])
+                return getattr(pc, _STRING_METHODS[method])(column(target.value), pattern)
+        if isinstance(node, ast.Name | ast.Constant):
+            raise ValueError(f"--where: {ast.unparse(node)!r} is not a condition (compare it with a value)")
+        raise ValueError(f"--where: unsupported expression {ast.unparse(node)!r}")
+
+    return convert(tree.body)
+
+
+# ------------------------------------------------------------------------------------------------------ index
+class RSMCLIPIndex:
+    """An index folder loaded for search (see `build` for the layout)."""
+
+    def __init__(self, path: Path, manifest: dict[str, Any], index: Any, metadata: Any) -> None:
+        self.path = path
+        self.manifest = manifest
+        self.index = index
+        self.metadata = metadata
+        self._rows: list[dict[str, Any]] | None = None
+        self._bboxes: np.ndarray | None = None
+        self._model = None
+        self._processor = None
+        self._embedder = None
+
+    # ------------------------------------------------------------------------------------------------ loading
+    @classmethod
+    def load(cls, path: str | os.PathLike, model: Any = None, processor: Any = None) -> RSMCLIPIndex:
+        """Open an index folder. The model that embeds queries is ``model`` (path, Hub id or loaded model with its
+        ``processor``) or, when None, the manifest's, loaded at the first query. A model whose fingerprint differs
+        from the manifest's is refused (`IndexModelMismatchError`)."""
+        faiss, _ = require_index_dependencies()
+        import pyarrow.parquet as pq
+
+        path = Path(path)
+        manifest_path = path / "manifest.json"
+        if not manifest_path.is_file():
+            hint = (
+                " (an unfinished build: rerun the same `rsmclip index build` to finish it)"
+                if (path / "runs").is_dir()
+                else ""
+            )
+            raise FileNotFoundError(f"no index at {path}: {manifest_path} not found{hint}")
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        if manifest.get("format") != "rsmclip-index":
+            raise ValueError(f"{manifest_path} is not an rsmclip index manifest")
+        index = faiss.read_index(str(path / manifest["index"]["file"]))
+        apply_search_params(index, manifest["index"].get("search_params", {}))
+        metadata = pq.read_table(path / "metadata.parquet")
+        if not (index.ntotal == metadata.num_rows == manifest["counts"]["items"]):
+            raise ValueError(
+                f"{path}: index ({index.ntotal}), metadata ({metadata.num_rows}) and manifest "
+                f"({manifest['counts']['items']}) disagree: an interrupted update? Rerun the last `rsmclip index` command"
+            )
+        out = cls(path, manifest, index, metadata)
+        if model is not None:
+            out.set_model(model, processor)
+        return out
+
+    def set_model(self, model: Any, processor: Any = None) -> None:
+        """Use ``model`` for queries, after checking its fingerprint against the manifest."""
+        model, processor, name = resolve_model(model, processor)
+        fingerprint = index_fingerprint(model, processor)
+        expected = self.manifest["model"]["fingerprint"]
+        if fingerprint != expected:
+            raise IndexModelMismatchError(
+                f"the index {self.path} was built with model {self.manifest['model']['name_or_path']!r} "
+                f"(fingerprint {expected[:12]}); the query model {name!r} has fingerprint {fingerprint[:12]}: "
+                "query it with the same model and processor, or rebuild the index with this one"
+            )
+        from ..evaluation.embed import Embedder
+
+        self._model, self._processor = model, processor
+        self._embedder = Embedder(
+            model, processor, batch_size=1, num_workers=0, cache_dir=None, show_progress=False
+        )
+        self._embedder.model_key = fingerprint  # already computed: the Embedder's own key is not used here
+
+    def _ensure_model(self) -> Any:
+        if self._embedder is None:
+            self.set_model(self.manifest["model"]["name_or_path"])
+        return self._embedder
+
+    # --------------------------------------------------------------------------------------------- properties
+    def __len__(self) -> int:
+        return int(self.index.ntotal)
+
+    @property
+    def is_georeferenced(self) -> bool:
+        return bool(self.manifest.get("georeferenced"))
+
+    @property
+    def columns(self) -> list[str]:
+        return list(self.metadata.column_names)
+
+    # ------------------------------------------------------------------------------------------------ queries
+    def embed_query(self, query: Any, image: bool = False) -> np.ndarray:
+        """The L2-normalised embedding (1 x dim float32) of a text, or of an image (PIL image, array, or a path
+        with ``image=True``)."""
+        from PIL import Image
+
+        embedder = self._ensure_model()
+        if isinstance(query, Image.Image | np.ndarray) or image:
+            from ..processing_rsmclip import load_image_file, to_rgb
+
+            if isinstance(query, str | os.PathLike):
+                query = load_image_file(query)
+            pixels = embedder.image_processor(images=[to_rgb(query)], return_tensors="pt")["pixel_values"]
+            return embedder.embed_pixels(pixels).numpy()
+        if not isinstance(query, str) or not query.strip():
+            raise ValueError(f"the query must be a non-empty text or an image, got {query!r}")
+        return embedder.embed_texts([query]).numpy()
+
+    def search(
+        self,
+        query: Any,
+        top_k: int = 10,
+        *,
+        image: bool = False,
+        where: str | None = None,
+        bbox: tuple[float, float, float, float] | list[float] | None = None,
+    ) -> list[dict[str, Any]]:
+        """The ``top_k`` best matches of ``query`` as dicts: ``rank`` (1-based), ``score`` (cosine), ``id``,
+        ``path``, ``window``, ``bbox`` (lon/lat or None) and the other metadata columns (``label``, ``source``,
+        ...). ``where`` filters on metadata columns (`parse_where`), ``bbox`` keeps items whose lon/lat bounding
+        box intersects ``(west, south, east, north)``."""
+        return self.search_embedding(self.embed_query(query, image=image), top_k, where=where, bbox=bbox)
+
+    def selection(self, where: str | None = None, bbox: Any = None) -> np.ndarray | None:
+        """Row ids allowed by the filters (None: no filter)."""
+        import pyarrow as pa
+
+        mask = None
+        if where:
+            expr = parse_where(where, self.columns)
+            numbered = self.metadata.append_column("__row", pa.array(np.arange(self.metadata.num_rows)))
+            try:
+                rows = numbered.filter(expr)["__row"].to_numpy()
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as err:
+                raise ValueError(f"--where {where!r}: {err}") from err
+            mask = np.zeros(self.metadata.num_rows, dtype=bool)
+            mask[rows] = True
+        if bbox is not None:
+            west, south, east, north = (float(v) for v in bbox)
+            if west > east or south > north:
+                raise ValueError(
+                    f"bbox must be west,south,east,north with west <= east, south <= north, got {bbox}"
+                )
+            boxes = self._bbox_array()
+            inside = (
+                (boxes[:, 0] <= east)
+                & (boxes[:, 2] >= west)
+                & (boxes[:, 1] <= north)
+                & (boxes[:, 3] >= south)
+            )
+            mask = inside if mask is None else mask & inside
+        return None if mask is None else np.flatnonzero(mask)
+
+    def _bbox_array(self) -> np.ndarray:
+        if self._bboxes is None:
+            boxes = np.full((self.metadata.num_rows, 4), np.nan)
+            if "bbox" in self.columns:
+                for i, value in enumerate(self.metadata["bbox"].to_pylist()):
+                    if value is not None:
+                        boxes[i] = value
+            self._bboxes = boxes
+        return self._bboxes
+
+    def search_embedding(
+        self, embedding: np.ndarray, top_k: int = 10, *, where: str | None = None, bbox: Any = None
+    ) -> list[dict[str, Any]]:
+        """`search` with an already computed query embedding (1 x dim or dim)."""
+        import faiss
+
+        if int(top_k) < 1:
+            raise ValueError(f"top_k must be >= 1, got {top_k}")
+        query = np.ascontiguousarray(np.asarray(embedding, dtype=np.float32).reshape(1, -1))
+        allowed = self.selection(where, bbox)
+        limit = len(self) if allowed is None else len(allowed)
+        k = min(int(top_k), limit)
+        if k == 0:
+            return []
+        params = None
+        if allowed is not None:
+            params = self._search_parameters(faiss.IDSelectorBatch(allowed.astype(np.int64)))
+        scores, ids = self.index.search(query, k, params=params)
+        if allowed is not None and (ids[0] < 0).any():
+            ivf = self._ivf()
+            if ivf is not None:  # a selective filter may miss the probed lists: probe them all
+                params = self._search_parameters(
+                    faiss.IDSelectorBatch(allowed.astype(np.int64)), nprobe=ivf.nlist
+                )
+                scores, ids = self.index.search(query, k, params=params)
+        return [
+            self._result(rank, float(s), int(i))
+            for rank, (s, i) in enumerate(zip(scores[0], ids[0]), 1)
+            if i >= 0
+        ]
+
+    def _ivf(self) -> Any:
+        import faiss
+
+        try:
+            return faiss.extract_index_ivf(self.index)
+        except RuntimeError:
+            return None
+
+    def _search_parameters(self, selector: Any, nprobe: int | None = None) -> Any:
+        import faiss
+
+        ivf = self._ivf()
+        if ivf is not None:
+            return faiss.SearchParametersIVF(sel=selector, nprobe=int(nprobe or ivf.nprobe))
+        if isinstance(self.index, faiss.IndexHNSW):
+            return faiss.SearchParametersHNSW(sel=selector, efSearch=int(self.index.hnsw.efSearch))
+        return faiss.SearchParameters(sel=selector)
+
+    def row(self, i: int) -> dict[str, Any]:
+        if self._rows is None:
+            self._rows = self.metadata.to_pylist()
+        return self._rows[i]
+
+    def _result(self, rank: int, score: float, i: int) -> dict[str, Any]:
+        row = dict(self.row(i))
+        footprint = row.pop("footprint_lonlat", None)
+        out = {
+            "rank": rank,
+            "score": score,
+            "id": row.pop("id"),
+            "path": row.pop("path"),
+            "window": row.pop("window", None),
+            "bbox": row.pop("bbox", None),
+        }
+        out.update(row)
+        out["footprint_lonlat"] = json.loads(footprint) if footprint else None
+        return out
+
+
+# ---------------------------------------------------------------------------------------------------- GeoJSON
+def to_geojson(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """A GeoJSON FeatureCollection (RFC 7946, lon/lat) of the results' footprints, scores and metadata as
+    properties; a result without a footprint gets a null geometry."""
+    features = []
+    for result in results:
+        ring = result.get("footprint_lonlat")
+        if ring is None and result.get("bbox") is not None:
+            west, south, east, north = result["bbox"]
+            ring = [[west, north], [west, south], [east, south], [east, north], [west, north]]
+        geometry = {"type": "Polygon", "coordinates": [ring]} if ring is not None else None
+        properties = {
+            k: v
+            for k, v in result.items()
+            if k not in ("footprint_lonlat", "bbox", "bounds") and _json_scalar(v)
+        }
+        if result.get("window") is not None:
+            properties["window"] = ",".join(str(v) for v in result["window"])
+        features.append({"type": "Feature", "geometry": geometry, "properties": properties})
+    return {"type": "FeatureCollection", "features": features}
+
+
+def _json_scalar(value: Any) -> bool:
+    return value is None or isinstance(value, str | int | float | bool)
