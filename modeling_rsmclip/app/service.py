@@ -414,18 +414,23 @@ def write_results_csv(rows: list[dict[str, Any]], path: Path) -> Path:
 def load_index(index: str | None, model: Any, processor: Any, *, default_model: bool) -> Any:
     """The archive index at `index`, else the bundled samples' index (built on first use) for the demo model.
 
-    Returns None (with a log line) when the index extra is not installed and no index was asked for.
+    The index embeds queries with the app's own model (one copy in memory; its fingerprint is checked against
+    the index's manifest). Returns None, with a log line, when no index was asked for and the index extra is not
+    installed or the model is not the demo model.
     """
     try:
         from ..index import RSMCLIPIndex, bundled_sample_index
+
+        if index is not None:
+            return RSMCLIPIndex.load(index, model=model, processor=processor)
+        if not default_model:
+            logger.warning("archive search is off: the bundled sample index needs the demo model; pass --index")
+            return None
+        archive = bundled_sample_index(progress=True)
     except ImportError as error:
         if index is not None:
             raise
         logger.warning("archive search is off: %s", error)
         return None
-    if index is not None:
-        return RSMCLIPIndex.load(index, model=model, processor=processor)
-    if not default_model:
-        logger.warning("archive search is off: the bundled sample index needs the demo model; pass --index")
-        return None
-    return bundled_sample_index()
+    archive.set_model(model, processor)
+    return archive
