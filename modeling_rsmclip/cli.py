@@ -14,6 +14,7 @@ SUBCOMMAND_MODULES = (
     "modeling_rsmclip.data.cli",
     "modeling_rsmclip.training.cli",
     "modeling_rsmclip.evaluation.cli",
+    "modeling_rsmclip.geo.cli",
     "modeling_rsmclip.app.cli",
 )
 

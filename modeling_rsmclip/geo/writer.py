@@ -1,0 +1,292 @@
+"""Georeferenced outputs: GeoTIFFs with the scene's CRS, GeoJSON in lon/lat, and overlay PNGs with a legend.
+
+GeoTIFFs are tiled (256 x 256 blocks) and DEFLATE-compressed, so QGIS / GDAL read them quickly; a class map is
+written window by window (`ClassMapWriter`), so memory is bounded by a strip of rows, not the scene.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .raster import RasterReader, require_rasterio
+
+CLASS_NODATA = 255
+TILE_NODATA = -1.0
+GTIFF_OPTIONS = {
+    "driver": "GTiff",
+    "tiled": True,
+    "blockxsize": 256,
+    "blockysize": 256,
+    "compress": "deflate",
+}
+
+# Distinct colours (tab10 then the lighter tab20 shades), class i gets PALETTE[i % len].
+PALETTE: tuple[tuple[int, int, int], ...] = (
+    (31, 119, 180),
+    (255, 127, 14),
+    (44, 160, 44),
+    (214, 39, 40),
+    (148, 103, 189),
+    (140, 86, 75),
+    (227, 119, 194),
+    (127, 127, 127),
+    (188, 189, 34),
+    (23, 190, 207),
+    (174, 199, 232),
+    (255, 187, 120),
+    (152, 223, 138),
+    (255, 152, 150),
+    (197, 176, 213),
+    (196, 156, 148),
+    (247, 182, 210),
+    (199, 199, 199),
+    (219, 219, 141),
+    (158, 218, 229),
+)
+
+
+def class_colour(index: int) -> tuple[int, int, int]:
+    return PALETTE[index % len(PALETTE)]
+
+
+def _tags(labels: Sequence[str], language: str, extra: dict[str, Any] | None = None) -> dict[str, str]:
+    tags = {f"CLASS_{i}": label for i, label in enumerate(labels)}
+    tags["LABELS"] = json.dumps(list(labels), ensure_ascii=False)
+    tags["LANGUAGE"] = language
+    tags.update({k: str(v) for k, v in (extra or {}).items()})
+    return tags
+
+
+def write_tile_geotiff(
+    path: Path,
+    class_ids: np.ndarray,
+    top1: np.ndarray,
+    transform: Any,
+    crs: Any,
+    labels: Sequence[str],
+    language: str,
+) -> Path:
+    """Two float32 bands at tile resolution: 1 = class id, 2 = top-1 probability; nodata -1 (skipped tiles)."""
+    rasterio = require_rasterio()
+    data = np.stack([class_ids.astype(np.float32), np.nan_to_num(top1, nan=TILE_NODATA).astype(np.float32)])
+    data[:, class_ids < 0] = TILE_NODATA
+    profile = {
+        "driver": "GTiff",
+        "compress": "deflate",
+        "width": class_ids.shape[1],
+        "height": class_ids.shape[0],
+        "count": 2,
+        "dtype": "float32",
+        "crs": crs,
+        "transform": transform,
+        "nodata": TILE_NODATA,
+    }
+    with rasterio.open(path, "w", **profile) as out:
+        out.write(data)
+        out.set_band_description(1, "class_id")
+        out.set_band_description(2, "top1_probability")
+        out.update_tags(**_tags(labels, language))
+    return path
+
+
+class ClassMapWriter:
+    """A uint8 class-id GeoTIFF at the scene's resolution, written window by window (nodata 255, colour table)."""
+
+    def __init__(
+        self,
+        path: Path,
+        width: int,
+        height: int,
+        transform: Any,
+        crs: Any,
+        labels: Sequence[str],
+        language: str,
+    ) -> None:
+        rasterio = require_rasterio()
+        if len(labels) >= CLASS_NODATA:
+            raise ValueError(f"at most {CLASS_NODATA - 1} labels fit a uint8 class map, got {len(labels)}")
+        self.path = path
+        self._out = rasterio.open(
+            path,
+            "w",
+            **GTIFF_OPTIONS,
+            width=width,
+            height=height,
+            count=1,
+            dtype="uint8",
+            crs=crs,
+            transform=transform,
+            nodata=CLASS_NODATA,
+            BIGTIFF="IF_SAFER",
+        )
+        self._out.set_band_description(1, "class_id")
+        self._out.update_tags(**_tags(labels, language))
+        colormap = {i: (*class_colour(i), 255) for i in range(len(labels))}
+        colormap[CLASS_NODATA] = (0, 0, 0, 0)
+        self._out.write_colormap(1, colormap)
+
+    def write(self, classes: np.ndarray, col_off: int, row_off: int) -> None:
+        from rasterio.windows import Window
+
+        height, width = classes.shape
+        self._out.write(classes.astype(np.uint8)[None], window=Window(col_off, row_off, width, height))
+
+    def close(self) -> None:
+        self._out.close()
+
+    def __enter__(self) -> ClassMapWriter:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def read_class_map_preview(path: Path, max_size: int = 1024) -> np.ndarray:
+    """A written class map decimated (nearest) so its longest side is at most ``max_size``; -1 = nodata."""
+    rasterio = require_rasterio()
+    from rasterio.enums import Resampling
+
+    with rasterio.open(path) as src:
+        factor = max(1.0, max(src.width, src.height) / max_size)
+        shape = (max(1, round(src.height / factor)), max(1, round(src.width / factor)))
+        data = src.read(1, out_shape=shape, resampling=Resampling.nearest).astype(np.int16)
+    data[data == CLASS_NODATA] = -1
+    return data
+
+
+def write_geojson(path: Path, collection: dict[str, Any]) -> Path:
+    path.write_text(json.dumps(collection, ensure_ascii=False), encoding="utf-8")
+    return path
+
+
+def render_overlay(
+    path: Path,
+    preview: np.ndarray,
+    preview_valid: np.ndarray,
+    classes: np.ndarray,
+    labels: Sequence[str],
+    title: str,
+    alpha: float = 0.45,
+    counts: Sequence[int] | None = None,
+) -> Path:
+    """The scene preview with each class's colour blended over it and a legend (label, share of the map)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    from ..evaluation.plots import displayable, font_plan
+
+    if classes.shape != preview.shape[:2]:
+        raise ValueError(f"class map {classes.shape} and preview {preview.shape[:2]} differ in size")
+    colours = np.array([class_colour(i) for i in range(len(labels))], dtype=np.float64)
+    image = preview.astype(np.float64)
+    has_class = classes >= 0
+    blended = image.copy()
+    blended[has_class] = (1 - alpha) * image[has_class] + alpha * colours[classes[has_class]]
+    blended[~preview_valid] = 255.0  # nodata shown white
+    families, missing = font_plan([*labels, title])
+    if counts is None:
+        counts = [int((classes == i).sum()) for i in range(len(labels))]
+    total = max(1, sum(counts))
+    height, width = classes.shape
+    fig_w = 8.0
+    fig_h = max(3.0, fig_w * height / width * 0.8 + 0.6)
+    fig, ax = plt.subplots(figsize=(fig_w + 3.0, fig_h))
+    ax.imshow(blended.astype(np.uint8), interpolation="nearest")
+    ax.set_axis_off()
+    ax.set_title(displayable(title, missing), fontfamily=families, fontsize=10)
+    handles = [
+        Patch(
+            facecolor=np.array(class_colour(i)) / 255.0,
+            label=f"{displayable(label, missing)} ({100.0 * counts[i] / total:.1f}%)",
+        )
+        for i, label in enumerate(labels)
+    ]
+    ax.legend(
+        handles=handles,
+        loc="upper left",
+        bbox_to_anchor=(1.01, 1.0),
+        frameon=False,
+        prop={"family": families, "size": 9},
+    )
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def tile_classes_on_preview(result: Any, preview_shape: tuple[int, int], factor: float) -> np.ndarray:
+    """The tile class of every preview pixel (-1 where its tile was skipped)."""
+    grid = result.grid
+    rows = (np.arange(preview_shape[0]) + 0.5) * factor
+    cols = (np.arange(preview_shape[1]) + 0.5) * factor
+    half = grid.overlap / 2.0
+    r = np.clip(((rows - half) // grid.stride).astype(int), 0, grid.n_rows - 1)
+    c = np.clip(((cols - half) // grid.stride).astype(int), 0, grid.n_cols - 1)
+    return result.class_ids[np.ix_(r, c)]
+
+
+def write_classification(result: Any, reader: RasterReader, out_dir: Path) -> dict[str, Path]:
+    """``classes.tif``, ``tiles.geojson``, ``overlay.png`` and ``summary.json`` of a `SceneClassification`."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = {
+        "geotiff": write_tile_geotiff(
+            out_dir / "classes.tif",
+            result.class_ids,
+            result.top1_probability,
+            result.transform,
+            result.crs,
+            result.labels,
+            result.language,
+        ),
+        "geojson": write_geojson(out_dir / "tiles.geojson", result.geojson),
+    }
+    preview, valid, factor = reader.preview()
+    classes = tile_classes_on_preview(result, preview.shape[:2], factor)
+    counts = [int((result.class_ids == i).sum()) for i in range(len(result.labels))]
+    files["overlay"] = render_overlay(
+        out_dir / "overlay.png",
+        preview,
+        valid,
+        classes,
+        result.labels,
+        f"{Path(result.scene).name}: zero-shot class per {result.grid.size}px tile ({result.language})",
+        counts=counts,
+    )
+    summary = out_dir / "summary.json"
+    files["summary"] = summary
+    data = result.summary()
+    data["files"] = {k: str(v) for k, v in files.items()}
+    summary.write_text(json.dumps(data, ensure_ascii=False, indent=2), encoding="utf-8")
+    return files
+
+
+def ensure_output_dir(path: str | os.PathLike) -> Path:
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"output {out} exists and is not a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+__all__ = [
+    "CLASS_NODATA",
+    "ClassMapWriter",
+    "PALETTE",
+    "TILE_NODATA",
+    "class_colour",
+    "read_class_map_preview",
+    "render_overlay",
+    "write_classification",
+    "write_geojson",
+    "write_tile_geotiff",
+]

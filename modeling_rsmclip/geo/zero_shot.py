@@ -1,0 +1,245 @@
+"""Zero-shot classification of a scene, tile by tile: a class map with the scene's georeferencing.
+
+Each class label is put into its language's prompt templates (`templates.PROMPT_TEMPLATES`), the prompt embeddings
+are averaged as in the evaluation suite (`evaluation.metrics.average_prompt_embeddings`), and every tile of the scene
+is scored against the classes by cosine similarity times the model's temperature, then softmax. Tiles are read,
+preprocessed and embedded in batches, so memory is bounded by the batch, not the scene.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..evaluation.metrics import average_prompt_embeddings
+from ..templates import LANGUAGES, PROMPT_TEMPLATES
+from .raster import RasterReader
+from .tiling import TileGrid, iter_tiles, length_to_pixels
+
+DEMO_MODEL_DIR = Path(__file__).resolve().parents[1] / "demo_model"
+
+
+def parse_labels(labels: str | Iterable[str]) -> list[str]:
+    """``"água,floresta"`` or a list -> cleaned list of distinct, non-empty labels."""
+    items = labels.split(",") if isinstance(labels, str) else list(labels)
+    cleaned = [str(label).strip() for label in items]
+    if not cleaned or any(not label for label in cleaned):
+        raise ValueError(f"labels must be non-empty, comma-separated names, got {labels!r}")
+    duplicates = sorted({label for label in cleaned if cleaned.count(label) > 1})
+    if duplicates:
+        raise ValueError(f"duplicate labels: {duplicates}")
+    if len(cleaned) < 2:
+        raise ValueError(f"give at least two labels to choose between, got {cleaned}")
+    return cleaned
+
+
+def load_model(model: Any, processor: Any = None) -> tuple[Any, Any]:
+    """``(model, processor)`` from a loaded model (+ its processor), a local path / Hub id, or ``"demo"`` (the
+    bundled demo model)."""
+    if isinstance(model, str | os.PathLike):
+        from transformers import AutoModel, AutoProcessor
+
+        import modeling_rsmclip  # noqa: F401  (registers the model type with the Auto classes)
+
+        source = DEMO_MODEL_DIR if str(model) == "demo" else model
+        loaded = AutoModel.from_pretrained(source).eval()
+        return loaded, processor if processor is not None else AutoProcessor.from_pretrained(source)
+    if processor is None:
+        raise ValueError("a loaded model needs its processor: pass processor=...")
+    return model.eval(), processor
+
+
+def model_device(model: Any) -> torch.device:
+    return next(model.parameters()).device
+
+
+@torch.inference_mode()
+def class_embeddings(
+    model: Any,
+    processor: Any,
+    labels: Sequence[str],
+    language: str = "en",
+    templates: dict[str, list[str]] | None = None,
+    batch_size: int = 64,
+) -> torch.Tensor:
+    """``(n_labels, dim)`` normalised class embeddings: each label in every ``language`` template, prompt
+    embeddings normalised, averaged and re-normalised."""
+    templates = templates or PROMPT_TEMPLATES
+    if language not in templates:
+        raise ValueError(
+            f"no prompt templates for language {language!r}; choose one of {', '.join(LANGUAGES)}"
+        )
+    prompts = [template.format(label) for label in labels for template in templates[language]]
+    device = model_device(model)
+    chunks = []
+    for start in range(0, len(prompts), batch_size):
+        batch = processor(text=prompts[start : start + batch_size], return_tensors="pt")
+        out = model.get_text_features(
+            input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)
+        )
+        chunks.append(out.pooler_output.float().cpu())
+    embeds = torch.cat(chunks).numpy().reshape(len(labels), len(templates[language]), -1)
+    return torch.from_numpy(average_prompt_embeddings(embeds)).float()
+
+
+def pixel_values(processor: Any, images: list[np.ndarray]) -> torch.Tensor:
+    """The processor's pixel values for 8-bit RGB tile arrays (the package's one image path)."""
+    image_processor = getattr(processor, "image_processor", processor)
+    return image_processor(images=images, return_tensors="pt")["pixel_values"]
+
+
+def logit_scale(model: Any) -> float:
+    scale = getattr(model, "logit_scale", None)
+    return float(scale.exp()) if scale is not None else 100.0
+
+
+@dataclass
+class SceneClassification:
+    """Zero-shot class per tile of a scene.
+
+    ``class_ids`` ``(n_rows, n_cols)`` int (-1 = tile skipped as mostly nodata), ``probabilities``
+    ``(n_rows, n_cols, n_labels)`` float32 (NaN when skipped), ``transform`` the geotransform of that tile-resolution
+    grid in ``crs``, ``geojson`` a FeatureCollection (lon/lat) of the classified tiles, ``files`` the written outputs.
+    """
+
+    scene: Path
+    labels: list[str]
+    language: str
+    class_ids: np.ndarray
+    probabilities: np.ndarray
+    grid: TileGrid
+    transform: Any
+    crs: Any
+    geojson: dict[str, Any]
+    skipped: list[int]
+    bands: str
+    files: dict[str, Path] = field(default_factory=dict)
+
+    @property
+    def top1_probability(self) -> np.ndarray:
+        """``(n_rows, n_cols)`` probability of the chosen class (NaN where skipped)."""
+        best = np.nan_to_num(self.probabilities, nan=0.0).max(axis=-1)
+        return np.where(self.class_ids >= 0, best, np.nan).astype(np.float32)
+
+    def summary(self) -> dict[str, Any]:
+        counts = {label: int((self.class_ids == i).sum()) for i, label in enumerate(self.labels)}
+        return {
+            "scene": str(self.scene),
+            "labels": self.labels,
+            "language": self.language,
+            "tiles": len(self.grid),
+            "tile_size": self.grid.size,
+            "overlap": self.grid.overlap,
+            "skipped_mostly_nodata": len(self.skipped),
+            "tiles_per_class": counts,
+            "bands": self.bands,
+            "files": {k: str(v) for k, v in self.files.items()},
+        }
+
+
+def _batched(iterable: Iterable[Any], size: int) -> Iterable[list[Any]]:
+    batch: list[Any] = []
+    for item in iterable:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+@torch.inference_mode()
+def classify_scene(
+    scene: str | os.PathLike,
+    labels: str | Sequence[str],
+    *,
+    model: Any,
+    processor: Any = None,
+    language: str = "en",
+    tile_size: int | str = 224,
+    overlap: int | str = 0,
+    preset: str | None = None,
+    bands: Sequence[int | str] | None = None,
+    stretch: Any = None,
+    min_valid: float = 0.5,
+    batch_size: int = 32,
+    output_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> SceneClassification:
+    """Zero-shot class of every tile of ``scene``.
+
+    Args:
+        scene: a GeoTIFF / COG path.
+        labels: class names in ``language`` (list, or comma-separated).
+        model: a loaded `RSMCLIPModel` (then give ``processor``), a path / Hub id, or ``"demo"``.
+        tile_size, overlap: pixels, or metres as ``"500m"``.
+        preset, bands, stretch: band choice (see `geo.bands.resolve_preset`).
+        min_valid: tiles with a smaller valid fraction are skipped (and listed in ``skipped``).
+        output_dir: when given, writes ``classes.tif`` (band 1 class id, band 2 top-1 probability, nodata -1, the
+            scene's CRS, one pixel per tile), ``tiles.geojson`` and ``overlay.png`` there.
+    """
+    labels = parse_labels(labels)
+    model, processor = load_model(model, processor)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    text = class_embeddings(model, processor, labels, language)
+    device = model_device(model)
+    scale = logit_scale(model)
+    with RasterReader(scene, preset=preset, bands=bands, stretch=stretch) as reader:
+        tiles = iter_tiles(
+            reader,
+            length_to_pixels(tile_size, reader),
+            length_to_pixels(overlap, reader),
+            min_valid=min_valid,
+            progress=progress,
+        )
+        grid = tiles.grid
+        class_ids = np.full((grid.n_rows, grid.n_cols), -1, dtype=np.int16)
+        probabilities = np.full((grid.n_rows, grid.n_cols, len(labels)), np.nan, dtype=np.float32)
+        features = []
+        for batch in _batched(tiles, batch_size):
+            pixels = pixel_values(processor, [t.rgb for t in batch]).to(device)
+            image = F.normalize(model.get_image_features(pixel_values=pixels).pooler_output.float(), dim=-1)
+            probs = torch.softmax(scale * image.cpu() @ text.T, dim=-1).numpy()
+            for tile, p in zip(batch, probs):
+                best = int(p.argmax())
+                class_ids[tile.row, tile.col] = best
+                probabilities[tile.row, tile.col] = p
+                features.append(
+                    tile.geojson_feature(
+                        {
+                            "class_id": best,
+                            "label": labels[best],
+                            "probability": round(float(p[best]), 6),
+                            "probabilities": {label: round(float(v), 6) for label, v in zip(labels, p)},
+                        }
+                    )
+                )
+        result = SceneClassification(
+            scene=Path(scene),
+            labels=labels,
+            language=language,
+            class_ids=class_ids,
+            probabilities=probabilities,
+            grid=grid,
+            transform=grid.cell_transform(reader.transform),
+            crs=reader.crs,
+            geojson={"type": "FeatureCollection", "features": features},
+            skipped=list(tiles.skipped),
+            bands=reader.selection.describe(),
+        )
+        if output_dir is not None:
+            from .writer import write_classification
+
+            result.files = write_classification(result, reader, Path(output_dir))
+    return result
+
+
+__all__ = ["SceneClassification", "class_embeddings", "classify_scene", "load_model", "parse_labels"]
