@@ -18,6 +18,7 @@ import shutil
 import tempfile
 import threading
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,8 @@ class AppLimits:
     max_label_chars: int = 80
     max_query_chars: int = 300
     max_top_k: int = 48
+    max_scene_pixels: int = 150_000_000
+    max_scene_tiles: int = 1024
 
     @property
     def max_upload_bytes(self) -> int:
@@ -283,17 +286,136 @@ class AppService:
 
     # ------------------------------------------------------------------------------------------- classify
     def classify(
-        self, image: str | os.PathLike | None, labels: str, language: str | None = AUTO
+        self,
+        image: str | os.PathLike | None,
+        labels: str,
+        language: str | None = AUTO,
+        tile_size: Any = 224,
+        preset: str | None = None,
     ) -> ClassifyResult:
-        """Zero-shot probabilities of `labels` (typed in `language`, or detected) for an uploaded image."""
+        """Zero-shot probabilities of `labels` (typed in `language`, or detected) for an uploaded image.
+
+        A georeferenced GeoTIFF is a scene: every `tile_size` tile is classified (`geo.classify_scene`), the bars
+        are the share of tiles per class, and the class map comes as a picture, a GeoTIFF and a GeoJSON.
+        """
         label_list = self.parse_labels(labels)
         lang = self.language_for(language, " ".join(label_list))
         path = self.check_upload(image)
+        if self.is_scene(path, self.band_preset(preset)):
+            return self.classify_scene(path, label_list, lang, tile_size, preset)
         rgb = self.read_image(path)
         probs = self.probabilities(
             self.image_embeddings([rgb]), self.class_embeddings(tuple(label_list), lang)
         )[0]
         return ClassifyResult(lang, label_list, [float(p) for p in probs], preview=self.preview(path, rgb))
+
+    def band_preset(self, preset: str | None) -> str | None:
+        """None for automatic band choice, else a known preset name."""
+        if preset in (None, "", AUTO):
+            return None
+        from ..geo.bands import list_band_presets
+
+        if preset not in list_band_presets():
+            raise InputError(
+                f"unknown band preset {preset!r}; choose one of: auto, {', '.join(list_band_presets())}"
+            )
+        return preset
+
+    def is_scene(self, path: Path, preset: str | None = None) -> bool:
+        """A GeoTIFF with a CRS (read with the geo extra); plain TIFFs and other images are pictures."""
+        if path.suffix.lower() not in GEOTIFF_SUFFIXES:
+            return False
+        try:
+            from ..geo.raster import require_rasterio
+
+            rasterio = require_rasterio()
+        except ImportError:
+            return False
+        try:
+            with rasterio.Env(CPL_LOG="/dev/null"), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                from ..geo.raster import RasterReader
+
+                with RasterReader(path, preset=preset) as reader:
+                    return reader.crs is not None
+        except ValueError as error:
+            if str(error).startswith("cannot read raster"):  # not a raster GDAL reads: PIL may still read it
+                return False
+            # GDAL reads it but the bands do not make an RGB picture by themselves (e.g. 4 float bands).
+            raise InputError(f"{path.name}: {error}".replace(f"{path}: ", "")) from None
+
+    def open_scene(self, path: Path, preset: str | None = None) -> tuple[int, int]:
+        """(width, height) of a scene within the limits, else InputError naming the file."""
+        from ..geo.raster import RasterReader
+
+        try:
+            with RasterReader(path, preset=preset) as reader:
+                width, height = reader.width, reader.height
+        except ValueError as error:
+            raise InputError(f"{path.name}: {error}".replace(str(path), path.name)) from None
+        if width * height > self.limits.max_scene_pixels:
+            raise InputError(
+                f"{path.name}: {width} x {height} pixels is more than the {self.limits.max_scene_pixels:,} this "
+                "app maps; use `rsmclip map` on the command line"
+            )
+        return width, height
+
+    def _tile_size(self, tile_size: Any, width: int, height: int) -> int:
+        try:
+            size = int(tile_size)
+        except (TypeError, ValueError):
+            raise InputError(f"tile size must be a whole number of pixels, got {tile_size!r}") from None
+        if size < 16:
+            raise InputError(f"tile size must be at least 16 pixels, got {size}")
+        tiles = -(-width // size) * -(-height // size)
+        if tiles > self.limits.max_scene_tiles:
+            raise InputError(
+                f"{tiles} tiles of {size} px; at most {self.limits.max_scene_tiles} per request: choose larger tiles"
+            )
+        return size
+
+    def classify_scene(
+        self, path: Path, labels: list[str], language: str, tile_size: Any = 224, preset: str | None = None
+    ) -> ClassifyResult:
+        from ..geo import classify_scene
+
+        preset = self.band_preset(preset)
+        width, height = self.open_scene(path, preset)
+        size = self._tile_size(tile_size, width, height)
+        out = self.request_dir("classify")
+        try:
+            scene = classify_scene(
+                path,
+                labels,
+                model=self.model,
+                processor=self.processor,
+                language=language,
+                tile_size=size,
+                preset=preset,
+                output_dir=out,
+                progress=False,
+            )
+        except ValueError as error:
+            raise InputError(f"{path.name}: {error}".replace(str(path), path.name)) from None
+        counts = np.array([(scene.class_ids == i).sum() for i in range(len(labels))], dtype=np.float64)
+        if counts.sum() == 0:
+            raise InputError(f"{path.name}: every tile is mostly nodata; nothing to classify")
+        shares = counts / counts.sum()
+        summary = scene.summary()
+        files = [str(scene.files[k]) for k in ("geotiff", "geojson") if k in scene.files]
+        return ClassifyResult(
+            language,
+            labels,
+            [float(v) for v in shares],
+            preview=str(scene.files["overlay"]),
+            scene={
+                "tiles": summary["tiles"],
+                "skipped": summary["skipped_mostly_nodata"],
+                "tile_size": size,
+                "tiles_per_class": summary["tiles_per_class"],
+                "files": files,
+            },
+        )
 
     def preview(self, path: Path, rgb: np.ndarray) -> str:
         """The upload itself when a browser can show it, else a PNG of the RGB that the model saw."""
@@ -389,6 +511,17 @@ class AppService:
         return " · ".join(parts)
 
 
+def band_preset_choices() -> list[tuple[str, str]]:
+    """(shown name, value) pairs for a band-preset drop-down (automatic first); only automatic without geo."""
+    try:
+        from ..geo.bands import list_band_presets
+
+        presets = list_band_presets()
+    except ImportError:
+        presets = []
+    return [("Automatic (band names, 3-band RGB)", AUTO)] + [(name, name) for name in presets]
+
+
 def language_choices() -> list[tuple[str, str]]:
     """(shown name, code) pairs for a language drop-down: auto-detect first, then the ten languages."""
     return [("Detect automatically", AUTO)] + [(f"{LANGUAGE_NAMES[c]} ({c})", c) for c in LANGUAGES]
@@ -424,7 +557,9 @@ def load_index(index: str | None, model: Any, processor: Any, *, default_model: 
         if index is not None:
             return RSMCLIPIndex.load(index, model=model, processor=processor)
         if not default_model:
-            logger.warning("archive search is off: the bundled sample index needs the demo model; pass --index")
+            logger.warning(
+                "archive search is off: the bundled sample index needs the demo model; pass --index"
+            )
             return None
         archive = bundled_sample_index(progress=True)
     except ImportError as error:

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .service import AppService, InputError, language_choices
+from .service import AppService, InputError, band_preset_choices, language_choices
 from .ui_defaults import DEFAULT_CONCURRENCY, DEFAULT_QUEUE_SIZE
 
 logger = logging.getLogger(__name__)
@@ -96,6 +96,7 @@ def build_demo(
 ):
     """The app's `gr.Blocks`, queued: at most `concurrency` requests run at once, `max_queue` wait."""
     languages = language_choices()
+    presets = band_preset_choices()
 
     # ------------------------------------------------------------------------------------------- handlers
     @_page_errors
@@ -119,18 +120,19 @@ def build_demo(
         return status, gallery, map_html, _table(result.rows), files
 
     @_page_errors
-    def classify(upload: str | None, labels: str, language: str):
-        result = service.classify(upload, labels, language)
+    def classify(
+        upload: str | None, labels: str, language: str, tile_size: float | None = 224, preset: str = "auto"
+    ):
+        result = service.classify(upload, labels, language, 224 if tile_size is None else tile_size, preset)
         status = f"Prompt language: {result.language}"
-        picture = None
         files: list[str] = []
         if result.scene:
-            status += f" · scene of {result.scene.get('tiles', '?')} tiles (bars: share of tiles per class)"
-            picture = result.scene.get("overlay")
-            files = [p for p in result.scene.get("files", []) if p]
-        else:
-            picture = result.preview
-        return status, result.as_label_dict(), picture, files
+            status += (
+                f" · scene of {result.scene['tiles']} tiles of {result.scene['tile_size']} px"
+                f" ({result.scene['skipped']} mostly nodata, skipped) · bars: share of tiles per class"
+            )
+            files = result.scene["files"]
+        return status, result.as_label_dict(), result.preview, files
 
     @_page_errors
     def segment(upload: str | None, labels: str, language: str):
@@ -178,7 +180,12 @@ def build_demo(
                         value="forest, beach, harbor, airplanes, a dense residential area",
                         elem_id="classify-labels",
                     )
-                    classify_language = gr.Dropdown(languages, value="auto", label="Label language")
+                    with gr.Row():
+                        classify_language = gr.Dropdown(languages, value="auto", label="Label language")
+                        tile_size = gr.Number(
+                            224, label="Tile size (px, GeoTIFF scenes)", precision=0, minimum=16
+                        )
+                        classify_preset = gr.Dropdown(presets, value="auto", label="Bands (GeoTIFF scenes)")
                     classify_button = gr.Button("Classify", variant="primary", elem_id="classify-button")
                 with gr.Column():
                     classify_status = gr.Markdown()
@@ -212,7 +219,7 @@ def build_demo(
         image_button.click(search_image, [query_image, top_k], search_outputs, api_name="search_image")
         classify_button.click(
             classify,
-            [classify_upload, classify_labels, classify_language],
+            [classify_upload, classify_labels, classify_language, tile_size, classify_preset],
             [classify_status, probabilities, classify_picture, classify_files],
             api_name="classify",
         )
