@@ -34,3 +34,32 @@ def reference_probabilities(model, processor, image_path: Path, labels: list[str
 def confidences(label_output: dict) -> dict[str, float]:
     """A gr.Label value as gradio_client returns it -> {label: probability}."""
     return {row["label"]: row["confidence"] for row in label_output["confidences"]}
+
+
+# A 2 x 2 mosaic of UC Merced images (256 px each) as a GeoTIFF near Porto, 1 m pixels: the class of each tile is
+# known, and so is its footprint.
+MOSAIC = (("191.jpg", "airplane"), ("391.jpg", "beach"), ("791.jpg", "forest"), ("1591.jpg", "parkinglot"))
+MOSAIC_ORIGIN = (530000.0, 4560000.0)  # EPSG:32629 (UTM 29N), upper-left corner
+
+
+def write_mosaic_geotiff(path: Path) -> Path:
+    import rasterio
+    from rasterio.transform import from_origin
+
+    tiles = [
+        np.asarray(Image.open(UCM_IMAGES / name).convert("RGB").resize((256, 256))) for name, _ in MOSAIC
+    ]
+    mosaic = np.concatenate([np.concatenate(tiles[:2], axis=1), np.concatenate(tiles[2:], axis=1)], axis=0)
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=512,
+        height=512,
+        count=3,
+        dtype="uint8",
+        crs="EPSG:32629",
+        transform=from_origin(*MOSAIC_ORIGIN, 1.0, 1.0),
+    ) as dst:
+        dst.write(mosaic.transpose(2, 0, 1))
+    return path
