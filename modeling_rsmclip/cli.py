@@ -15,6 +15,7 @@ SUBCOMMAND_MODULES = (
     "modeling_rsmclip.training.cli",
     "modeling_rsmclip.evaluation.cli",
     "modeling_rsmclip.geo.cli",
+    "modeling_rsmclip.index.cli",
     "modeling_rsmclip.app.cli",
 )
 

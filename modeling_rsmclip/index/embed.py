@@ -98,6 +98,7 @@ def shard_schema(dim: int) -> Any:
             ("label", pa.string()),
             ("crs", pa.string()),
             ("bounds", pa.list_(pa.float64(), 4)),
+            ("footprint", pa.string()),
             ("footprint_lonlat", pa.string()),
             ("bbox", pa.list_(pa.float64(), 4)),
             ("valid_fraction", pa.float32()),

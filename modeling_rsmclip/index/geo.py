@@ -1,8 +1,8 @@
 """GeoTIFF scenes for the index: the tile grid, reading a tile as RGB with its valid mask, and its footprint.
 
-Reading goes through `modeling_rsmclip.geo.raster.RasterReader` (band presets, stretch, nodata/alpha masks) and the
-grid through `geo.tiling.TileGrid`. Footprints are computed here from the raster's geotransform: the four corners
-of the window (a rotated geotransform gives a true quadrilateral), in the raster's CRS and in lon/lat.
+Everything goes through `modeling_rsmclip.geo` (`raster.RasterReader`: band presets, stretch, nodata/alpha masks,
+footprints from the geotransform; `tiling.TileGrid`: the fixed window order), so a tile of the index is the same
+tile as in `rsmclip map`.
 """
 
 from __future__ import annotations
@@ -56,27 +56,15 @@ def _as_window(window: Any) -> Window:
     return (int(col_off), int(row_off), int(width), int(height))
 
 
-def window_footprint(reader: Any, window: Window) -> tuple[Any, Any, Any]:
-    """``(bounds, ring, bbox)`` of a window: ``bounds`` (left, bottom, right, top) in the raster's CRS;
-    ``ring`` the GeoJSON polygon ring of its four corners in lon/lat (closed, counter-clockwise from the
-    top-left corner as seen on a north-up map: top-left, bottom-left, bottom-right, top-right); ``bbox``
-    (west, south, east, north). All three are None for a raster without CRS or geotransform."""
-    from rasterio.transform import Affine
-    from rasterio.warp import transform as warp_transform
-
-    crs = reader.crs
-    affine = reader.transform
-    if crs is None or affine is None or affine == Affine.identity():
-        return None, None, None
-    col, row, width, height = window
-    pixel_corners = [(col, row), (col, row + height), (col + width, row + height), (col + width, row)]
-    xs, ys = zip(*(affine * corner for corner in pixel_corners))
-    bounds = (min(xs), min(ys), max(xs), max(ys))
-    lons, lats = warp_transform(crs, "EPSG:4326", list(xs), list(ys))
-    ring = [[float(lon), float(lat)] for lon, lat in zip(lons, lats)]
-    ring.append(ring[0])
-    bbox = (min(lons), min(lats), max(lons), max(lats))
-    return tuple(float(v) for v in bounds), ring, tuple(float(v) for v in bbox)
+def window_footprint(reader: Any, window: Window) -> tuple[Any, Any, Any, Any]:
+    """``(bounds, ring, polygon_lonlat, bbox)`` of the part of a window inside the raster, from the reader's
+    geotransform (rotation-aware): ``bounds`` (left, bottom, right, top) and ``ring`` (closed ring of the four
+    corners) in the raster's CRS; ``polygon_lonlat`` GeoJSON Polygon coordinates and ``bbox`` (west, south,
+    east, north) in lon/lat, None for a raster without a CRS."""
+    inside = reader.clip_window(window) or window
+    ring = reader.window_footprint(inside)
+    bounds = reader.window_bounds(inside)
+    return bounds, ring, reader.to_lonlat_polygon(ring), reader.to_lonlat_bounds(bounds)
 
 
 _READERS: dict[tuple[str, str | None, tuple[int, ...] | None], Any] = {}
@@ -94,10 +82,4 @@ def read_window(
 
         reader = RasterReader(path, preset=preset, bands=bands).__enter__()
         _READERS[key] = reader
-    return reader.read_rgb(_read_window_arg(window))
-
-
-def _read_window_arg(window: Window) -> Any:
-    from rasterio.windows import Window as RioWindow
-
-    return RioWindow(*window)
+    return reader.read_rgb(tuple(window))

@@ -233,7 +233,10 @@ class RSMCLIPIndex:
         ``path``, ``window``, ``bbox`` (lon/lat or None) and the other metadata columns (``label``, ``source``,
         ...). ``where`` filters on metadata columns (`parse_where`), ``bbox`` keeps items whose lon/lat bounding
         box intersects ``(west, south, east, north)``."""
-        return self.search_embedding(self.embed_query(query, image=image), top_k, where=where, bbox=bbox)
+        if int(top_k) < 1:
+            raise ValueError(f"top_k must be >= 1, got {top_k}")
+        allowed = self.selection(where, bbox)  # filter errors before the model is loaded
+        return self._search(self.embed_query(query, image=image), top_k, allowed)
 
     def selection(self, where: str | None = None, bbox: Any = None) -> np.ndarray | None:
         """Row ids allowed by the filters (None: no filter)."""
@@ -279,12 +282,17 @@ class RSMCLIPIndex:
         self, embedding: np.ndarray, top_k: int = 10, *, where: str | None = None, bbox: Any = None
     ) -> list[dict[str, Any]]:
         """`search` with an already computed query embedding (1 x dim or dim)."""
-        import faiss
 
         if int(top_k) < 1:
             raise ValueError(f"top_k must be >= 1, got {top_k}")
+        return self._search(embedding, top_k, self.selection(where, bbox))
+
+    def _search(self, embedding: np.ndarray, top_k: int, allowed: np.ndarray | None) -> list[dict[str, Any]]:
+        import faiss
+
         query = np.ascontiguousarray(np.asarray(embedding, dtype=np.float32).reshape(1, -1))
-        allowed = self.selection(where, bbox)
+        if query.shape[1] != self.index.d:
+            raise ValueError(f"query embedding has {query.shape[1]} dimensions, the index {self.index.d}")
         limit = len(self) if allowed is None else len(allowed)
         k = min(int(top_k), limit)
         if k == 0:
@@ -332,6 +340,7 @@ class RSMCLIPIndex:
     def _result(self, rank: int, score: float, i: int) -> dict[str, Any]:
         row = dict(self.row(i))
         footprint = row.pop("footprint_lonlat", None)
+        ring = row.pop("footprint", None)
         out = {
             "rank": rank,
             "score": score,
@@ -341,6 +350,7 @@ class RSMCLIPIndex:
             "bbox": row.pop("bbox", None),
         }
         out.update(row)
+        out["footprint"] = json.loads(ring) if ring else None
         out["footprint_lonlat"] = json.loads(footprint) if footprint else None
         return out
 
@@ -363,7 +373,10 @@ def to_geojson(results: list[dict[str, Any]]) -> dict[str, Any]:
         }
         if result.get("window") is not None:
             properties["window"] = ",".join(str(v) for v in result["window"])
-        features.append({"type": "Feature", "geometry": geometry, "properties": properties})
+        feature = {"type": "Feature", "geometry": geometry, "properties": properties}
+        if result.get("bbox") is not None:
+            feature["bbox"] = list(result["bbox"])
+        features.append(feature)
     return {"type": "FeatureCollection", "features": features}
 
 

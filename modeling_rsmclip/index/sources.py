@@ -193,9 +193,10 @@ def worklist_digest(items: Sequence[WorkItem]) -> str:
 
 # ---------------------------------------------------------------------------------------------------- scenes
 def list_scene_tiles(path: Path, options: SourceOptions, scene_id: str) -> list[WorkItem]:
-    """One item per tile of a GeoTIFF scene (fixed grid order), each with its footprint: ``bounds`` in the raster's
-    CRS, ``footprint_lonlat`` (GeoJSON polygon ring of the four corners, lon/lat) and ``bbox``
-    (west, south, east, north). Mostly-nodata tiles are found when the tile is read."""
+    """One item per tile of a GeoTIFF scene (fixed grid order), each with its footprint: ``bounds`` and
+    ``footprint`` (closed ring of the corners, JSON) in the raster's CRS (``crs``), ``footprint_lonlat`` (GeoJSON
+    Polygon coordinates, JSON) and ``bbox`` (west, south, east, north) in lon/lat. Mostly-nodata tiles are found
+    when the tile is read."""
     from .geo import open_scene, tile_windows, window_footprint
 
     scene_hash = file_sha256(path)
@@ -205,7 +206,7 @@ def list_scene_tiles(path: Path, options: SourceOptions, scene_id: str) -> list[
         for index, window in enumerate(
             tile_windows(reader.width, reader.height, options.tile_size, options.overlap)
         ):
-            bounds, ring, bbox = window_footprint(reader, window)
+            bounds, ring, polygon, bbox = window_footprint(reader, window)
             items.append(
                 WorkItem(
                     id=f"{scene_id}@{window[0]},{window[1]}",
@@ -218,8 +219,9 @@ def list_scene_tiles(path: Path, options: SourceOptions, scene_id: str) -> list[
                         "label": None,
                         "tile_index": index,
                         "crs": crs,
-                        "bounds": list(bounds) if bounds is not None else None,
-                        "footprint_lonlat": json.dumps(ring) if ring is not None else None,
+                        "bounds": list(bounds),
+                        "footprint": json.dumps(ring),
+                        "footprint_lonlat": json.dumps(polygon) if polygon is not None else None,
                         "bbox": list(bbox) if bbox is not None else None,
                     },
                 )
