@@ -417,6 +417,59 @@ class AppService:
             },
         )
 
+    # -------------------------------------------------------------------------------------------- segment
+    def segment(
+        self,
+        scene: str | os.PathLike | None,
+        labels: str,
+        language: str | None = AUTO,
+        window: Any = 224,
+        preset: str | None = None,
+    ) -> SegmentResult:
+        """Per-pixel classes of an uploaded scene (`geo.segment_scene`, NACLIP): overlay, legend, GeoTIFF."""
+        label_list = self.parse_labels(labels)
+        lang = self.language_for(language, " ".join(label_list))
+        path = self.check_upload(scene, "scene")
+        try:
+            from ..geo import segment_scene
+            from ..geo.writer import class_colour
+        except ImportError as error:
+            raise InputError(
+                f'segmentation needs the geo extra: pip install "rsmclip[geo]" ({error})'
+            ) from None
+        preset = self.band_preset(preset)
+        width, height = self.open_scene(path, preset)
+        size = self._tile_size(window, width, height)
+        out = self.request_dir("segment")
+        try:
+            result = segment_scene(
+                path,
+                label_list,
+                model=self.model,
+                processor=self.processor,
+                language=lang,
+                window=size,
+                preset=preset,
+                output_dir=out,
+                progress=False,
+            )
+        except ValueError as error:
+            raise InputError(f"{path.name}: {error}".replace(str(path), path.name)) from None
+        total = sum(result.pixels_per_class.values())
+        if total == 0:
+            raise InputError(f"{path.name}: no valid pixels to segment")
+        fractions = {label: result.pixels_per_class.get(label, 0) / total for label in label_list}
+        legend = [(label, "#" + bytes(class_colour(i)).hex()) for i, label in enumerate(label_list)]
+        geotiff = result.files.get("geotiff")
+        return SegmentResult(
+            lang,
+            label_list,
+            str(result.files["overlay"]),
+            legend,
+            fractions,
+            str(geotiff) if geotiff else None,
+        )
+
     def preview(self, path: Path, rgb: np.ndarray) -> str:
         """The upload itself when a browser can show it, else a PNG of the RGB that the model saw."""
         if path.suffix.lower() in BROWSER_IMAGE_SUFFIXES:

@@ -135,8 +135,10 @@ def build_demo(
         return status, result.as_label_dict(), result.preview, files
 
     @_page_errors
-    def segment(upload: str | None, labels: str, language: str):
-        result = service.segment(upload, labels, language)
+    def segment(
+        upload: str | None, labels: str, language: str, window: float | None = 224, preset: str = "auto"
+    ):
+        result = service.segment(upload, labels, language, 224 if window is None else window, preset)
         status = f"Prompt language: {result.language}"
         files = [result.geotiff_path] if result.geotiff_path else []
         return status, result.overlay_path, _legend_html(result.legend), result.class_fractions, files
@@ -204,7 +206,10 @@ def build_demo(
                         label="Labels, separated by commas (any language)",
                         value="water, forest, buildings, field",
                     )
-                    segment_language = gr.Dropdown(languages, value="auto", label="Label language")
+                    with gr.Row():
+                        segment_language = gr.Dropdown(languages, value="auto", label="Label language")
+                        segment_window = gr.Number(224, label="Window (px)", precision=0, minimum=16)
+                        segment_preset = gr.Dropdown(presets, value="auto", label="Bands")
                     segment_button = gr.Button("Segment", variant="primary", elem_id="segment-button")
                 with gr.Column():
                     segment_status = gr.Markdown()
@@ -225,7 +230,7 @@ def build_demo(
         )
         segment_button.click(
             segment,
-            [segment_upload, segment_labels, segment_language],
+            [segment_upload, segment_labels, segment_language, segment_window, segment_preset],
             [segment_status, overlay, legend, fractions, segment_files],
             api_name="segment",
         )
