@@ -42,7 +42,8 @@ MOSAIC = (("191.jpg", "airplane"), ("391.jpg", "beach"), ("791.jpg", "forest"), 
 MOSAIC_ORIGIN = (530000.0, 4560000.0)  # EPSG:32629 (UTM 29N), upper-left corner
 
 
-def write_mosaic_geotiff(path: Path) -> Path:
+def write_mosaic_geotiff(path: Path, tile_px: int = 256) -> Path:
+    """The 2 x 2 mosaic, `tile_px` pixels per image, 256 m per image (so pixels are 256 / tile_px metres)."""
     import rasterio
     from rasterio.transform import from_origin
 
@@ -54,12 +55,12 @@ def write_mosaic_geotiff(path: Path) -> Path:
         path,
         "w",
         driver="GTiff",
-        width=512,
-        height=512,
+        width=2 * tile_px,
+        height=2 * tile_px,
         count=3,
         dtype="uint8",
         crs="EPSG:32629",
-        transform=from_origin(*MOSAIC_ORIGIN, 1.0, 1.0),
+        transform=from_origin(*MOSAIC_ORIGIN, 256 / tile_px, 256 / tile_px),
     ) as dst:
         dst.write(mosaic.transpose(2, 0, 1))
     return path

@@ -8,7 +8,7 @@ import json
 
 import numpy as np
 import pytest
-from _app_fixtures import UCM_IMAGES, confidences, reference_probabilities
+from _app_fixtures import UCM_IMAGES, confidences, reference_probabilities, write_mosaic_geotiff
 
 pytest.importorskip("gradio", reason='the web app needs Gradio: pip install "rsmclip[app]"')
 from gradio_client import Client, handle_file  # noqa: E402
@@ -179,3 +179,81 @@ def test_image_search_returns_the_python_api_results(app):
     assert status == "4 results for the uploaded image"
     assert [row[3] for row in table["data"]] == [r["path"] for r in expected]
     assert table["data"][0][3].endswith("1591.jpg") and table["data"][0][1] > 0.999  # itself, first
+
+
+# ------------------------------------------------------------------------------------------------------ scenes
+@pytest.fixture(scope="module")
+def mosaic(tmp_path_factory):
+    pytest.importorskip("rasterio", reason='GeoTIFF scenes need rasterio: pip install "rsmclip[geo]"')
+    return write_mosaic_geotiff(tmp_path_factory.mktemp("scene") / "mosaic.tif", tile_px=128)
+
+
+def test_classify_a_geotiff_returns_the_python_api_class_map(app, mosaic, tmp_path):
+    import rasterio
+
+    from modeling_rsmclip.geo import classify_scene
+
+    service, client = app
+    labels = "aviões, praia, floresta, estacionamento"
+    status, label, picture, files = client.predict(
+        handle_file(str(mosaic)), labels, "auto", 128, "auto", api_name="/classify"
+    )
+    expected = classify_scene(
+        mosaic,
+        ["aviões", "praia", "floresta", "estacionamento"],
+        model=service.model,
+        processor=service.processor,
+        language="pt",
+        tile_size=128,
+        output_dir=tmp_path,
+        progress=False,
+    )
+    assert "scene of 4 tiles of 128 px" in status and "Prompt language: pt" in status
+    counts = {name: int((expected.class_ids == i).sum()) for i, name in enumerate(expected.labels)}
+    got = confidences(label)
+    assert got == pytest.approx({name: n / 4 for name, n in counts.items()}, abs=1e-9)
+    by_name = {f.rsplit("/", 1)[-1]: f for f in files}
+    assert set(by_name) == {"classes.tif", "tiles.geojson"}
+    with rasterio.open(by_name["classes.tif"]) as src, rasterio.open(expected.files["geotiff"]) as ref:
+        assert src.crs == ref.crs and src.transform == ref.transform
+        np.testing.assert_array_equal(src.read(1), ref.read(1))
+        np.testing.assert_allclose(src.read(2), ref.read(2), atol=1e-6)
+    geojson = json.loads(open(by_name["tiles.geojson"], encoding="utf-8").read())
+    assert [f["properties"]["label"] for f in geojson["features"]] == [
+        f["properties"]["label"] for f in expected.geojson["features"]
+    ]
+    assert picture
+
+
+def test_segment_returns_the_python_api_class_map(app, mosaic, tmp_path):
+    import rasterio
+
+    from modeling_rsmclip.geo import segment_scene
+
+    service, client = app
+    labels = "airplanes, beach, forest, parking lot"
+    status, overlay, legend, fractions, files = client.predict(
+        handle_file(str(mosaic)), labels, "en", 128, "auto", api_name="/segment"
+    )
+    expected = segment_scene(
+        mosaic,
+        ["airplanes", "beach", "forest", "parking lot"],
+        model=service.model,
+        processor=service.processor,
+        language="en",
+        window=128,
+        output_dir=tmp_path,
+        progress=False,
+    )
+    total = sum(expected.pixels_per_class.values())
+    assert total == 256 * 256
+    assert confidences(fractions) == pytest.approx(
+        {k: v / total for k, v in expected.pixels_per_class.items()}, abs=1e-9
+    )
+    (geotiff,) = files
+    with rasterio.open(geotiff) as src:
+        assert src.crs.to_epsg() == 32629 and (src.width, src.height) == (256, 256)
+        np.testing.assert_array_equal(src.read(1), expected.class_map)
+    for name in ("airplanes", "beach", "forest", "parking lot"):
+        assert name in legend
+    assert overlay and status == "Prompt language: en"

@@ -620,5 +620,15 @@ def load_index(index: str | None, model: Any, processor: Any, *, default_model: 
             raise
         logger.warning("archive search is off: %s", error)
         return None
-    archive.set_model(model, processor)
+    from ..index import IndexModelMismatchError
+
+    try:
+        archive.set_model(model, processor)
+    except IndexModelMismatchError as error:
+        # The sample index is a cache of bundled files: one made by an older release (another fingerprint
+        # recipe) is rebuilt, not trusted.
+        logger.warning("rebuilding the bundled sample index: %s", error)
+        shutil.rmtree(archive.path)
+        archive = bundled_sample_index(archive.path, progress=True)
+        archive.set_model(model, processor)
     return archive
