@@ -175,7 +175,10 @@ def build_demo(
             with gr.Row():
                 with gr.Column():
                     classify_upload = gr.File(
-                        label="Image or GeoTIFF scene", file_types=["image", ".tif", ".tiff"], type="filepath"
+                        label="Image or GeoTIFF scene",
+                        file_types=["image", ".tif", ".tiff"],
+                        type="filepath",
+                        elem_id="classify-upload",
                     )
                     classify_labels = gr.Textbox(
                         label="Labels, separated by commas (any language)",
