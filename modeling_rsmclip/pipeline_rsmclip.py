@@ -7,6 +7,7 @@ texts) by cosine similarity of the model's embeddings:
     >>> retriever("campo de ténis", images=["1.jpg", "2.jpg", pil_image], top_k=2)
     [{"score": 0.31, "index": 1, "image": "2.jpg"}, {"score": 0.12, "index": 0, "image": "1.jpg"}]
     >>> retriever(pil_image, texts=["a beach", "a forest"])
+    >>> retriever("praia", images=RSMCLIPIndex.load("my-index"), top_k=5)  # an archive index as the gallery
 
 The gallery's embeddings are computed once and reused while the same gallery list is passed again. This file
 travels to the Hub with the model (``custom_pipelines`` in its config).
@@ -46,6 +47,9 @@ class RSMCLIPRetrievalPipeline(Pipeline):
 
     def _sanitize_parameters(self, images=None, texts=None, top_k=None, **kwargs):
         preprocess = {}
+        if images is not None and hasattr(images, "search") and not isinstance(images, list | tuple):
+            # A gallery that searches itself (an archive index): a str query is a text, anything else an image.
+            return {"gallery": images, "kind": "index", "top_k": top_k}, {}, {}
         if images is not None and texts is not None:
             raise ValueError("give the gallery as either `images` or `texts`, not both")
         if images is not None or texts is not None:
@@ -99,20 +103,25 @@ class RSMCLIPRetrievalPipeline(Pipeline):
 
     # --------------------------------------------------------------------------------------------------- pipeline
     def preprocess(
-        self, query: Any, gallery: list[Any] | None = None, kind: str | None = None
+        self, query: Any, gallery: list[Any] | None = None, kind: str | None = None, top_k: int | None = None
     ) -> dict[str, Any]:
         if gallery is None:
             raise ValueError("no gallery: pass `images=[...]` or `texts=[...]` to rank the query against")
-        return {"query": query, "gallery": gallery, "kind": kind}
+        return {"query": query, "gallery": gallery, "kind": kind, "top_k": top_k}
 
     def _forward(self, inputs: dict[str, Any]) -> dict[str, Any]:
         query = inputs["query"]
+        if inputs["kind"] == "index":
+            top_k = 10 if inputs["top_k"] is None else inputs["top_k"]
+            return {"results": inputs["gallery"].search(query, top_k=top_k, image=not isinstance(query, str))}
         query_embed = self._embed_texts([query]) if _is_text(query) else self._embed_images([query])
         gallery_embeds = self._gallery_embeddings(inputs["gallery"], inputs["kind"])
         scores = (query_embed @ gallery_embeds.t())[0]
         return {"scores": scores.cpu(), "gallery": inputs["gallery"], "kind": inputs["kind"]}
 
     def postprocess(self, outputs: dict[str, Any], top_k: int | None = None) -> list[dict[str, Any]]:
+        if "results" in outputs:
+            return outputs["results"]
         scores = outputs["scores"]
         k = len(scores) if top_k is None else max(0, min(int(top_k), len(scores)))
         values, indices = torch.topk(scores, k)

@@ -202,9 +202,15 @@ class _Processes:
     def __init__(self) -> None:
         self.state = None
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            import torch
             from accelerate import PartialState
 
-            self.state = PartialState()
+            # On CPUs the processes talk over gloo (cpu=True), on GPUs over NCCL.
+            self.state = PartialState(cpu=not torch.cuda.is_available())
+            if self.state.num_processes != int(os.environ["WORLD_SIZE"]):
+                raise RuntimeError(
+                    f"WORLD_SIZE is {os.environ['WORLD_SIZE']} but accelerate sees {self.state.num_processes} processes"
+                )
         self.rank = self.state.process_index if self.state else 0
         self.world = self.state.num_processes if self.state else 1
 

@@ -8,8 +8,10 @@ the manifest's fingerprint, and searched in the FAISS index, optionally restrict
 from __future__ import annotations
 
 import ast
+import io
 import json
 import os
+import tokenize
 from pathlib import Path
 from typing import Any
 
@@ -34,21 +36,33 @@ _COMPARE = {
 _STRING_METHODS = {"contains": "match_substring", "startswith": "starts_with", "endswith": "ends_with"}
 
 
+def _pandas_precedence(text: str) -> str:
+    """``&``, ``|``, ``~`` as ``and``, ``or``, ``not``: as in `pandas.DataFrame.query`, they bind more loosely than
+    comparisons, so ``a == 1 | b == 2`` means ``(a == 1) or (b == 2)``."""
+    words = {"&": "and", "|": "or", "~": "not"}
+    return " ".join(
+        words.get(tok.string, tok.string) if tok.type == tokenize.OP else tok.string
+        for tok in tokenize.generate_tokens(io.StringIO(text).readline)
+        if tok.string.strip()
+    )
+
+
 def parse_where(text: str, columns: list[str]) -> Any:
     """A `pyarrow.compute` expression from a pandas-``query``-style filter over the metadata columns.
 
     Grammar (Python syntax, nothing is executed): comparisons ``label == "beach"``, ``valid_fraction >= 0.9``,
     chained ``0.5 < valid_fraction <= 1``; membership ``label in ["beach", "river"]`` / ``not in``; missing values
     ``crs is None`` / ``is not None``; string tests ``path.str.contains("2021")``, ``.str.startswith(...)``,
-    ``.str.endswith(...)``; combined with ``and``, ``or``, ``not`` (or ``&``, ``|``, ``~``) and parentheses.
+    ``.str.endswith(...)``; combined with ``and``, ``or``, ``not`` (or ``&``, ``|``, ``~``, which
+    here, as in `pandas.DataFrame.query`, bind more loosely than comparisons) and parentheses.
     An unknown column or construct is a ValueError naming it.
     """
     import pyarrow.compute as pc
 
     try:
-        tree = ast.parse(text.strip(), mode="eval")
-    except SyntaxError as err:
-        raise ValueError(f"--where {text!r} is not a valid expression: {err.msg}") from err
+        tree = ast.parse(_pandas_precedence(text.strip()), mode="eval")
+    except (SyntaxError, tokenize.TokenError) as err:
+        raise ValueError(f"--where {text!r} is not a valid expression: {getattr(err, 'msg', err)}") from err
 
     def column(node: ast.AST) -> Any:
         if isinstance(node, ast.Name):
@@ -357,27 +371,31 @@ class RSMCLIPIndex:
 
 # ---------------------------------------------------------------------------------------------------- GeoJSON
 def to_geojson(results: list[dict[str, Any]]) -> dict[str, Any]:
-    """A GeoJSON FeatureCollection (RFC 7946, lon/lat) of the results' footprints, scores and metadata as
-    properties; a result without a footprint gets a null geometry."""
+    """A GeoJSON FeatureCollection (RFC 7946, lon/lat) of the results' footprints, with the score, rank, id, path,
+    label and the other scalar metadata as properties; a result without a footprint gets a null geometry."""
     features = []
     for result in results:
-        ring = result.get("footprint_lonlat")
-        if ring is None and result.get("bbox") is not None:
+        polygon = result.get("footprint_lonlat")
+        if polygon is None and result.get("bbox") is not None:
             west, south, east, north = result["bbox"]
-            ring = [[west, north], [west, south], [east, south], [east, north], [west, north]]
-        geometry = {"type": "Polygon", "coordinates": [ring]} if ring is not None else None
-        properties = {
-            k: v
-            for k, v in result.items()
-            if k not in ("footprint_lonlat", "bbox", "bounds") and _json_scalar(v)
-        }
+            polygon = [[[west, south], [east, south], [east, north], [west, north], [west, south]]]
+        if polygon is not None:
+            polygon = [_counter_clockwise(ring) for ring in polygon]
+        geometry = {"type": "Polygon", "coordinates": polygon} if polygon is not None else None
+        properties = {k: v for k, v in result.items() if _json_scalar(v)}
         if result.get("window") is not None:
             properties["window"] = ",".join(str(v) for v in result["window"])
-        feature = {"type": "Feature", "geometry": geometry, "properties": properties}
+        feature: dict[str, Any] = {"type": "Feature", "geometry": geometry, "properties": properties}
         if result.get("bbox") is not None:
             feature["bbox"] = list(result["bbox"])
         features.append(feature)
     return {"type": "FeatureCollection", "features": features}
+
+
+def _counter_clockwise(ring: list[list[float]]) -> list[list[float]]:
+    """RFC 7946's right-hand rule for an exterior ring: counter-clockwise (same first point)."""
+    area = sum(x0 * y1 - x1 * y0 for (x0, y0), (x1, y1) in zip(ring, ring[1:]))
+    return ring if area >= 0 else ring[::-1]
 
 
 def _json_scalar(value: Any) -> bool:

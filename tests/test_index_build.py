@@ -1,0 +1,207 @@
+"""Building an index: a build killed mid-way and resumed equals an uninterrupted build and never recomputes a finished
+shard; `index add` equals a build of the union; unchanged files are not embedded again; duplicates, unreadable
+files and their paths are reported. Real images (the bundled UC Merced and RSSCN7 samples), bundled demo model."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("faiss")
+pytest.importorskip("pyarrow")
+
+from _index_fixtures import shard_embeddings  # noqa: E402
+
+from modeling_rsmclip.demo import DEMO_MODEL_DIR  # noqa: E402
+from modeling_rsmclip.testing import sample_dir  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+OPTIONS = {"shard_size": 5, "batch_size": 5, "num_workers": 0, "progress": False}
+
+
+@pytest.fixture(scope="module")
+def demo():
+    from transformers import AutoModel, AutoProcessor
+
+    return AutoModel.from_pretrained(DEMO_MODEL_DIR).eval(), AutoProcessor.from_pretrained(DEMO_MODEL_DIR)
+
+
+@pytest.fixture(scope="module")
+def sources(tmp_path_factory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("sources")
+    ucm = shutil.copytree(sample_dir() / "ucm", root / "ucm")
+    rsscn7 = shutil.copytree(sample_dir() / "rsscn7", root / "rsscn7")
+    return ucm, rsscn7
+
+
+@pytest.fixture(scope="module")
+def union(demo, sources, tmp_path_factory):
+    """An uninterrupted build of both sample folders."""
+    from modeling_rsmclip.index import build_index
+
+    model, processor = demo
+    return build_index(
+        model, tmp_path_factory.mktemp("union") / "idx", list(sources), processor=processor, **OPTIONS
+    )
+
+
+def _same_index(a, b) -> None:
+    ids_a, emb_a = shard_embeddings(a.path)
+    ids_b, emb_b = shard_embeddings(b.path)
+    assert ids_a == ids_b
+    np.testing.assert_allclose(emb_a, emb_b, atol=1e-3)
+    assert a.metadata.drop_columns([]).column("id").to_pylist() == b.metadata.column("id").to_pylist()
+    assert a.metadata.column("content_hash").to_pylist() == b.metadata.column("content_hash").to_pylist()
+    assert a.manifest["counts"]["items"] == b.manifest["counts"]["items"]
+    queries = np.eye(a.index.d, dtype=np.float32)[:8]
+    sa, ia = a.index.search(queries, 5)
+    sb, ib = b.index.search(queries, 5)
+    np.testing.assert_array_equal(ia, ib)
+    np.testing.assert_allclose(sa, sb, atol=1e-6)
+
+
+def test_killed_build_resumes_to_the_same_index(demo, sources, union, tmp_path) -> None:
+    from modeling_rsmclip.index import build_index
+
+    out = tmp_path / "idx"
+    script = (
+        "from modeling_rsmclip.index import build_index\n"
+        f"build_index({str(DEMO_MODEL_DIR)!r}, {str(out)!r}, {[str(s) for s in sources]!r}, **{OPTIONS!r})\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    shards = out / "shards"
+    deadline = time.time() + 180
+    while time.time() < deadline and proc.poll() is None:
+        if shards.is_dir() and len(list(shards.glob("*.parquet"))) >= 2:
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, (
+        f"the build ended before it could be killed: {proc.communicate()[1][-2000:]!r}"
+    )
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = {p.name: p.stat().st_mtime_ns for p in shards.glob("*.parquet")}
+    total = json.loads((out / "runs" / "run-000.json").read_text())["num_shards"]
+    assert 2 <= len(done) < total and not (out / "manifest.json").exists()
+
+    model, processor = demo
+    resumed = build_index(model, out, list(sources), processor=processor, **OPTIONS)
+    for name, mtime in done.items():  # finished shards were not recomputed
+        assert (shards / name).stat().st_mtime_ns == mtime, name
+    assert len(list(shards.glob("*.parquet"))) == total
+    _same_index(resumed, union)
+
+
+def test_add_equals_build_of_the_union_and_skips_unchanged_files(demo, sources, union, tmp_path) -> None:
+    from modeling_rsmclip.index import add_to_index, build_index
+
+    model, processor = demo
+    ucm, rsscn7 = sources
+    out = tmp_path / "idx"
+    first = build_index(model, out, [ucm], processor=processor, **OPTIONS)
+    assert len(first) == 42
+    added = add_to_index(out, [rsscn7], model=model, processor=processor, **OPTIONS)
+    _same_index(added, union)
+    assert [r["kind"] for r in added.manifest["runs"]] == ["build", "add"]
+
+    # Adding the same folder again embeds nothing: every file is unchanged (same content hash).
+    calls = []
+    original = model.get_image_features
+    model.get_image_features = lambda *a, **k: calls.append(1) or original(*a, **k)
+    try:
+        again = add_to_index(out, [ucm], model=model, processor=processor, **OPTIONS)
+    finally:
+        del model.get_image_features
+    assert calls == [] and len(again) == len(union)
+    report = json.loads((out / "report.json").read_text())
+    assert len(report["unchanged"]) == 42 and report["unchanged"][0]["indexed_as"].startswith("ucm/")
+    with pytest.raises(ValueError, match="already holds an index"):
+        build_index(model, out, [rsscn7], processor=processor, **OPTIONS)
+
+
+def test_duplicates_and_unreadable_files_are_reported_with_their_paths(demo, tmp_path) -> None:
+    from modeling_rsmclip.index import build_index
+
+    model, processor = demo
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    images = sorted((sample_dir() / "ucm" / "images").glob("*.jpg"))[:3]
+    for image in images:
+        shutil.copy(image, folder / image.name)
+    shutil.copy(images[0], folder / "copy-of-first.jpg")  # same content, other name
+    (folder / "sub").mkdir()
+    shutil.copy(images[1], folder / "sub" / "again.jpg")
+    (folder / "truncated.jpg").write_bytes(images[2].read_bytes()[:300])
+    (folder / "notes.png").write_text("not an image")
+    index = build_index(model, tmp_path / "idx", [folder], processor=processor, **OPTIONS)
+    report = json.loads((index.path / "report.json").read_text())
+    assert len(index) == 3
+    duplicates = {Path(d["path"]).name: d["duplicate_of"] for d in report["duplicates"]}
+    assert duplicates == {
+        "copy-of-first.jpg": f"mixed/{images[0].name}",
+        "again.jpg": f"mixed/{images[1].name}",
+    }
+    unreadable = {Path(u["path"]).name: u["error"] for u in report["unreadable"]}
+    assert set(unreadable) == {"truncated.jpg", "notes.png"}
+    assert all(str(folder) in error for error in unreadable.values())
+    counts = index.manifest["counts"]
+    assert (counts["duplicates"], counts["unreadable"], counts["items"]) == (2, 2, 3)
+
+
+def test_manifest_describes_the_index(union) -> None:
+    import faiss
+
+    manifest = union.manifest
+    assert manifest["format"] == "rsmclip-index" and manifest["model"]["name_or_path"]
+    assert len(manifest["model"]["fingerprint"]) == 64
+    assert manifest["processor"]["image_processor"]["crop_size"] == {"height": 128, "width": 128}
+    assert manifest["index"]["factory"] == "Flat" and manifest["index"]["ntotal"] == len(union) == 49
+    assert manifest["embedding"] == {
+        "dim": 192,
+        "stored_dtype": "float16",
+        "normalized": True,
+        "metric": "cosine (inner product)",
+    }
+    assert manifest["versions"]["faiss"] == faiss.__version__ and "torch" in manifest["versions"]
+    assert {r["label"] for r in union.metadata.to_pylist() if r["source"] == "rsscn7"} == {
+        "field",
+        "forest",
+        "grass",
+        "industry",
+        "parking",
+        "residential",
+        "river_lake",
+    }
+
+
+@pytest.mark.parametrize(
+    ("index_type", "factory"),
+    [("flat", "Flat"), ("hnsw", "HNSW32,Flat"), ("IVF2,Flat", "IVF2,Flat")],
+)
+def test_index_type_choice_and_factory_override(demo, sources, tmp_path, index_type, factory) -> None:
+    from modeling_rsmclip.index import build_index
+    from modeling_rsmclip.index.build import choose_index
+
+    model, processor = demo
+    index = build_index(
+        model, tmp_path / "idx", [sources[0]], processor=processor, index_type=index_type, **OPTIONS
+    )
+    assert index.manifest["index"]["factory"] == factory
+    assert index.search("a beach", top_k=3)[0]["rank"] == 1
+    assert choose_index(50_000, 512)[0] == "Flat"
+    assert choose_index(200_000, 512)[0] == "IVF2048,Flat"
+    assert choose_index(5_000_000, 512)[0] == "IVF8192,PQ64"
+    with pytest.raises(ValueError, match="index type"):
+        choose_index(10, 8, "bogus")
