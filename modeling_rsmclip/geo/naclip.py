@@ -194,12 +194,7 @@ def segment_scene(
                         writer.write(classes, 0, top)
                     if class_map is not None:
                         class_map[top : top + rows] = classes
-                logits = torch.roll(logits, -step, dims=1)
-                counts = torch.roll(counts, -step, dims=0)
-                valid = np.roll(valid, -step, axis=0)
-                logits[:, size - step :] = 0
-                counts[size - step :] = 0
-                valid[size - step :] = False
+                _shift_up(logits, counts, valid, step)
         finally:
             bar.close()
             if writer is not None:
@@ -240,6 +235,20 @@ def segment_scene(
                 counts=list(pixel_counts),
             )
     return result
+
+
+def _shift_up(logits: torch.Tensor, counts: torch.Tensor, valid: np.ndarray, step: int) -> None:
+    """Move the strip up by ``step`` rows in place (chunks of ``step`` rows never overlap: no second strip in
+    memory) and clear the rows that come free at the bottom."""
+    size = counts.shape[0]
+    for top in range(0, size - step, step):
+        rows = min(step, size - step - top)
+        logits[:, top : top + rows] = logits[:, top + step : top + step + rows]
+        counts[top : top + rows] = counts[top + step : top + step + rows]
+        valid[top : top + rows] = valid[top + step : top + step + rows]
+    logits[:, size - step :] = 0
+    counts[size - step :] = 0
+    valid[size - step :] = False
 
 
 def _resize_nearest(array: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
