@@ -175,11 +175,12 @@ def segment_scene(
                         continue
                     pixels = pixel_values(processor, images).to(device)
                     dense = dense_logits(model, pixels, text, naclip, naclip_gaussian_std)
-                    dense = F.interpolate(
-                        dense, size=(size, size), mode="bilinear", align_corners=False
-                    ).cpu()
-                    for x0, window_logits in zip(offsets, dense):
-                        logits[:, :, x0 : x0 + size] += window_logits
+                    for x0, coarse in zip(offsets, dense):
+                        # One window upsampled at a time: memory holds one window's pixel logits, not a batch's.
+                        fine = F.interpolate(
+                            coarse[None], size=(size, size), mode="bilinear", align_corners=False
+                        )
+                        logits[:, :, x0 : x0 + size] += fine[0].cpu()
                         counts[:, x0 : x0 + size] += 1
                 # Rows [top, top + step) are final (the last row of windows finalises everything it covers).
                 done = size if row == grid.n_rows - 1 else step
