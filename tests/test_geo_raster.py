@@ -170,6 +170,9 @@ def test_thirteen_bands_without_descriptions_are_refused_with_the_band_list(geo,
 def test_descriptions_alone_resolve_and_ambiguity_is_an_error():
     assert resolve_preset(["VV", "VH"]).preset == "sentinel1"
     assert resolve_preset(["B02", "B03", "B04", "B8A"]).indices == (2, 1, 0)  # B8A: only Sentinel-2
+    landsat = resolve_preset([f"SR_B{i}" for i in range(1, 8)])
+    assert landsat.preset == "landsat8" and landsat.indices == (3, 2, 1)
+    assert landsat.stretch == Stretch.fixed(7273.0, 18182.0)
     with pytest.raises(ValueError, match="several presets"):
         resolve_preset(["B1", "B2", "B3", "B4", "B5"])  # Sentinel-2 or Landsat
     with pytest.raises(ValueError, match="band index 5 is out of range"):
