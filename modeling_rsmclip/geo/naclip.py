@@ -175,11 +175,12 @@ def segment_scene(
                         continue
                     pixels = pixel_values(processor, images).to(device)
                     dense = dense_logits(model, pixels, text, naclip, naclip_gaussian_std)
-                    dense = F.interpolate(
-                        dense, size=(size, size), mode="bilinear", align_corners=False
-                    ).cpu()
-                    for x0, window_logits in zip(offsets, dense):
-                        logits[:, :, x0 : x0 + size] += window_logits
+                    for x0, coarse in zip(offsets, dense):
+                        # One window upsampled at a time: memory holds one window's pixel logits, not a batch's.
+                        fine = F.interpolate(
+                            coarse[None], size=(size, size), mode="bilinear", align_corners=False
+                        )
+                        logits[:, :, x0 : x0 + size] += fine[0].cpu()
                         counts[:, x0 : x0 + size] += 1
                 # Rows [top, top + step) are final (the last row of windows finalises everything it covers).
                 done = size if row == grid.n_rows - 1 else step
@@ -194,12 +195,7 @@ def segment_scene(
                         writer.write(classes, 0, top)
                     if class_map is not None:
                         class_map[top : top + rows] = classes
-                logits = torch.roll(logits, -step, dims=1)
-                counts = torch.roll(counts, -step, dims=0)
-                valid = np.roll(valid, -step, axis=0)
-                logits[:, size - step :] = 0
-                counts[size - step :] = 0
-                valid[size - step :] = False
+                _shift_up(logits, counts, valid, step)
         finally:
             bar.close()
             if writer is not None:
@@ -240,6 +236,20 @@ def segment_scene(
                 counts=list(pixel_counts),
             )
     return result
+
+
+def _shift_up(logits: torch.Tensor, counts: torch.Tensor, valid: np.ndarray, step: int) -> None:
+    """Move the strip up by ``step`` rows in place (chunks of ``step`` rows never overlap: no second strip in
+    memory) and clear the rows that come free at the bottom."""
+    size = counts.shape[0]
+    for top in range(0, size - step, step):
+        rows = min(step, size - step - top)
+        logits[:, top : top + rows] = logits[:, top + step : top + step + rows]
+        counts[top : top + rows] = counts[top + step : top + step + rows]
+        valid[top : top + rows] = valid[top + step : top + step + rows]
+    logits[:, size - step :] = 0
+    counts[size - step :] = 0
+    valid[size - step :] = False
 
 
 def _resize_nearest(array: np.ndarray, shape: tuple[int, int]) -> np.ndarray:

@@ -81,6 +81,11 @@ class RasterReader:
         except rasterio.errors.RasterioIOError as err:
             raise ValueError(f"cannot read raster {self.path}: {err}") from err
         try:
+            if self._src.transform.is_identity and self._src.gcps[0]:
+                raise ValueError(
+                    "georeferenced by ground control points only (no geotransform): warp it to a grid first, "
+                    "e.g. `gdalwarp -r bilinear IN.tif OUT.tif`"
+                )
             selection = resolve_preset(self._src, preset, bands, stretch)
             if selection.stretch.kind == "percentile":
                 selection = selection.with_stretch(self._percentile_limits(selection, sample_size))
