@@ -270,6 +270,16 @@ def test_search_of_a_georeferenced_archive_maps_and_exports_footprints(geo_servi
     # The gallery shows the tile, cut out of the scene.
     thumb = geo_service.result_image(result.rows[0], size=64)
     assert thumb.size == (64, 64)
+    scene_rgb = np.asarray(Image.open(UCM_IMAGES / "191.jpg").convert("RGB").resize((256, 256)))
+    expected_thumb = np.asarray(
+        Image.fromarray(scene_rgb).resize((64, 64), Image.Resampling.BICUBIC), dtype=float
+    )
+    assert (
+        np.abs(np.asarray(thumb, dtype=float) - expected_thumb).mean() < 8
+    )  # the airplanes tile, not another
+    saved = geo_service.result_thumbnail(result.rows[0], size=64)
+    assert geo_service.result_thumbnail(result.rows[0], size=64) == saved  # made once, then reused
+    assert Image.open(saved).size == (64, 64)
     # The tile the query is about: the airplanes are in the upper-left tile.
     assert result.rows[0]["window"] == [0, 0, 256, 256]
 

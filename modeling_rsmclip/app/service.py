@@ -196,13 +196,33 @@ class AppService:
         now = time.time()
         for old in self.work_dir.iterdir():
             try:
-                if old.is_dir() and now - old.stat().st_mtime > self.keep_outputs_s:
+                if (
+                    old.name != "thumbnails"
+                    and old.is_dir()
+                    and now - old.stat().st_mtime > self.keep_outputs_s
+                ):
                     shutil.rmtree(old, ignore_errors=True)
             except FileNotFoundError:  # removed by a concurrent request
                 pass
+        if number % 100 == 0:
+            self._prune_thumbnails()
         path = self.work_dir / f"{kind}-{int(now * 1000)}-{number}"
         path.mkdir(parents=True)
         return path
+
+    def _prune_thumbnails(self, keep: int = 5000) -> None:
+        """Keep the `keep` most recently made result thumbnails (disk use stays bounded on a large archive)."""
+        folder = self.work_dir / "thumbnails"
+        if not folder.is_dir():
+            return
+        files = []
+        for path in folder.glob("*.jpg"):
+            try:
+                files.append((path.stat().st_mtime, path))
+            except FileNotFoundError:
+                pass
+        for _, path in sorted(files, reverse=True)[keep:]:
+            path.unlink(missing_ok=True)
 
     def check_upload(self, path: str | os.PathLike | None, what: str = "image") -> Path:
         """The uploaded file, if it exists and is not larger than the upload limit."""
@@ -491,6 +511,23 @@ class AppService:
         thumb = Image.fromarray(rgb)
         thumb.thumbnail((size, size))
         return thumb
+
+    def result_thumbnail(self, row: dict[str, Any], size: int = 256) -> str:
+        """`result_image` as a JPEG file, made once per result and kept (the page shows files without
+        re-encoding them on every search)."""
+        key = hashlib.sha256(
+            json.dumps(
+                [row.get("id"), row.get("path"), row.get("window"), row.get("content_hash"), size]
+            ).encode()
+        ).hexdigest()[:32]
+        folder = self.work_dir / "thumbnails"
+        path = folder / f"{key}.jpg"
+        if not path.is_file():
+            folder.mkdir(parents=True, exist_ok=True)
+            tmp = folder / f"{key}.{threading.get_ident()}.tmp"
+            self.result_image(row, size).save(tmp, format="JPEG", quality=90)
+            os.replace(tmp, path)
+        return str(path)
 
     def allowed_paths(self) -> list[str]:
         """Folders the page may serve files from (the per-request outputs)."""

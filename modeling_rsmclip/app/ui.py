@@ -243,7 +243,7 @@ def build_demo(
 
 def gallery_image(service: AppService, row: dict[str, Any]) -> Any:
     """What the gallery shows for a result: the file itself, or the tile cut out of a scene."""
-    return service.result_image(row)
+    return service.result_thumbnail(row)
 
 
 def launch_kwargs(service: AppService, **overrides: Any) -> dict[str, Any]:
