@@ -6,6 +6,7 @@ import argparse
 import logging
 import socket
 import sys
+from pathlib import Path
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7860
@@ -60,6 +61,9 @@ def run(args: argparse.Namespace) -> int:
             return 2
     if not 0 < args.port < 65536:
         print(f"error: --port must be between 1 and 65535, got {args.port}", file=sys.stderr)
+        return 2
+    if args.index is not None and not Path(args.index).is_dir():  # before the minutes of loading a model
+        print(f"error: index folder not found: {args.index}", file=sys.stderr)
         return 2
     try:
         from . import ui  # noqa: F401  (Gradio installed?)
