@@ -5,6 +5,7 @@ from __future__ import annotations
 import concurrent.futures
 import csv
 import json
+import os
 
 import numpy as np
 import pytest
@@ -137,7 +138,7 @@ def test_text_search_returns_the_python_api_results(app):
     status, gallery, map_html, table, files = client.predict(query, "auto", 5, api_name="/search")
     expected = service.index.search(query, top_k=5)
     assert status == "5 results · query language: pt"
-    assert [row[3] for row in table["data"]] == [r["path"] for r in expected]
+    assert [os.path.abspath(row[3]) for row in table["data"]] == [r["path"] for r in expected]
     assert [row[0] for row in table["data"]] == [1, 2, 3, 4, 5]
     np.testing.assert_allclose([row[1] for row in table["data"]], [r["score"] for r in expected], atol=1e-4)
     assert [g["caption"].split("  ·  ")[-1] for g in gallery] == [
@@ -168,7 +169,9 @@ def test_search_in_all_ten_languages(app):
     for lang, query in queries.items():
         status, _, _, table, _ = client.predict(query, "auto", 3, api_name="/search")
         assert status.endswith(f"query language: {lang}"), (query, status)
-        assert [row[3] for row in table["data"]] == [r["path"] for r in service.index.search(query, top_k=3)]
+        assert [os.path.abspath(row[3]) for row in table["data"]] == [
+            r["path"] for r in service.index.search(query, top_k=3)
+        ]
 
 
 def test_image_search_returns_the_python_api_results(app):
@@ -177,7 +180,7 @@ def test_image_search_returns_the_python_api_results(app):
     status, gallery, _, table, _ = client.predict(handle_file(str(image)), 4, api_name="/search_image")
     expected = service.index.search(image, top_k=4, image=True)
     assert status == "4 results for the uploaded image"
-    assert [row[3] for row in table["data"]] == [r["path"] for r in expected]
+    assert [os.path.abspath(row[3]) for row in table["data"]] == [r["path"] for r in expected]
     assert table["data"][0][3].endswith("1591.jpg") and table["data"][0][1] > 0.999  # itself, first
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import html
 import logging
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -71,13 +72,21 @@ def _caption(row: dict[str, Any]) -> str:
     return "  ·  ".join(bits)
 
 
+def _shown_path(path: Any) -> str:
+    """A result's path as the table shows it: relative to the working directory when inside it."""
+    try:
+        return os.path.relpath(path) if Path(path).resolve().is_relative_to(Path.cwd()) else str(path)
+    except (ValueError, OSError):
+        return str(path)
+
+
 def _table(rows: list[dict[str, Any]]) -> list[list[Any]]:
     return [
         [
             row.get("rank"),
             round(float(row.get("score", 0.0)), 4),
             row.get("label", ""),
-            str(row.get("path", "")),
+            _shown_path(row.get("path", "")),
         ]
         for row in rows
     ]
