@@ -221,6 +221,8 @@ def test_footprint_map_draws_each_polygon_where_it_is():
         corners = [proj.to_lonlat(*map(float, p.split(","))) for p in points.split()]
         expected = collection["features"][int(rank) - 1]["geometry"]["coordinates"][0]
         np.testing.assert_allclose(corners, expected, atol=1e-3)
+    labels = re.findall(r">(-?[\d.]+)°<", svg)
+    assert len(labels) == len(set(labels)) >= 4  # graticule labels precise enough to tell apart
     assert footprints_svg({"features": []}).startswith("<p")
 
 

@@ -76,13 +76,14 @@ def footprints_svg(collection: dict[str, Any], width: int = 560, height: int = 3
         f'data-north="{north}" style="background:#f4f6f8;font:11px sans-serif">'
     ]
     step = _nice_step(max(east - west, north - south))
+    decimals = max(0, -math.floor(math.log10(step)))
     lon = math.ceil(west / step) * step
     while lon <= east:
         x, _ = proj.to_px(lon, north)
         parts.append(
             f'<line x1="{x:.1f}" y1="0" x2="{x:.1f}" y2="{height}" stroke="#d0d5db" stroke-width="1"/>'
         )
-        parts.append(f'<text x="{x + 2:.1f}" y="{height - 4}" fill="#555">{lon:.4g}°</text>')
+        parts.append(f'<text x="{x + 2:.1f}" y="{height - 4}" fill="#555">{lon:.{decimals}f}°</text>')
         lon += step
     lat = math.ceil(south / step) * step
     while lat <= north:
@@ -90,7 +91,7 @@ def footprints_svg(collection: dict[str, Any], width: int = 560, height: int = 3
         parts.append(
             f'<line x1="0" y1="{y:.1f}" x2="{width}" y2="{y:.1f}" stroke="#d0d5db" stroke-width="1"/>'
         )
-        parts.append(f'<text x="2" y="{y - 2:.1f}" fill="#555">{lat:.4g}°</text>')
+        parts.append(f'<text x="2" y="{y - 2:.1f}" fill="#555">{lat:.{decimals}f}°</text>')
         lat += step
     # Draw the lowest-ranked first so the best match ends on top.
     ordered = sorted(features, key=lambda f: -(f.get("properties", {}).get("rank") or 0))
