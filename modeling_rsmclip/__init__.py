@@ -53,3 +53,12 @@ __all__ = [
     "array_to_rgb",
     "to_rgb",
 ]
+
+
+def __getattr__(name: str):
+    # Optional capabilities load on first use, so importing the package needs none of their extras.
+    if name == "RSMCLIPIndex":
+        from .index import RSMCLIPIndex
+
+        return RSMCLIPIndex
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,4 +1,5 @@
-"""`rsmclip demo`: zero-shot classification and multilingual retrieval on the bundled sample images, offline."""
+"""`rsmclip demo`: zero-shot classification, multilingual retrieval and archive search on the bundled sample images,
+offline."""
 
 from __future__ import annotations
 
@@ -16,6 +17,12 @@ from PIL import Image
 from .templates import class_name, prompts_for
 
 DEMO_MODEL_DIR = Path(__file__).resolve().parent / "demo_model"
+ARCHIVE_QUERIES = {
+    "pt": "campos de futebol perto de um rio",
+    "zh": "停满飞机的机场",
+    "fr": "une plage de sable au bord de la mer",
+    "ru": "густой лес",
+}
 DEMO_QUERIES = {
     "en": "a tennis court surrounded by trees",
     "pt": "muitos aviões estacionados no aeroporto",
@@ -122,8 +129,42 @@ def run_demo(
         results["retrieval"][query] = [h[1] for h in hits]
         shown = "  ".join(f"{f} ({label}, {s:.2f})" for f, label, s in hits)
         print(f"  [{lang}] {query!r}\n        {shown}")
+    results["archive_search"] = archive_search_demo(net if model is None and trained else None, processor)
     print(f"\ndone in {time.time() - start:.1f} s")
     return results
+
+
+def archive_search_demo(model=None, processor=None) -> dict:
+    """Archive search over an index of all bundled samples (UC Merced + RSSCN7), built once with the bundled demo
+    model and cached; queried in several languages, plain and filtered by label. Skipped, with the install command,
+    when the `index` extra (faiss, pyarrow) is missing."""
+    try:
+        from .index import bundled_sample_index
+        from .index.build import require_index_dependencies
+
+        require_index_dependencies()
+    except ImportError as err:
+        print(f"\n(archive search skipped: {err})")
+        return {}
+    start = time.time()
+    index = bundled_sample_index(model=model, processor=processor if model is not None else None)
+    print(
+        f"\nArchive search: a persistent index of {len(index)} images ({index.manifest['index']['factory']}, "
+        f"{index.path}), ready in {time.time() - start:.1f} s; `rsmclip search INDEX QUERY` does the same"
+    )
+    found: dict = {}
+    for lang, query in ARCHIVE_QUERIES.items():
+        hits = index.search(query, top_k=3)
+        found[query] = [h["label"] for h in hits]
+        shown = "  ".join(f"{h['id']} ({h['label']}, {h['score']:.2f})" for h in hits)
+        print(f"  [{lang}] {query!r}\n        {shown}")
+    where = "source == 'rsscn7'"
+    query = "muitos carros num parque de estacionamento"
+    hits = index.search(query, top_k=3, where=where)
+    found[f"{query} | {where}"] = [h["label"] for h in hits]
+    shown = "  ".join(f"{h['id']} ({h['label']}, {h['score']:.2f})" for h in hits)
+    print(f"  [pt] {query!r} where {where}\n        {shown}")
+    return found
 
 
 def add_subparser(subparsers: argparse._SubParsersAction) -> None:

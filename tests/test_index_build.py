@@ -205,3 +205,65 @@ def test_index_type_choice_and_factory_override(demo, sources, tmp_path, index_t
     assert choose_index(5_000_000, 512)[0] == "IVF8192,PQ64"
     with pytest.raises(ValueError, match="index type"):
         choose_index(10, 8, "bogus")
+
+
+def test_package_import_needs_no_index_extra_and_a_missing_one_names_the_install_command(monkeypatch) -> None:
+    code = (
+        "import sys, modeling_rsmclip\n"
+        "from modeling_rsmclip import RSMCLIPIndex\n"
+        "from modeling_rsmclip.index import build_index\n"
+        "assert not {'faiss', 'pyarrow', 'rasterio'} & set(sys.modules), sorted(sys.modules)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True, timeout=120)
+    from modeling_rsmclip.index.build import require_index_dependencies
+
+    monkeypatch.setitem(sys.modules, "faiss", None)
+    with pytest.raises(ImportError, match=r'pip install "rsmclip\[index\]"'):
+        require_index_dependencies()
+
+
+def test_builder_dataset_source_equals_the_image_folder(demo, union, tmp_path) -> None:
+    datasets = pytest.importorskip("datasets")
+    from modeling_rsmclip.index import build_index
+
+    ucm = sample_dir() / "ucm"
+    labels = dict(line.split(",")[:2] for line in (ucm / "labels.csv").read_text().splitlines()[1:])
+    files = sorted(labels, key=lambda f: int(f.split(".")[0]))
+    classes = sorted(set(labels.values()))
+    features = datasets.Features(
+        {
+            "image": datasets.Image(),
+            "image_id": datasets.Value("string"),
+            "label": datasets.ClassLabel(names=classes),
+        }
+    )
+    rows = {
+        "image": [str(ucm / "images" / f) for f in files],
+        "image_id": files,
+        "label": [classes.index(labels[f]) for f in files],
+    }
+    datasets.DatasetDict({"test": datasets.Dataset.from_dict(rows, features=features)}).save_to_disk(
+        str(tmp_path / "ds")
+    )
+    model, processor = demo
+    index = build_index(
+        model,
+        tmp_path / "idx",
+        [],
+        processor=processor,
+        dataset=str(tmp_path / "ds"),
+        split="test",
+        **OPTIONS,
+    )
+    meta = index.metadata.to_pylist()
+    assert [r["id"] for r in meta] == [f"ds/test/{f}" for f in files]
+    assert [r["label"] for r in meta] == [labels[f] for f in files] and meta[0]["image_id"] == files[0]
+    ids, emb = shard_embeddings(index.path)
+    union_ids, union_emb = shard_embeddings(union.path)
+    position = {i: k for k, i in enumerate(union_ids)}
+    expected = union_emb[[position[f"ucm/images/{f}"] for f in files]]
+    np.testing.assert_allclose(emb, expected, atol=1e-3)
+    # The same bytes as the folder's files: content hashes equal.
+    union_hash = dict(zip(union.metadata["id"].to_pylist(), union.metadata["content_hash"].to_pylist()))
+    assert [r["content_hash"] for r in meta] == [union_hash[f"ucm/images/{f}"] for f in files]

@@ -104,7 +104,7 @@ def build_faiss(embeddings: np.ndarray, factory: str, seed: int = 0, max_train: 
     index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
     if not index.is_trained:
         nlist = faiss.extract_index_ivf(index).nlist if "IVF" in factory else 0
-        limit = max_train or max(50_000, 256 * nlist)
+        limit = max_train or max(50_000, 64 * nlist)
         sample = embeddings
         if n > limit:
             rows = np.sort(np.random.default_rng(seed).choice(n, size=limit, replace=False))

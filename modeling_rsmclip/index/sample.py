@@ -17,10 +17,13 @@ def default_index_cache_dir() -> Path:
     return Path(base) / "rsmclip" / "indexes"
 
 
-def bundled_sample_index(path: str | os.PathLike | None = None, progress: bool = False) -> Any:
+def bundled_sample_index(
+    path: str | os.PathLike | None = None, *, model: Any = None, processor: Any = None, progress: bool = False
+) -> Any:
     """Build (the first time) and load the index of the bundled samples (UC Merced test images with their labels,
     RSSCN7-mini by class folder) made with the bundled demo model. Without ``path`` it lives in the user cache,
-    in a folder named after the sample and model files, so a changed checkout gets a fresh index."""
+    in a folder named after the sample and model files, so a changed checkout gets a fresh index. ``model`` /
+    ``processor``: the bundled demo model already loaded (saves loading it again; its fingerprint is checked)."""
     from ..demo import DEMO_MODEL_DIR
     from ..testing import sample_dir
     from .build import build_index
@@ -37,5 +40,12 @@ def bundled_sample_index(path: str | os.PathLike | None = None, progress: bool =
         path = default_index_cache_dir() / f"sample-{key}"
     path = Path(path)
     if (path / "manifest.json").is_file():
-        return RSMCLIPIndex.load(path)
-    return build_index(str(DEMO_MODEL_DIR), path, sources, num_workers=0, progress=progress)
+        return RSMCLIPIndex.load(path, model=model, processor=processor)
+    return build_index(
+        model if model is not None else str(DEMO_MODEL_DIR),
+        path,
+        sources,
+        processor=processor,
+        num_workers=0,
+        progress=progress,
+    )

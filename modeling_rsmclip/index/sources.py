@@ -137,7 +137,11 @@ def list_dataset(path_or_id: str, split: str | None) -> list[WorkItem]:
         if c != "image"
         and getattr(feature, "dtype", None) in ("string", "int64", "int32", "float32", "float64", "bool")
     ]
-    columns = {c: ds[c] for c in scalar}
+    columns = {c: list(ds[c]) for c in scalar}
+    for c in scalar:  # class ids become their names
+        names = getattr(ds.features[c], "names", None)
+        if names:
+            columns[c] = [names[v] if v is not None and v >= 0 else None for v in columns[c]]
     ids = columns.get("image_id")
     name = Path(path_or_id).name if Path(path_or_id).exists() else path_or_id
     items = []
