@@ -293,3 +293,19 @@ def test_image_search_finds_the_tile_it_was_cut_from(geo_service, tmp_path):
     assert [r["id"] for r in result.rows] == [r["id"] for r in expected]
     assert result.rows[0]["window"] == [0, 256, 256, 256]  # lower-left tile
     assert result.rows[0]["score"] > 0.99
+
+
+def test_default_app_builds_the_sample_index_on_first_start_and_rebuilds_a_stale_one(tmp_path, monkeypatch):
+    pytest.importorskip("faiss", reason='archive search needs faiss: pip install "rsmclip[index]"')
+    monkeypatch.setenv("RSMCLIP_INDEX_CACHE", str(tmp_path / "cache"))
+    first = AppService.load(work_dir=tmp_path / "work")  # nothing cached: built now
+    (folder,) = (tmp_path / "cache").iterdir()
+    assert first.index.path == folder and len(first.index) == 49
+    expected = [r["id"] for r in first.search("uma praia", "auto", 3).rows]
+    # An index left by another release (a different model fingerprint) is rebuilt, not refused or trusted.
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["model"]["fingerprint"] = "0" * 64
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    second = AppService.load(work_dir=tmp_path / "work")
+    assert second.index.path == folder and second.index.manifest["model"]["fingerprint"] != "0" * 64
+    assert [r["id"] for r in second.search("uma praia", "auto", 3).rows] == expected
