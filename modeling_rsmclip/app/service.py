@@ -162,7 +162,11 @@ class AppService:
         self.work_dir = Path(work_dir or tempfile.mkdtemp(prefix="rsmclip-app-"))
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self.keep_outputs_s = keep_outputs_s
-        self.embedder = Embedder(model, processor, batch_size=32, cache_dir=None, show_progress=False)
+        # One image per request, already decoded: no data-loader worker processes (forking the server per request
+        # would cost more than the model).
+        self.embedder = Embedder(
+            model, processor, batch_size=32, num_workers=0, cache_dir=None, show_progress=False
+        )
         self.logit_scale = float(model.logit_scale.detach().exp())
         self._lock = threading.Lock()
         self._counter = 0
