@@ -188,7 +188,7 @@ def test_manifest_describes_the_index(union) -> None:
 
 @pytest.mark.parametrize(
     ("index_type", "factory"),
-    [("flat", "Flat"), ("hnsw", "HNSW32,Flat"), ("IVF2,Flat", "IVF2,Flat")],
+    [("hnsw", "HNSW32,Flat"), ("IVF2,Flat", "IVF2,Flat")],
 )
 def test_index_type_choice_and_factory_override(demo, sources, tmp_path, index_type, factory) -> None:
     from modeling_rsmclip.index import build_index

@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-OPTIONS = {"shard_size": 5, "batch_size": 5, "num_workers": 0, "progress": False}
+OPTIONS = {"shard_size": 2, "batch_size": 2, "num_workers": 0, "progress": False}
 
 
 def _sources() -> list[str]:
     from modeling_rsmclip.testing import sample_dir
 
-    return [str(sample_dir() / "ucm"), str(sample_dir() / "rsscn7")]
+    return [str(sample_dir() / "rsscn7")]  # 7 real images: 4 shards of 2
 
 
 def _worker(out_dir: str) -> None:
@@ -54,8 +54,8 @@ def test_two_process_build_equals_one_process_build(tmp_path) -> None:
     if proc.returncode != 0:
         pytest.fail(f"torchrun failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
-    # 49 images in shards of 5: shard s goes to process s % 2.
-    assert [len(r["first_ids"]) for r in ranks] == [5, 5] and ranks[0]["len"] == ranks[1]["len"] == 49
+    # 7 images in shards of 2: shard s goes to process s % 2.
+    assert [len(r["first_ids"]) for r in ranks] == [2, 2] and ranks[0]["len"] == ranks[1]["len"] == 7
     assert not set(ranks[0]["first_ids"]) & set(ranks[1]["first_ids"])
 
     two = tmp_path / "idx"

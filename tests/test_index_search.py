@@ -185,8 +185,8 @@ def test_retrieval_pipeline_takes_the_index_as_gallery(ucm_index, demo) -> None:
 
 
 def test_approximate_index_recall_at_10_against_exact(ucm_index, demo) -> None:
-    """Real embeddings: the 210 images plus their English and Portuguese captions (2,310 vectors), queried with
-    the Chinese and German captions. Stated bound: recall@10 >= 0.9 for the automatic IVF-Flat and for HNSW."""
+    """Real embeddings: the 210 images plus their English captions (1,260 vectors), queried with every second
+    Chinese caption (525). Stated bound: recall@10 >= 0.9 for the automatic IVF-Flat and for HNSW."""
     from modeling_rsmclip.evaluation.retrieval import load_karpathy
     from modeling_rsmclip.index.build import apply_search_params, build_faiss, choose_index
 
@@ -195,17 +195,13 @@ def test_approximate_index_recall_at_10_against_exact(ucm_index, demo) -> None:
     from modeling_rsmclip.testing import shared_data_dir
 
     root = shared_data_dir() / "ucm-captions"
-    data = load_karpathy(
-        root / "dataset.json", root / "images", "test", root / "translations", ["en", "pt", "zh", "de"]
-    )
+    data = load_karpathy(root / "dataset.json", root / "images", "test", root / "translations", ["en", "zh"])
     from modeling_rsmclip.evaluation.embed import Embedder
 
     embedder = Embedder(model, processor, batch_size=128, cache_dir=None, show_progress=False)
-    texts = {
-        lang: embedder.texts([t for _, t in data.captions[lang]]).numpy() for lang in ("en", "pt", "zh", "de")
-    }
-    base = np.concatenate([direct, texts["en"], texts["pt"]]).astype(np.float32)
-    queries = np.concatenate([texts["zh"][::5], texts["de"][::5]]).astype(np.float32)
+    texts = {lang: embedder.texts([t for _, t in data.captions[lang]]).numpy() for lang in ("en", "zh")}
+    base = np.concatenate([direct, texts["en"]]).astype(np.float32)
+    queries = texts["zh"][::2].astype(np.float32)
     exact = build_faiss(base, "Flat")
     _, truth = exact.search(queries, 10)
     for kind in ("ivf-flat", "hnsw"):

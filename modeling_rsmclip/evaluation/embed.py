@@ -320,6 +320,8 @@ class Embedder:
         precision: ``"fp32"``, or ``"bf16"``/``"fp16"`` autocast (CUDA).
         cache_dir: embedding cache directory, ``None`` to disable caching.
         max_text_length: tokenizer truncation length.
+        model_key: the cache key of the model when the caller has already computed a fingerprint (else
+            `model_fingerprint` with the precision and text length).
     """
 
     def __init__(
@@ -334,6 +336,7 @@ class Embedder:
         cache_dir: str | os.PathLike | None = None,
         max_text_length: int = DEFAULT_MAX_TEXT_LENGTH,
         show_progress: bool = True,
+        model_key: str | None = None,
     ) -> None:
         if precision not in ("fp32", "bf16", "fp16"):
             raise ValueError(f"precision must be fp32, bf16 or fp16, got {precision!r}")
@@ -354,7 +357,9 @@ class Embedder:
         self.max_text_length = max_text_length
         self.show_progress = show_progress
         self.cache = EmbeddingCache(cache_dir)
-        self.model_key = model_fingerprint(model, processor, extra=f"{precision}\0{max_text_length}")
+        self.model_key = model_key or model_fingerprint(
+            model, processor, extra=f"{precision}\0{max_text_length}"
+        )
 
     def embed_pixels(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """L2-normalised float32 CPU embeddings of a batch of preprocessed images (no cache)."""

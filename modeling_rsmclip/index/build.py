@@ -338,11 +338,13 @@ def _run(
     embedder = Embedder(
         model,
         processor,
+        device=device,
         batch_size=batch_size,
         num_workers=num_workers,
         precision=precision,
         cache_dir=None,
         show_progress=False,
+        model_key=fingerprint,
     )
     dim = int(model.config.projection_dim)
     total = sum(len(items[s * size : (s + 1) * size]) for s in mine)

@@ -195,9 +195,14 @@ class RSMCLIPIndex:
 
         self._model, self._processor = model, processor
         self._embedder = Embedder(
-            model, processor, batch_size=1, num_workers=0, cache_dir=None, show_progress=False
+            model,
+            processor,
+            batch_size=1,
+            num_workers=0,
+            cache_dir=None,
+            show_progress=False,
+            model_key=fingerprint,
         )
-        self._embedder.model_key = fingerprint  # already computed: the Embedder's own key is not used here
 
     def _ensure_model(self) -> Any:
         if self._embedder is None:
