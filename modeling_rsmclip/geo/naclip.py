@@ -155,12 +155,14 @@ def segment_scene(
         valid = np.zeros((size, strip_width), dtype=bool)
         pixel_counts = np.zeros(len(labels), dtype=np.int64)
         skipped = 0
+        # Large windows: fewer per batch (about 4 Mpx of input per batch), so the batch's arrays stay small.
+        per_batch = max(1, min(batch_size, (2048 * 2048) // (size * size)))
         bar = tqdm(total=len(grid), desc="windows", unit="window", disable=not progress)
         try:
             for row in range(grid.n_rows):
                 top = row * step
-                for first in range(0, grid.n_cols, batch_size):
-                    cols = range(first, min(first + batch_size, grid.n_cols))
+                for first in range(0, grid.n_cols, per_batch):
+                    cols = range(first, min(first + per_batch, grid.n_cols))
                     images, offsets = [], []
                     for col in cols:
                         rgb, ok = reader.read_rgb((col * step, top, size, size))
