@@ -145,8 +145,13 @@ def run(args: argparse.Namespace) -> dict:
         def client_loop(worker: int) -> None:
             client = Client(url, verbose=False)
             i = worker
+            sent = 0
             while time.time() < stop:
-                kind = args.endpoint if args.endpoint != "mixed" else ("search", "classify")[i % 2]
+                # mixed: every client alternates, half of the clients starting with each kind
+                kind = (
+                    args.endpoint if args.endpoint != "mixed" else ("search", "classify")[(worker + sent) % 2]
+                )
+                sent += 1
                 t0 = time.perf_counter()
                 try:
                     if kind == "search":
