@@ -289,9 +289,6 @@ def search(args: argparse.Namespace) -> dict:
         rows += _bench_index(
             base, queries, truth, f"IVF{nlist},Flat", {"nprobe": [8, 32, 128, 512], "max_train": 64 * nlist}
         )
-        rows += _bench_index(
-            base, queries, truth, f"IVF{nlist},PQ64", {"nprobe": [8, 32, 128, 512], "max_train": 64 * nlist}
-        )
         results["random"] = {"n": args.random, "dim": dim, "queries": len(queries), "rows": rows}
     return results
 

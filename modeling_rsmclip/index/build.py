@@ -277,6 +277,9 @@ def _run(
         raise FileNotFoundError(
             f"no index at {output} (no manifest.json): build it first with `rsmclip index build`"
         )
+    items = collect_items(sources, options)
+    if not items:
+        raise ValueError(f"no images found in {', '.join(map(str, sources))}")
     if kind == "add" and model is None:
         model = manifest["model"]["name_or_path"]
     model, processor, model_name = resolve_model(model, processor, device)
@@ -287,9 +290,6 @@ def _run(
             f"fingerprint {manifest['model']['fingerprint'][:12]}), not {model_name!r} (fingerprint {fingerprint[:12]})"
         )
 
-    items = collect_items(sources, options)
-    if not items:
-        raise ValueError(f"no images found in {', '.join(map(str, sources))}")
     digest = worklist_digest(items)
     runs = _runs(output)
     pending = next((r for r in runs if not r["complete"]), None)
