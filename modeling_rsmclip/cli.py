@@ -18,6 +18,7 @@ SUBCOMMAND_MODULES = (
     "modeling_rsmclip.evaluation.cli",
     "modeling_rsmclip.geo.cli",
     "modeling_rsmclip.index.cli",
+    "modeling_rsmclip.app.cli",
 )
 
 

@@ -170,6 +170,9 @@ def test_thirteen_bands_without_descriptions_are_refused_with_the_band_list(geo,
 def test_descriptions_alone_resolve_and_ambiguity_is_an_error():
     assert resolve_preset(["VV", "VH"]).preset == "sentinel1"
     assert resolve_preset(["B02", "B03", "B04", "B8A"]).indices == (2, 1, 0)  # B8A: only Sentinel-2
+    landsat = resolve_preset([f"SR_B{i}" for i in range(1, 8)])
+    assert landsat.preset == "landsat8" and landsat.indices == (3, 2, 1)
+    assert landsat.stretch == Stretch.fixed(7273.0, 18182.0)
     with pytest.raises(ValueError, match="several presets"):
         resolve_preset(["B1", "B2", "B3", "B4", "B5"])  # Sentinel-2 or Landsat
     with pytest.raises(ValueError, match="band index 5 is out of range"):
@@ -291,3 +294,19 @@ def test_mostly_nodata_tiles_are_skipped_and_counted(geo):
     assert tiles.skipped == expected_skipped and 0 < tiles.n_skipped < len(grid)
     assert read == [i for i in range(len(grid)) if i not in expected_skipped]
     assert tiles.report()["skipped_mostly_nodata"] == len(expected_skipped)
+
+
+def test_raster_georeferenced_by_gcps_only_is_refused_clearly(tmp_path):
+    from rasterio.control import GroundControlPoint
+
+    path = tmp_path / "gcps.tif"
+    gcps = [
+        GroundControlPoint(0, 0, 5e5, 4.1e6),
+        GroundControlPoint(0, 9, 5e5, 4.1e6 - 3),
+        GroundControlPoint(9, 0, 5e5 + 3, 4.1e6),
+    ]
+    profile = dict(driver="GTiff", width=10, height=10, count=3, dtype="uint8", gcps=gcps, crs="EPSG:32611")
+    with rasterio.open(path, "w", **profile) as out:
+        out.write(np.ones((3, 10, 10), np.uint8))
+    with pytest.raises(ValueError, match="gcps.tif: georeferenced by ground control points only"):
+        RasterReader(path)

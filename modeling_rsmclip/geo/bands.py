@@ -414,6 +414,9 @@ def resolve_preset(
 
     if preset is None:
         candidates = _auto_candidates(descriptions)
+        if len(candidates) > 1 and all(re.match(r"(?i)^(SR|ST)_B\d+$", d or "") for d in descriptions):
+            # Collection 2 Level-2 names (SR_B4 ...) are Landsat's own.
+            candidates = [c for c in candidates if c.startswith("landsat")]
         colour = _colour_bands(count, interps)
         if len(candidates) == 1:
             preset = candidates[0]

@@ -11,6 +11,7 @@ transform, and output grids keep the rotation.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,6 +23,8 @@ from .bands import BandSelection, Stretch, resolve_preset
 
 INSTALL_HINT = 'pip install "rsmclip[geo]"'
 LONLAT = "EPSG:4326"
+# GDAL's block cache defaults to 5% of the machine's RAM; a scene read window by window needs far less.
+DEFAULT_GDAL_CACHE_MB = 256
 WindowLike = Any  # rasterio.windows.Window or (col_off, row_off, width, height)
 
 
@@ -34,6 +37,17 @@ def require_rasterio():
     except ImportError as err:  # pragma: no cover - depends on the environment
         raise ImportError(f"reading rasters needs rasterio: {INSTALL_HINT}") from err
     return rasterio
+
+
+def gdal_env() -> contextlib.AbstractContextManager:
+    """GDAL settings for reading and writing scenes: the block cache capped at `DEFAULT_GDAL_CACHE_MB` unless the
+    user chose a size (``GDAL_CACHEMAX`` in the environment or an enclosing ``rasterio.Env``)."""
+    rasterio = require_rasterio()
+    if "GDAL_CACHEMAX" in os.environ:
+        return contextlib.nullcontext()
+    if rasterio.env.hasenv() and "GDAL_CACHEMAX" in rasterio.env.getenv():
+        return contextlib.nullcontext()
+    return rasterio.Env(GDAL_CACHEMAX=DEFAULT_GDAL_CACHE_MB * 2**20)
 
 
 def as_window_tuple(window: WindowLike) -> tuple[int, int, int, int]:
@@ -77,10 +91,16 @@ class RasterReader:
         if not self.path.exists():
             raise FileNotFoundError(f"raster not found: {self.path}")
         try:
-            self._src = rasterio.open(self.path)
+            with gdal_env():
+                self._src = rasterio.open(self.path)
         except rasterio.errors.RasterioIOError as err:
             raise ValueError(f"cannot read raster {self.path}: {err}") from err
         try:
+            if self._src.transform.is_identity and self._src.gcps[0]:
+                raise ValueError(
+                    "georeferenced by ground control points only (no geotransform): warp it to a grid first, "
+                    "e.g. `gdalwarp -r bilinear IN.tif OUT.tif`"
+                )
             selection = resolve_preset(self._src, preset, bands, stretch)
             if selection.stretch.kind == "percentile":
                 selection = selection.with_stretch(self._percentile_limits(selection, sample_size))
@@ -170,8 +190,9 @@ class RasterReader:
         if c1 <= c0 or r1 <= r0:
             return data, valid
         inner = Window(c0, r0, c1 - c0, r1 - r0)
-        part = self._src.read(self._indexes, window=inner)
-        masks = self._src.read_masks(self._indexes, window=inner)
+        with gdal_env():
+            part = self._src.read(self._indexes, window=inner)
+            masks = self._src.read_masks(self._indexes, window=inner)
         ok = (masks > 0).all(axis=0)
         if part.dtype.kind in "fc":
             ok &= np.isfinite(part).all(axis=0)
@@ -195,16 +216,11 @@ class RasterReader:
 
         factor = max(1.0, max(self.width, self.height) / max_size)
         shape = (max(1, round(self.height / factor)), max(1, round(self.width / factor)))
-        data = self._src.read(
-            [i + 1 for i in self.selection.indices],
-            out_shape=(len(self.selection.indices), *shape),
-            resampling=Resampling.nearest,
-        )
-        masks = self._src.read_masks(
-            [i + 1 for i in self.selection.indices],
-            out_shape=(len(self.selection.indices), *shape),
-            resampling=Resampling.nearest,
-        )
+        indexes = [i + 1 for i in self.selection.indices]
+        out_shape = (len(indexes), *shape)
+        with gdal_env():
+            data = self._src.read(indexes, out_shape=out_shape, resampling=Resampling.nearest)
+            masks = self._src.read_masks(indexes, out_shape=out_shape, resampling=Resampling.nearest)
         valid = (masks > 0).all(axis=0)
         if data.dtype.kind in "fc":
             valid &= np.isfinite(data).all(axis=0)
@@ -276,4 +292,11 @@ class RasterReader:
         return tuple(float(v) for v in transform_bounds(self.crs, LONLAT, *bounds, densify_pts=21))
 
 
-__all__ = ["INSTALL_HINT", "RasterReader", "as_window_tuple", "require_rasterio"]
+__all__ = [
+    "DEFAULT_GDAL_CACHE_MB",
+    "INSTALL_HINT",
+    "RasterReader",
+    "as_window_tuple",
+    "gdal_env",
+    "require_rasterio",
+]

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from .raster import RasterReader, require_rasterio
+from .raster import RasterReader, gdal_env, require_rasterio
 
 CLASS_NODATA = 255
 TILE_NODATA = -1.0
@@ -135,10 +135,12 @@ class ClassMapWriter:
         from rasterio.windows import Window
 
         height, width = classes.shape
-        self._out.write(classes.astype(np.uint8)[None], window=Window(col_off, row_off, width, height))
+        with gdal_env():
+            self._out.write(classes.astype(np.uint8)[None], window=Window(col_off, row_off, width, height))
 
     def close(self) -> None:
-        self._out.close()
+        with gdal_env():
+            self._out.close()
 
     def __enter__(self) -> ClassMapWriter:
         return self
@@ -152,7 +154,7 @@ def read_class_map_preview(path: Path, max_size: int = 1024) -> np.ndarray:
     rasterio = require_rasterio()
     from rasterio.enums import Resampling
 
-    with rasterio.open(path) as src:
+    with gdal_env(), rasterio.open(path) as src:
         factor = max(1.0, max(src.width, src.height) / max_size)
         shape = (max(1, round(src.height / factor)), max(1, round(src.width / factor)))
         data = src.read(1, out_shape=shape, resampling=Resampling.nearest).astype(np.int16)
