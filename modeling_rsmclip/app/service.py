@@ -646,7 +646,7 @@ def load_index(index: str | None, model: Any, processor: Any, *, default_model: 
     installed or the model is not the demo model.
     """
     try:
-        from ..index import IndexModelMismatchError, RSMCLIPIndex, bundled_sample_index
+        from ..index import RSMCLIPIndex, bundled_sample_index
 
         if index is not None:
             return RSMCLIPIndex.load(index, model=model, processor=processor)
@@ -655,15 +655,7 @@ def load_index(index: str | None, model: Any, processor: Any, *, default_model: 
                 "archive search is off: the bundled sample index needs the demo model; pass --index"
             )
             return None
-        try:
-            return bundled_sample_index(model=model, processor=processor, progress=True)
-        except IndexModelMismatchError as error:
-            # The sample index is a cache of bundled files: one made by an older release (another fingerprint
-            # recipe) is rebuilt, not trusted.
-            logger.warning("rebuilding the bundled sample index: %s", error)
-            stale = bundled_sample_index().path  # loads the manifest only (no model): where the cache is
-            shutil.rmtree(stale)
-            return bundled_sample_index(stale, model=model, processor=processor, progress=True)
+        return bundled_sample_index(model=model, processor=processor, progress=True)
     except ImportError as error:
         if index is not None:
             raise

@@ -406,6 +406,94 @@ class RSMCLIPModel(RSMCLIPPreTrainedModel):
         if pipeline_file.exists():
             shutil.copyfile(pipeline_file, Path(save_directory) / pipeline_file.name)
 
+    # -------------------------------------------------------------------------------------- dense patch features
+    def get_patch_features(
+        self,
+        pixel_values: torch.Tensor,
+        naclip: bool = False,
+        naclip_gaussian_std: float = 5.0,
+        interpolate_pos_encoding: bool = False,
+    ) -> torch.Tensor:
+        """Dense image features: one projected, un-normalised embedding per patch, `(batch, h, w, projection_dim)`
+        with `h, w` = image height and width // `patch_size` (7 x 7 for ViT-B/32 at 224 px).
+
+        The patch tokens of the last layer go through the post-layernorm and the visual projection, as the CLS
+        token does in `get_image_features`, so they can be compared with text embeddings by cosine similarity.
+
+        Args:
+            pixel_values (`torch.FloatTensor` of shape `(batch, 3, height, width)`): processed images.
+            naclip (`bool`, *optional*, defaults to `False`): replace the last vision block by NACLIP's
+                neighbourhood attention (Hajimiri, Ben Ayed, Dolz, "Pay Attention to Your Neighbours: Training-Free
+                Open-Vocabulary Semantic Segmentation", WACV 2025, arXiv:2404.08181): attention logits from
+                key-key similarity plus a Gaussian kernel over the 2-D patch grid, and no residual connection and
+                no feed-forward in that block (see `naclip_attention`). Training-free, and much better localised.
+            naclip_gaussian_std (`float`, *optional*, defaults to 5.0): standard deviation of the Gaussian, in
+                patches (NACLIP's default).
+            interpolate_pos_encoding (`bool`, *optional*): for images of another size than the model's.
+        """
+        if pixel_values is None:
+            raise ValueError(
+                "get_patch_features needs `pixel_values` (preprocess the images with the processor)"
+            )
+        vision = self.vision_model
+        patch = self.config.vision_config.patch_size
+        grid = (pixel_values.shape[-2] // patch, pixel_values.shape[-1] // patch)
+        hidden = vision.embeddings(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding)
+        hidden = vision.pre_layrnorm(hidden)
+        layers = vision.encoder.layers
+        for layer in layers[:-1] if naclip else layers:
+            hidden = layer(hidden, None)
+        if naclip:
+            hidden = naclip_attention(layers[-1], hidden, grid, naclip_gaussian_std)
+        patches = self.visual_projection(vision.post_layernorm(hidden[:, 1:]))
+        return patches.reshape(patches.shape[0], grid[0], grid[1], patches.shape[-1])
+
+
+# ------------------------------------------------------------------------------------- NACLIP neighbourhood attention
+def naclip_neighbourhood_bias(
+    grid: tuple[int, int], std: float, device: Any = None, dtype: Any = None
+) -> torch.Tensor:
+    """NACLIP's additive attention bias `(1 + h*w, 1 + h*w)`: for patches p and q at grid positions (i, j) and
+    (k, l), `exp(-((i - k)**2 + (j - l)**2) / (2 * std**2))`; 0 in the CLS row and column."""
+    if std <= 0:
+        raise ValueError(f"the NACLIP Gaussian standard deviation must be positive, got {std}")
+    rows, cols = torch.meshgrid(
+        torch.arange(grid[0], dtype=torch.float64), torch.arange(grid[1], dtype=torch.float64), indexing="ij"
+    )
+    points = torch.stack([rows.reshape(-1), cols.reshape(-1)], dim=-1)
+    kernel = torch.exp(-torch.cdist(points, points).pow(2) / (2.0 * std**2))
+    bias = torch.zeros(kernel.shape[0] + 1, kernel.shape[1] + 1, dtype=torch.float64)
+    bias[1:, 1:] = kernel
+    return bias.to(device=device, dtype=dtype or torch.float32)
+
+
+def naclip_attention(
+    layer: nn.Module,
+    hidden_states: torch.Tensor,
+    grid: tuple[int, int],
+    std: float = 5.0,
+    return_weights: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """NACLIP's replacement of a CLIP encoder layer (Hajimiri et al., WACV 2025, arXiv:2404.08181).
+
+    `x = layer_norm1(hidden_states)`; per head, `softmax(k k^T * scale + neighbourhood_bias) v` (keys compared with
+    keys instead of queries, plus the Gaussian neighbourhood of `naclip_neighbourhood_bias`), then `out_proj`. The
+    layer's residual connection and feed-forward block are dropped. Returns the new hidden states `(batch, tokens,
+    hidden)`, and the attention weights `(batch, heads, tokens, tokens)` when `return_weights=True`.
+    """
+    attention = layer.self_attn
+    x = layer.layer_norm1(hidden_states)
+    batch, tokens, _ = x.shape
+    if tokens != 1 + grid[0] * grid[1]:
+        raise ValueError(f"{tokens} tokens do not match a CLS token plus a {grid[0]}x{grid[1]} patch grid")
+    shape = (batch, tokens, attention.num_heads, attention.head_dim)
+    keys = attention.k_proj(x).view(shape).transpose(1, 2)
+    values = attention.v_proj(x).view(shape).transpose(1, 2)
+    bias = naclip_neighbourhood_bias(grid, std, device=x.device, dtype=x.dtype)
+    weights = torch.softmax(keys @ keys.transpose(-1, -2) * attention.scale + bias, dim=-1)
+    output = attention.out_proj((weights @ values).transpose(1, 2).reshape(batch, tokens, -1))
+    return (output, weights) if return_weights else output
+
 
 RSMCLIPModel.register_for_auto_class("AutoModel")
 

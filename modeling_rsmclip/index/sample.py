@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
+import shutil
 from pathlib import Path
 from typing import Any
+
+logger = logging.getLogger(__name__)
 
 
 def default_index_cache_dir() -> Path:
@@ -27,7 +31,7 @@ def bundled_sample_index(
     from ..demo import DEMO_MODEL_DIR
     from ..testing import sample_dir
     from .build import build_index
-    from .search import RSMCLIPIndex
+    from .search import IndexModelMismatchError, RSMCLIPIndex
 
     root = sample_dir()
     sources = [root / "ucm", root / "rsscn7"]
@@ -40,7 +44,12 @@ def bundled_sample_index(
         path = default_index_cache_dir() / f"sample-{key}"
     path = Path(path)
     if (path / "manifest.json").is_file():
-        return RSMCLIPIndex.load(path, model=model, processor=processor)
+        try:
+            return RSMCLIPIndex.load(path, model=model, processor=processor)
+        except IndexModelMismatchError as error:
+            # A cache of bundled files made under another fingerprint recipe: rebuilt, never trusted.
+            logger.warning("rebuilding the bundled sample index at %s: %s", path, error)
+            shutil.rmtree(path)
     return build_index(
         model if model is not None else str(DEMO_MODEL_DIR),
         path,
