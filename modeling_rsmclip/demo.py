@@ -12,8 +12,8 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
+from .processing_rsmclip import load_image_file
 from .templates import class_name, prompts_for
 
 DEMO_MODEL_DIR = Path(__file__).resolve().parent / "demo_model"
@@ -57,7 +57,7 @@ def load_demo_model(model: str | None):
 
 @torch.no_grad()
 def _image_embeds(model, processor, paths: list[Path]) -> torch.Tensor:
-    images = [Image.open(p) for p in paths]
+    images = [load_image_file(p) for p in paths]
     pixels = processor(images=images, return_tensors="pt")["pixel_values"]
     return F.normalize(model.get_image_features(pixel_values=pixels).pooler_output, dim=-1)
 

@@ -265,7 +265,7 @@ class BandSelection:
         unit = self.stretch.apply(self.channels(data))
         if valid is not None:
             unit[~valid] = 0.0
-        return array_to_rgb(unit)
+        return array_to_rgb(unit, input_data_format="channels_last")
 
     def with_stretch(self, stretch: Stretch) -> BandSelection:
         return replace(self, stretch=stretch)
