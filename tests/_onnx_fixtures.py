@@ -19,12 +19,14 @@ DEMO_MODEL = Path(__file__).resolve().parents[1] / "modeling_rsmclip" / "demo_mo
 
 @functools.lru_cache(maxsize=1)
 def demo_model_and_processor():
-    import modeling_rsmclip  # noqa: F401
     from transformers import AutoProcessor
 
+    import modeling_rsmclip  # noqa: F401
     from modeling_rsmclip import RSMCLIPModel
 
-    return RSMCLIPModel.from_pretrained(str(DEMO_MODEL)).eval(), AutoProcessor.from_pretrained(str(DEMO_MODEL))
+    return RSMCLIPModel.from_pretrained(str(DEMO_MODEL)).eval(), AutoProcessor.from_pretrained(
+        str(DEMO_MODEL)
+    )
 
 
 @functools.lru_cache(maxsize=1)

@@ -35,7 +35,9 @@ def reference():
 def test_int8_embeddings_are_close_to_fp32_on_real_data(backend, reference):
     files, texts, images_fp32, texts_fp32 = reference
     model, processor = demo_model_and_processor()
-    encoder = load_encoder(demo_onnx_folder() if backend == "onnx" else model, backend=backend, precision="int8")
+    encoder = load_encoder(
+        demo_onnx_folder() if backend == "onnx" else model, backend=backend, precision="int8"
+    )
     assert isinstance(encoder, OnnxEncoder if backend == "onnx" else TorchInt8Encoder)
     _, images, text_embeds = _embed(encoder, processor, files, texts)
     image_cos = (images * images_fp32).sum(-1)

@@ -118,7 +118,9 @@ class OnnxEncoder(_Encoder):
 
     backend = "onnx"
 
-    def __init__(self, folder: str | os.PathLike, precision: str = "fp32", threads: int | None = None) -> None:
+    def __init__(
+        self, folder: str | os.PathLike, precision: str = "fp32", threads: int | None = None
+    ) -> None:
         from transformers import AutoConfig
 
         from .runtime import ONNXRSMCLIP

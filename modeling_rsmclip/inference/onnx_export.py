@@ -95,7 +95,9 @@ def _save_graph(onnx: Any, source: Path, target: Path) -> None:
     )
 
 
-def _example_inputs(model: nn.Module, batch: int = 2, length: int = 7) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _example_inputs(
+    model: nn.Module, batch: int = 2, length: int = 7
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     config = model.config
     size = config.vision_config.image_size
     generator = torch.Generator().manual_seed(0)
@@ -159,7 +161,9 @@ def _fuse(source: Path, target: Path, model_type: str, num_heads: int, hidden_si
         return False
 
 
-def quantize_graph(source: Path, target: Path, model_type: str, num_heads: int, hidden_size: int) -> dict[str, Any]:
+def quantize_graph(
+    source: Path, target: Path, model_type: str, num_heads: int, hidden_size: int
+) -> dict[str, Any]:
     """Fuse and dynamically quantise one fp32 graph to int8 (weights int8 per tensor, activations per call)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -176,9 +180,7 @@ def quantize_graph(source: Path, target: Path, model_type: str, num_heads: int, 
     return {"fused": did_fuse, "weight_type": "int8", "activations": "uint8, dynamic"}
 
 
-def _check(
-    model: nn.Module, folder: Path, quantized: bool, threads: int | None = None
-) -> dict[str, float]:
+def _check(model: nn.Module, folder: Path, quantized: bool, threads: int | None = None) -> dict[str, float]:
     """Max |ONNX - PyTorch| of the fp32 graphs and min cosine of the int8 graphs on random inputs (3 texts of
     different lengths, so padding is exercised)."""
     from .runtime import ONNXRSMCLIP
@@ -186,7 +188,9 @@ def _check(
     pixel_values, input_ids, attention_mask = _example_inputs(model, batch=3, length=11)
     with torch.inference_mode():
         image_ref = model.get_image_features(pixel_values=pixel_values).pooler_output.numpy()
-        text_ref = model.get_text_features(input_ids=input_ids, attention_mask=attention_mask).pooler_output.numpy()
+        text_ref = model.get_text_features(
+            input_ids=input_ids, attention_mask=attention_mask
+        ).pooler_output.numpy()
     report: dict[str, float] = {}
     for precision in ("fp32", "int8") if quantized else ("fp32",):
         runner = ONNXRSMCLIP(folder, precision=precision, threads=threads)
@@ -279,7 +283,9 @@ def export_onnx(
     if verify:
         manifest["verification"] = _check(net, out, quantize)
         (out / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
-        worst = max(manifest["verification"]["image_max_abs_diff"], manifest["verification"]["text_max_abs_diff"])
+        worst = max(
+            manifest["verification"]["image_max_abs_diff"], manifest["verification"]["text_max_abs_diff"]
+        )
         if worst > 1e-3:
             raise ValueError(f"the ONNX graphs in {out} differ from PyTorch by up to {worst:.2e}")
     return out

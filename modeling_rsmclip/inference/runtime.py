@@ -128,7 +128,9 @@ class TextTokenizer:
         try:
             from tokenizers import Tokenizer
         except ImportError as error:  # pragma: no cover - depends on the environment
-            raise ImportError("text embedding needs the tokenizers package: pip install tokenizers") from error
+            raise ImportError(
+                "text embedding needs the tokenizers package: pip install tokenizers"
+            ) from error
         path = Path(folder) / "tokenizer.json"
         if not path.is_file():
             raise FileNotFoundError(f"tokenizer file not found: {path}")
@@ -173,7 +175,9 @@ class ONNXRSMCLIP:
         self.manifest: dict[str, Any] = (
             json.loads(manifest_path.read_text(encoding="utf-8")) if manifest_path.is_file() else {}
         )
-        self.sessions = {tower: load_session(graph_path(self.folder, tower, precision), threads) for tower in towers}
+        self.sessions = {
+            tower: load_session(graph_path(self.folder, tower, precision), threads) for tower in towers
+        }
         self._preprocessor: ImagePreprocessor | None = None
         self._tokenizer: TextTokenizer | None = None
 
