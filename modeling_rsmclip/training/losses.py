@@ -117,19 +117,17 @@ class DINOLoss(nn.Module):
             raise ValueError(
                 "the distillation loss needs at least two views (it only compares different views)"
             )
-        # (views, batch, K) and (global views, batch, K).
-        student_log_probs = F.log_softmax(student_logits.float() / self.student_temp, dim=-1).unflatten(
-            0, (n_views, batch)
-        )
+        student_log_probs = F.log_softmax(student_logits.float() / self.student_temp, dim=-1).chunk(n_views)
         teacher = teacher_logits.detach().float()
-        teacher_probs = F.softmax((teacher - self.center) / teacher_temp, dim=-1).unflatten(
-            0, (n_global, batch)
-        )
-        # sum over v != i of -q_i . log p_v  =  -q_i . (sum over all v of log p_v  -  log p_i): one product per
-        # teacher view instead of one per (teacher, student) pair.
-        others = student_log_probs.sum(dim=0, keepdim=True) - student_log_probs[:n_global]
-        total = -(teacher_probs * others).sum(dim=-1).mean(dim=-1).sum()
-        n_terms = n_global * (n_views - 1)
+        teacher_probs = F.softmax((teacher - self.center) / teacher_temp, dim=-1).chunk(n_global)
+        total = student_logits.new_zeros((), dtype=torch.float32)
+        n_terms = 0
+        for i, target in enumerate(teacher_probs):
+            for v, log_probs in enumerate(student_log_probs):
+                if v == i:
+                    continue
+                total = total + torch.sum(-target * log_probs, dim=-1).mean()
+                n_terms += 1
         self.update_center(teacher)
         return total / n_terms
 

@@ -30,17 +30,13 @@ class EMATeacher(nn.Module):
         """The teacher is always in eval mode, whatever `mode` says."""
         return super().train(False)
 
+    @torch.no_grad()
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """DINO head logits of the (global) crops, as `RSMCLIPModel.get_distillation_logits` computes them.
-
-        Runs under `torch.inference_mode` (no autograd bookkeeping at all, cheaper than `no_grad`); the logits are
-        returned as an ordinary tensor, so the loss may use them next to tensors that need gradients."""
-        with torch.inference_mode():
-            features = self.vision_model(
-                pixel_values=pixel_values, interpolate_pos_encoding=True, return_dict=True
-            ).pooler_output
-            logits = self.distillation_head(features)
-        return logits.clone()
+        """DINO head logits of the (global) crops, as `RSMCLIPModel.get_distillation_logits` computes them."""
+        features = self.vision_model(
+            pixel_values=pixel_values, interpolate_pos_encoding=True, return_dict=True
+        ).pooler_output
+        return self.distillation_head(features)
 
     @staticmethod
     def _pairs(
