@@ -1,4 +1,5 @@
-"""`rsmclip export --to-open-clip`: an RS-M-CLIP model as an OpenCLIP checkpoint folder.
+"""`rsmclip export --to-open-clip`: an RS-M-CLIP model as an OpenCLIP checkpoint folder (`--to-onnx`: see
+`modeling_rsmclip.inference.onnx_export`).
 
 The folder loads with `open_clip.create_model_and_transforms("local-dir:FOLDER")` (or `"hf-hub:org/name"` once
 uploaded) and `open_clip.get_tokenizer(...)` the same way. It holds `open_clip_config.json`,
@@ -147,9 +148,27 @@ def export_to_open_clip(
     return out
 
 
+def _run_onnx(args: argparse.Namespace) -> int:
+    try:
+        from ..inference.onnx_export import export_onnx
+    except ImportError as error:
+        raise UserError(f'{error} (pip install "rsmclip[onnx]")') from error
+    # A ConversionError / ValueError is a user error: `rsmclip` prints `error: ...` and exits 2.
+    out = export_onnx(args.model, args.output_dir, quantize=not args.no_int8)
+    manifest = json.loads((out / "onnx_manifest.json").read_text(encoding="utf-8"))
+    for name in manifest["files"]:
+        print(f"wrote {out / name}")
+    checks = ", ".join(f"{k} {v:.6g}" for k, v in manifest.get("verification", {}).items())
+    print(f"checked against PyTorch: {checks}")
+    print(f"run it without PyTorch: from rsmclip_onnx import ONNXRSMCLIP (in {out})")
+    return 0
+
+
 def _run(args: argparse.Namespace) -> int:
-    if not args.to_open_clip:
-        raise UserError("choose the target format (--to-open-clip)")
+    if args.to_open_clip == args.to_onnx:
+        raise UserError("choose one target format (--to-open-clip or --to-onnx)")
+    if args.to_onnx:
+        return _run_onnx(args)
     # A ConversionError (a ValueError) is a user error: `rsmclip` prints `error: ...` and exits 2.
     out = export_to_open_clip(
         args.model,
@@ -168,15 +187,23 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
     """Register `rsmclip export`."""
     parser = subparsers.add_parser(
         "export",
-        help="export an RS-M-CLIP model to another format (--to-open-clip)",
+        help="export an RS-M-CLIP model to another format (--to-open-clip, --to-onnx)",
         description=(
             "Export an RS-M-CLIP model folder (or Hub id) as an OpenCLIP checkpoint folder that "
-            "open_clip.create_model_and_transforms('local-dir:FOLDER') loads. The distillation head is dropped."
+            "open_clip.create_model_and_transforms('local-dir:FOLDER') loads (the distillation head is dropped), "
+            "or (--to-onnx) its image and text encoders as ONNX graphs, fp32 and int8, with the processor files "
+            "and a runner that needs only onnxruntime."
         ),
     )
     parser.add_argument("model", help="RS-M-CLIP model folder or Hub id")
-    parser.add_argument("output_dir", help="OpenCLIP checkpoint folder to write")
+    parser.add_argument("output_dir", help="folder to write")
     parser.add_argument("--to-open-clip", action="store_true", help="write the OpenCLIP format")
+    parser.add_argument(
+        "--to-onnx",
+        action="store_true",
+        help='write ONNX graphs of both encoders (needs pip install "rsmclip[onnx]")',
+    )
+    parser.add_argument("--no-int8", action="store_true", help="with --to-onnx: skip the int8 graphs")
     parser.add_argument(
         "--hf-model-name",
         default=None,

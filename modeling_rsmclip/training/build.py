@@ -75,6 +75,8 @@ def freeze_towers(model: RSMCLIPModel, config: TrainingConfig) -> None:
     if config.freeze_text_tower:
         model.text_model.requires_grad_(False)
         model.text_projection.requires_grad_(False)
+    if config.freeze_token_embeddings:
+        model.text_model.get_input_embeddings().requires_grad_(False)
     model.distillation_head.requires_grad_(config.distillation)
 
 

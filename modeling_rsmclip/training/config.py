@@ -264,6 +264,12 @@ class TrainingConfig:
         False, "Do not train the image tower and its projection.", "optimisation"
     )
     freeze_text_tower: bool = _opt(False, "Do not train the text tower and its projection.", "optimisation")
+    freeze_token_embeddings: bool = _opt(
+        False,
+        "Do not train the text tower's token-embedding table (250k x 768 for XLM-R base): no gradient, no AdamW "
+        "state and no update for its 192M values; the rest of the text tower trains.",
+        "optimisation",
+    )
     lora: bool = _opt(False, "Train LoRA adapters (peft) instead of the full towers.", "optimisation")
     lora_r: int = _opt(16, "LoRA rank.", "optimisation", type=int)
     lora_alpha: int = _opt(32, "LoRA alpha.", "optimisation", type=int)

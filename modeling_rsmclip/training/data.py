@@ -183,9 +183,14 @@ class TrainingExamples(Dataset):
     def __len__(self) -> int:
         return len(self.rows)
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def __getitem__(self, index: int | tuple[int, int]) -> dict[str, Any]:
+        """`index`, or `(epoch, index)` from `EpochSpanningSampler` (the epoch then comes with the index, so
+        DataLoader workers that live through epoch boundaries draw each epoch's augmentations)."""
+        epoch = self.epoch
+        if isinstance(index, tuple | list):
+            epoch, index = index
         row = self.rows[int(index)]
-        return self.transform(row, key=int(index), epoch=self.epoch, where=row_name(row, int(index)))
+        return self.transform(row, key=int(index), epoch=int(epoch), where=row_name(row, int(index)))
 
 
 class StreamingExamples(IterableDataset):
@@ -240,6 +245,43 @@ class EpochShuffleSampler(Sampler[int]):
     def __iter__(self) -> Iterator[int]:
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
         return iter(torch.randperm(self.num_samples, generator=generator).tolist())
+
+
+class EpochSpanningSampler(Sampler[tuple[int, int]]):
+    """One sampler for all the epochs of a run: `(epoch, index)` pairs, epoch after epoch.
+
+    Epoch `e` is the permutation `EpochShuffleSampler` draws for it (`seed + e`), cut to its first
+    `samples_per_epoch` indices (a whole number of optimiser steps, so no step straddles two epochs). Because one
+    DataLoader iteration spans the whole run, its workers are not stopped and restarted at every epoch boundary
+    and their prefetch queue never runs dry there. `set_start(epoch, offset)` starts the iteration `offset`
+    samples into `epoch` (exact resume without re-reading skipped batches).
+    """
+
+    def __init__(self, num_samples: int, seed: int, samples_per_epoch: int, num_epochs: int) -> None:
+        if not 0 < samples_per_epoch <= num_samples:
+            raise ValueError(f"samples_per_epoch must be in 1..{num_samples}, got {samples_per_epoch}")
+        self.num_samples = num_samples
+        self.seed = seed
+        self.samples_per_epoch = samples_per_epoch
+        self.num_epochs = num_epochs
+        self.start_epoch = 0
+        self.start_offset = 0
+
+    def set_start(self, epoch: int, offset: int = 0) -> None:
+        if not 0 <= offset < self.samples_per_epoch:
+            raise ValueError(f"offset must be in 0..{self.samples_per_epoch - 1}, got {offset}")
+        self.start_epoch, self.start_offset = epoch, offset
+
+    def __len__(self) -> int:
+        return max(0, (self.num_epochs - self.start_epoch) * self.samples_per_epoch - self.start_offset)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        for epoch in range(self.start_epoch, self.num_epochs):
+            generator = torch.Generator().manual_seed(self.seed + epoch)
+            order = torch.randperm(self.num_samples, generator=generator)[: self.samples_per_epoch].tolist()
+            first = self.start_offset if epoch == self.start_epoch else 0
+            for index in order[first:]:
+                yield epoch, index
 
 
 class TrainingCollator:

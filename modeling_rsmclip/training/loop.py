@@ -46,7 +46,7 @@ from .checkpoint import (
 )
 from .config import TrainingConfig
 from .data import (
-    EpochShuffleSampler,
+    EpochSpanningSampler,
     SampleTransform,
     StreamingExamples,
     TrainingCollator,
@@ -311,13 +311,25 @@ def train(
         if "source" in rows.column_names:
             sources = dict(Counter(s or "unknown" for s in rows["source"]))
         examples = TrainingExamples(rows, transform)
-        sampler = EpochShuffleSampler(len(examples), seed=config.seed)
         global_batch = config.per_device_train_batch_size * accelerator.num_processes
-        if len(examples) < global_batch:
+        # Every epoch is a whole number of optimiser steps (the permutation's tail that does not fill one is
+        # left out, a different tail each epoch), and one sampler spans all epochs.
+        samples_per_step = global_batch * config.gradient_accumulation_steps
+        steps_per_epoch = len(examples) // samples_per_step
+        if steps_per_epoch < 1:
             raise ValueError(
-                f"the training split has {len(examples)} rows, fewer than one global batch ({global_batch}); "
-                f"lower --per-device-train-batch-size"
+                f"the training split has {len(examples)} rows, fewer than one optimiser step "
+                f"({global_batch} per batch x {config.gradient_accumulation_steps} accumulation steps); lower "
+                f"--per-device-train-batch-size or --gradient-accumulation-steps"
             )
+        batches_per_epoch = steps_per_epoch * config.gradient_accumulation_steps  # per process
+        total_steps = config.max_steps or max(1, math.ceil(config.num_train_epochs * steps_per_epoch))
+        sampler = EpochSpanningSampler(
+            len(examples),
+            seed=config.seed,
+            samples_per_epoch=steps_per_epoch * samples_per_step,
+            num_epochs=math.ceil(total_steps / steps_per_epoch),
+        )
         train_loader = DataLoader(examples, sampler=sampler, **loader_kwargs)
     val_loader = None
     eval_languages = list(config.eval_languages or _languages_of(config))
@@ -345,7 +357,6 @@ def train(
         train_module, optimizer = accelerator.prepare(train_module, optimizer)
     else:
         train_module, optimizer, train_loader = accelerator.prepare(train_module, optimizer, train_loader)
-        steps_per_epoch = math.ceil(len(train_loader) / config.gradient_accumulation_steps)
     if config.max_steps:
         total_steps = config.max_steps
     else:
@@ -431,15 +442,9 @@ def train(
         epoch = state.epoch
         batches_this_pass = 0
         examples.set_epoch(epoch)
-        if config.streaming:
-            loader: Any = train_loader
-        else:
-            sampler.set_epoch(epoch)
-            train_loader.set_epoch(epoch)
-            loader = train_loader
-            if state.batches_in_epoch:
-                loader = accelerator.skip_first_batches(train_loader, state.batches_in_epoch)
-                loader.set_epoch(epoch)
+        if not config.streaming:  # one pass over the spanning sampler, from where the state is
+            sampler.set_start(epoch, state.batches_in_epoch * global_batch)
+        loader: Any = train_loader
         to_skip = state.batches_in_epoch if config.streaming else 0
         for batch in loader:
             if to_skip:  # a stream cannot seek: re-read and drop what the interrupted run consumed
@@ -503,6 +508,9 @@ def train(
 
             # ------------------------------------------------------------------ after an optimiser step
             state.step += 1
+            epoch = state.epoch
+            if not config.streaming and state.batches_in_epoch >= batches_per_epoch:
+                state.epoch, state.batches_in_epoch = epoch + 1, 0
             state.samples_seen += (
                 config.per_device_train_batch_size * accelerator.num_processes * running_count
             )
@@ -549,11 +557,8 @@ def train(
             running, running_count = {}, 0
             if val_loader is not None and config.eval_steps and state.step % config.eval_steps == 0:
                 run_validation()
-            epoch_done = (not config.streaming) and state.batches_in_epoch >= len(train_loader)
             if config.save_steps and (state.step % config.save_steps == 0 or state.step == total_steps):
                 snapshot = TrainerState(**{**state.__dict__})
-                if epoch_done:
-                    snapshot.epoch, snapshot.batches_in_epoch = epoch + 1, 0
                 saved = save_checkpoint(
                     accelerator,
                     checkpoints_dir,
@@ -568,8 +573,12 @@ def train(
                 step_callback(state.step, accelerator.unwrap_model(train_module).model)
             if state.step >= total_steps:
                 break
-        else:  # the loader is exhausted: next epoch
-            if config.streaming and batches_this_pass == 0:
+        else:  # the loader is exhausted: next epoch (a stream), or the spanning sampler's last epoch is done
+            if not config.streaming:
+                if batches_this_pass == 0:  # would loop for ever
+                    raise RuntimeError(f"the training sampler ran out at step {state.step} of {total_steps}")
+                continue
+            if batches_this_pass == 0:
                 raise ValueError(
                     f"the training stream yielded no full batch of {config.per_device_train_batch_size} in epoch "
                     f"{epoch}: it has too few rows for this batch size and number of processes"

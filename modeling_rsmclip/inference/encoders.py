@@ -1,0 +1,253 @@
+"""CPU inference backends behind the model's own embedding interface.
+
+`load_encoder(model, backend, precision)` returns an object that `evaluation.embed.Embedder` (and anything else
+that calls `get_image_features(pixel_values=...)` / `get_text_features(input_ids=..., attention_mask=...)` and
+reads `.pooler_output`) uses in place of an `RSMCLIPModel`:
+
+| backend | precision | what runs |
+|---|---|---|
+| torch | fp32 | the `RSMCLIPModel` itself |
+| torch | int8 | a copy with every `nn.Linear` of both towers dynamically quantised (`torch.ao`, CPU only) |
+| onnx | fp32 | the exported graphs in ONNX Runtime |
+| onnx | int8 | the fused, dynamically quantised graphs in ONNX Runtime |
+
+The encoders are `nn.Module`s whose `state_dict` is a fingerprint of what they compute (the source weights' or
+graphs' SHA-256 and the backend/precision), so `Embedder`'s embedding cache never mixes backends.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+from .runtime import MANIFEST_FILE
+
+BACKENDS = ("torch", "onnx")
+PRECISIONS = ("fp32", "int8")
+
+
+def default_onnx_cache_dir() -> Path:
+    """``$RSMCLIP_ONNX_CACHE``, else ``$XDG_CACHE_HOME/rsmclip/onnx`` (``~/.cache/...``)."""
+    env = os.environ.get("RSMCLIP_ONNX_CACHE")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "rsmclip" / "onnx"
+
+
+def weights_digest(model: nn.Module) -> bytes:
+    """SHA-256 over the model's parameters and buffers (name, dtype, shape, bytes) and its config."""
+    h = hashlib.sha256(b"rsmclip-weights-v1")
+    config = getattr(model, "config", None)
+    if config is not None and hasattr(config, "to_json_string"):
+        h.update(config.to_json_string(use_diff=False).encode())
+    for name, tensor in sorted(model.state_dict().items()):
+        t = tensor.detach().contiguous().cpu()
+        h.update(f"{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
+        if t.numel():
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.digest()
+
+
+class _Encoder(nn.Module):
+    """Common part: `config`, a device anchor for `next(parameters())`, and a fingerprint buffer."""
+
+    backend = ""
+    precision = ""
+
+    def __init__(self, config: Any, digest: bytes) -> None:
+        super().__init__()
+        self.config = config
+        # Embedder reads the device from the first parameter; it holds no weight.
+        self.device_anchor = nn.Parameter(torch.empty(0), requires_grad=False)
+        marker = hashlib.sha256(digest + f"\0{self.backend}\0{self.precision}".encode()).digest()
+        self.register_buffer("fingerprint", torch.frombuffer(bytearray(marker), dtype=torch.uint8).clone())
+
+    def _check_cpu(self, tensor: torch.Tensor) -> None:
+        if tensor.device.type != "cpu":
+            raise ValueError(
+                f"the {self.backend} {self.precision} backend runs on the CPU; got inputs on {tensor.device} "
+                f"(use --backend torch --precision fp32 on GPUs)"
+            )
+
+    def extra_repr(self) -> str:
+        return f"backend={self.backend}, precision={self.precision}"
+
+
+class TorchInt8Encoder(_Encoder):
+    """Both towers with their `nn.Linear` layers dynamically quantised to int8 (PyTorch, CPU only)."""
+
+    backend, precision = "torch", "int8"
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__(model.config, weights_digest(model))
+        import copy
+
+        from torch.ao.quantization import quantize_dynamic
+
+        quantized = copy.deepcopy(model).float().eval()
+        # The distillation head (weight-normalised, unused at inference) is not quantisable: drop it.
+        quantized.distillation_head = nn.Identity()
+        quantize_dynamic(quantized, {nn.Linear}, dtype=torch.qint8, inplace=True)
+        # Kept out of the module tree: the packed int8 weights are not tensors that a state_dict hash can read,
+        # and `fingerprint` already names the source weights.
+        self.__dict__["quantized"] = quantized.eval()
+
+    @torch.inference_mode()
+    def get_image_features(self, pixel_values: torch.Tensor, **kwargs: Any) -> BaseModelOutputWithPooling:
+        self._check_cpu(pixel_values)
+        return self.quantized.get_image_features(pixel_values=pixel_values.float(), **kwargs)
+
+    @torch.inference_mode()
+    def get_text_features(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs: Any
+    ) -> BaseModelOutputWithPooling:
+        self._check_cpu(input_ids)
+        return self.quantized.get_text_features(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+
+
+class OnnxEncoder(_Encoder):
+    """The exported graphs in ONNX Runtime (CPU), with PyTorch tensors in and out."""
+
+    backend = "onnx"
+
+    def __init__(
+        self, folder: str | os.PathLike, precision: str = "fp32", threads: int | None = None
+    ) -> None:
+        from transformers import AutoConfig
+
+        from .runtime import ONNXRSMCLIP
+
+        folder = Path(folder)
+        self.precision = precision
+        runner = ONNXRSMCLIP(folder, precision=precision, threads=threads)
+        digest = hashlib.sha256(b"rsmclip-onnx-v1")
+        for name, sha in sorted(runner.manifest.get("files", {}).items()):
+            if (precision == "int8") == (".int8." in name):
+                digest.update(f"{name}\0{sha}\n".encode())
+        super().__init__(AutoConfig.from_pretrained(str(folder)), digest.digest())
+        self.folder = folder
+        self.__dict__["runner"] = runner
+
+    def get_image_features(self, pixel_values: torch.Tensor, **kwargs: Any) -> BaseModelOutputWithPooling:
+        self._check_cpu(pixel_values)
+        embeds = self.runner.encode_image(pixel_values.detach().float().numpy())
+        return BaseModelOutputWithPooling(pooler_output=torch.from_numpy(np.ascontiguousarray(embeds)))
+
+    def get_text_features(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs: Any
+    ) -> BaseModelOutputWithPooling:
+        self._check_cpu(input_ids)
+        mask = None if attention_mask is None else attention_mask.detach().numpy()
+        embeds = self.runner.encode_text(input_ids.detach().numpy(), mask)
+        return BaseModelOutputWithPooling(pooler_output=torch.from_numpy(np.ascontiguousarray(embeds)))
+
+
+def is_onnx_folder(path: str | os.PathLike) -> bool:
+    return (Path(path) / MANIFEST_FILE).is_file()
+
+
+def _load_torch_model(model: Any) -> tuple[nn.Module, Any]:
+    from ..modeling_rsmclip import RSMCLIPModel
+
+    if isinstance(model, nn.Module):
+        return model, None
+    from transformers import AutoProcessor
+
+    return RSMCLIPModel.from_pretrained(str(model)).eval(), AutoProcessor.from_pretrained(str(model))
+
+
+def onnx_folder_for(model: Any, processor: Any = None, cache_dir: str | os.PathLike | None = None) -> Path:
+    """The ONNX export folder of `model`: the path itself when it is one, else an export made once and cached
+    under `cache_dir` (default `default_onnx_cache_dir()`), keyed by the weights' SHA-256."""
+    if not isinstance(model, nn.Module) and is_onnx_folder(model):
+        return Path(model)
+    from .onnx_export import export_onnx
+
+    net, loaded_processor = _load_torch_model(model)
+    processor = processor if processor is not None else loaded_processor
+    folder = Path(cache_dir or default_onnx_cache_dir()) / weights_digest(net).hex()[:24]
+    if not is_onnx_folder(folder):
+        tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
+        export_onnx(net, tmp, processor=processor)
+        if folder.exists():  # a concurrent export finished first
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            os.replace(tmp, folder)
+    return folder
+
+
+def load_encoder(
+    model: Any,
+    backend: str = "torch",
+    precision: str = "fp32",
+    processor: Any = None,
+    *,
+    threads: int | None = None,
+    cache_dir: str | os.PathLike | None = None,
+) -> nn.Module:
+    """An encoder usable in place of the model by `evaluation.embed.Embedder`.
+
+    Args:
+        model: an `RSMCLIPModel`, a model folder or Hub id, or (backend "onnx") an `rsmclip export --to-onnx`
+            folder.
+        backend: "torch" or "onnx" (ONNX Runtime; a model that is not yet an ONNX folder is exported once and
+            cached).
+        precision: "fp32" or "int8" (dynamic quantisation: PyTorch's for "torch", ONNX Runtime's for "onnx").
+        processor: the model's processor, needed to export a model object that was not loaded from a folder.
+        threads: ONNX Runtime intra-op threads (default: all cores).
+        cache_dir: where ONNX exports of model folders are cached.
+
+    The processor to use with the encoder is the model's own (`AutoProcessor.from_pretrained(...)`; an ONNX
+    folder holds a copy).
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if backend == "onnx":
+        return OnnxEncoder(onnx_folder_for(model, processor, cache_dir), precision=precision, threads=threads)
+    if not isinstance(model, nn.Module) and is_onnx_folder(model):
+        raise ValueError(f"{model} is an ONNX export folder: use backend='onnx'")
+    net, _ = _load_torch_model(model)
+    if precision == "int8":
+        return TorchInt8Encoder(net)
+    return net.eval()
+
+
+def add_backend_arguments(parser: Any) -> None:
+    """Add `--backend torch|onnx` and `--precision fp32|int8` (CPU inference) to an argparse parser."""
+    parser.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="torch",
+        help="inference backend: PyTorch, or ONNX Runtime (CPU; the model is exported once and cached)",
+    )
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="fp32",
+        help="fp32, or int8 weights (dynamic quantisation; CPU)",
+    )
+
+
+__all__ = [
+    "BACKENDS",
+    "PRECISIONS",
+    "OnnxEncoder",
+    "TorchInt8Encoder",
+    "add_backend_arguments",
+    "default_onnx_cache_dir",
+    "load_encoder",
+    "onnx_folder_for",
+    "weights_digest",
+]
