@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import PIL.Image
@@ -247,19 +247,25 @@ def pil_to_rgb(
     return np.array(image)
 
 
-def load_image_file(path: str | os.PathLike) -> PIL.Image.Image:
+def load_image_file(path: str | os.PathLike | IO[bytes]) -> PIL.Image.Image:
     """Open an image file (TIFF included) without reducing its bit depth; EXIF orientation applied.
 
     The one decoder of image files in this project. PIL's decompression-bomb guard stays on (an image whose header
     claims more than twice `PIL.Image.MAX_IMAGE_PIXELS` pixels is refused before any pixel is decoded). A missing
     path raises FileNotFoundError; anything else that cannot be decoded raises ValueError; both name the file.
+    `path` may also be a binary file object (e.g. `io.BytesIO` of a dataset row's bytes), decoded the same way.
     """
-    if not isinstance(path, str | os.PathLike):
+    if hasattr(path, "read") and hasattr(path, "seek"):
+        path_name = getattr(path, "name", None)
+        path_name = path_name if isinstance(path_name, str) else "<in-memory image>"
+    elif not isinstance(path, str | os.PathLike):
         raise TypeError(f"an image path must be a str or os.PathLike, got {type(path).__name__}")
-    if not os.path.exists(path):
+    elif not os.path.exists(path):
         raise FileNotFoundError(f"image file not found: {path}")
-    if os.path.isdir(path):
+    elif os.path.isdir(path):
         raise ValueError(f"cannot read image file {path}: it is a directory")
+    else:
+        path_name = str(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", PIL.Image.DecompressionBombWarning)
@@ -267,14 +273,14 @@ def load_image_file(path: str | os.PathLike) -> PIL.Image.Image:
             image.load()
         return PIL.ImageOps.exif_transpose(image)
     except FileNotFoundError:
-        raise FileNotFoundError(f"image file not found: {path}") from None
+        raise FileNotFoundError(f"image file not found: {path_name}") from None
     except (PIL.Image.DecompressionBombError, PIL.Image.DecompressionBombWarning) as error:
         raise ValueError(
-            f"cannot read image file {path}: refused as a possible decompression bomb ({error}). If the file is "
+            f"cannot read image file {path_name}: refused as a possible decompression bomb ({error}). If the file is "
             f"trusted, raise PIL.Image.MAX_IMAGE_PIXELS, or tile the image (rasterio windows)"
         ) from error
     except Exception as error:  # PIL raises OSError, SyntaxError, ValueError, struct.error, ... on bad files
-        raise ValueError(f"cannot read image file {path}: {type(error).__name__}: {error}") from error
+        raise ValueError(f"cannot read image file {path_name}: {type(error).__name__}: {error}") from error
 
 
 def _is_torch_tensor(x: Any) -> bool:
