@@ -173,3 +173,34 @@ def test_plot_fonts_fall_back_without_crashing(tmp_path, caplog) -> None:
     assert displayable("a这b", {"这"}) == f"a{PLACEHOLDER}b"
     path = plot_confusion_matrix([[3, 1], [0, 2]], ["农田", "forest"], tmp_path / "cm.png", "混淆矩阵")
     _assert_png(path)
+
+
+def test_eval_retrieval_with_the_int8_backend_equals_the_python_api_and_stays_close_to_fp32(tmp_path) -> None:
+    """`--precision int8` runs the evaluation through `inference.load_encoder` (PyTorch dynamic quantisation):
+    its figures are exactly those of the Python API with that encoder, and within a few points of fp32 on the
+    42 bundled UCM test images with the trained demo model."""
+    from modeling_rsmclip import RSMCLIPModel, RSMCLIPProcessor
+    from modeling_rsmclip.demo import DEMO_MODEL_DIR
+    from modeling_rsmclip.evaluation.embed import Embedder
+    from modeling_rsmclip.evaluation.retrieval import evaluate_retrieval, load_karpathy
+    from modeling_rsmclip.inference import load_encoder
+
+    ucm = sample_dir() / "ucm"
+    common = ["--model", str(DEMO_MODEL_DIR), "--karpathy-json", str(ucm / "dataset.json"), "--images"]
+    common += [str(ucm / "images"), "--translations", str(ucm / "translations"), "--languages", "en,pt"]
+    common += ["--no-cache", "--num-workers", "0", "--quiet", "--no-plots"]
+    figures = {}
+    for precision in ("fp32", "int8"):
+        out = tmp_path / precision
+        assert _run(["eval-retrieval", *common, "--precision", precision, "--output-dir", str(out)]) == 0
+        figures[precision] = json.loads((out / "retrieval_ucm_test.json").read_text())["languages"]
+
+    model = RSMCLIPModel.from_pretrained(DEMO_MODEL_DIR)
+    processor = RSMCLIPProcessor.from_pretrained(DEMO_MODEL_DIR)
+    encoder = load_encoder(model, "torch", "int8", processor=processor)
+    embedder = Embedder(encoder, processor, num_workers=0, show_progress=False)
+    data = load_karpathy(ucm / "dataset.json", ucm / "images", "test", ucm / "translations", ["en", "pt"])
+    expected = evaluate_retrieval(embedder, data).results["languages"]
+    for lang in ("en", "pt"):
+        assert figures["int8"][lang]["mR"] == pytest.approx(expected[lang]["mR"], abs=1e-9)
+        assert abs(figures["int8"][lang]["mR"] - figures["fp32"][lang]["mR"]) < 3.0

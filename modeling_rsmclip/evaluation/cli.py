@@ -53,10 +53,16 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--batch-size", type=int, default=64, help="images or texts per forward pass")
     group.add_argument("--num-workers", type=int, default=2, help="data-loader workers for image decoding")
     group.add_argument(
+        "--backend",
+        choices=("torch", "onnx"),
+        default="torch",
+        help="inference backend: PyTorch, or ONNX Runtime (CPU; the model is exported once and cached)",
+    )
+    group.add_argument(
         "--precision",
-        choices=("fp32", "bf16", "fp16"),
+        choices=("fp32", "bf16", "fp16", "int8"),
         default="fp32",
-        help="autocast precision (bf16/fp16: CUDA)",
+        help="fp32; bf16/fp16 autocast (CUDA, PyTorch backend); int8 weights (CPU, dynamic quantisation)",
     )
     group.add_argument(
         "--cache-dir",
@@ -90,6 +96,14 @@ def _make_embedder(args: argparse.Namespace) -> tuple[Any, str]:
         )
     model = RSMCLIPModel.from_pretrained(args.model)
     processor = RSMCLIPProcessor.from_pretrained(args.model)
+    precision = args.precision
+    if args.backend == "onnx" or precision == "int8":
+        if precision in ("bf16", "fp16"):
+            raise UserError(f"--precision {precision} is autocast for the PyTorch backend; use fp32 or int8")
+        from ..inference import load_encoder
+
+        model = load_encoder(model, args.backend, precision, processor=processor)
+        device, precision = "cpu", "fp32"
     cache_dir = None if args.no_cache else (args.cache_dir or default_cache_dir())
     embedder = Embedder(
         model,
@@ -97,7 +111,7 @@ def _make_embedder(args: argparse.Namespace) -> tuple[Any, str]:
         device=device,
         batch_size=args.batch_size,
         num_workers=args.num_workers,
-        precision=args.precision,
+        precision=precision,
         cache_dir=cache_dir,
         show_progress=not args.quiet,
     )

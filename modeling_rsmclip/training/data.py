@@ -24,7 +24,7 @@ import PIL.Image
 import torch
 from torch.utils.data import Dataset, IterableDataset, Sampler
 
-from ..processing_rsmclip import pil_to_rgb
+from ..processing_rsmclip import load_image_file, pil_to_rgb
 from .augment import MultiCropAugmentation
 
 REQUIRED_COLUMNS = ("image", "captions")
@@ -112,12 +112,11 @@ def decode_image(value: Any, where: str) -> PIL.Image.Image:
         if isinstance(value, PIL.Image.Image):
             image = value
         elif isinstance(value, dict) and value.get("bytes"):
-            image = PIL.Image.open(io.BytesIO(value["bytes"]))
+            image = load_image_file(io.BytesIO(value["bytes"]))
         elif isinstance(value, dict) and value.get("path"):
-            image = PIL.Image.open(value["path"])
+            image = load_image_file(value["path"])
         else:
             raise ValueError("the image cell holds neither bytes nor a path")
-        image.load()
         return PIL.Image.fromarray(pil_to_rgb(image))
     except Exception as error:  # noqa: BLE001 - any decoding failure becomes an error naming the row
         raise ValueError(f"cannot decode the image of {where}: {error}") from error
