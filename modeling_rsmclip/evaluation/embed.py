@@ -27,6 +27,7 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from ..cache_dirs import user_cache_dir
 from ..processing_rsmclip import load_image_file
 from ..processing_rsmclip import to_rgb as _to_rgb_array
 
@@ -37,11 +38,7 @@ DEFAULT_MAX_TEXT_LENGTH = 77
 
 def default_cache_dir() -> Path:
     """``$RSMCLIP_EMBEDDINGS_CACHE``, else ``$XDG_CACHE_HOME/rsmclip/embeddings`` (``~/.cache/...``)."""
-    env = os.environ.get("RSMCLIP_EMBEDDINGS_CACHE")
-    if env:
-        return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "rsmclip" / "embeddings"
+    return user_cache_dir("embeddings", "RSMCLIP_EMBEDDINGS_CACHE")
 
 
 def default_num_workers() -> int:

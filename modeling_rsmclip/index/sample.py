@@ -9,16 +9,14 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from ..cache_dirs import user_cache_dir
+
 logger = logging.getLogger(__name__)
 
 
 def default_index_cache_dir() -> Path:
     """``$RSMCLIP_INDEX_CACHE``, else ``$XDG_CACHE_HOME/rsmclip/indexes`` (``~/.cache/...``)."""
-    env = os.environ.get("RSMCLIP_INDEX_CACHE")
-    if env:
-        return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "rsmclip" / "indexes"
+    return user_cache_dir("indexes", "RSMCLIP_INDEX_CACHE")
 
 
 def bundled_sample_index(

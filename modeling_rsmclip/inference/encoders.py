@@ -27,6 +27,7 @@ import torch
 from torch import nn
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
+from ..cache_dirs import user_cache_dir
 from .runtime import MANIFEST_FILE
 
 BACKENDS = ("torch", "onnx")
@@ -35,11 +36,7 @@ PRECISIONS = ("fp32", "int8")
 
 def default_onnx_cache_dir() -> Path:
     """``$RSMCLIP_ONNX_CACHE``, else ``$XDG_CACHE_HOME/rsmclip/onnx`` (``~/.cache/...``)."""
-    env = os.environ.get("RSMCLIP_ONNX_CACHE")
-    if env:
-        return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "rsmclip" / "onnx"
+    return user_cache_dir("onnx", "RSMCLIP_ONNX_CACHE")
 
 
 def weights_digest(model: nn.Module) -> bytes:
