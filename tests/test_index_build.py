@@ -173,6 +173,8 @@ def test_manifest_describes_the_index(union) -> None:
         "stored_dtype": "float16",
         "normalized": True,
         "metric": "cosine (inner product)",
+        "backend": "torch",
+        "precision": "fp32",
     }
     assert manifest["versions"]["faiss"] == faiss.__version__ and "torch" in manifest["versions"]
     assert {r["label"] for r in union.metadata.to_pylist() if r["source"] == "rsscn7"} == {

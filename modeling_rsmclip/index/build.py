@@ -154,6 +154,37 @@ def index_fingerprint(model: Any, processor: Any) -> str:
     return model_fingerprint(model, processor, extra=f"index\0{DEFAULT_MAX_TEXT_LENGTH}")
 
 
+BACKENDS = ("torch", "onnx")
+PRECISIONS = ("fp32", "bf16", "fp16", "int8")
+
+
+def check_backend(backend: str, precision: str, device: str | None = None) -> bool:
+    """Validate an inference ``backend`` / ``precision`` pair; True when it runs through
+    `inference.load_encoder` (ONNX Runtime, or int8 weights), which is CPU only and fp32 in the `Embedder`."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    wrapped = backend == "onnx" or precision == "int8"
+    if wrapped and precision in ("bf16", "fp16"):
+        raise ValueError(
+            f"precision {precision} is autocast for the PyTorch backend; use fp32 or int8 with --backend {backend}"
+        )
+    if wrapped and device is not None and str(device) != "cpu":
+        raise ValueError(f"the {backend} {precision} backend runs on the CPU, not on device {device}")
+    return wrapped
+
+
+def embedding_encoder(model: Any, processor: Any, backend: str, precision: str) -> tuple[Any, str]:
+    """(encoder, Embedder precision): ``model`` itself for the PyTorch backend in fp32/bf16/fp16, else the
+    `inference.load_encoder` wrapper of the loaded PyTorch model, run in fp32 (its own arithmetic) on the CPU."""
+    if not check_backend(backend, precision):
+        return model, precision
+    from ..inference import load_encoder
+
+    return load_encoder(model, backend, precision, processor=processor), "fp32"
+
+
 def processor_settings(processor: Any) -> dict[str, Any]:
     image_processor = getattr(processor, "image_processor", None)
     tokenizer = getattr(processor, "tokenizer", None)
@@ -263,12 +294,18 @@ def _run(
     device: str | None,
     exact_threshold: int,
     progress: bool,
+    backend: str = "torch",
 ) -> Any:
     from ..evaluation.embed import Embedder
     from .search import RSMCLIPIndex
 
     require_index_dependencies()
+    wrapped = check_backend(backend, precision, device)
+    # The returned index embeds queries like the images were (a bf16/fp16 GPU build is queried in fp32).
+    query_backend = {"backend": backend, "precision": precision} if wrapped else {}
     procs = _Processes()
+    if wrapped:
+        device = "cpu"
     device = device or (str(procs.device) if procs.device is not None else None)
     output = Path(output)
     manifest_path = output / "manifest.json"
@@ -305,7 +342,7 @@ def _run(
         if kind == "build" and manifest is not None:
             if runs and runs[0]["digest"] == digest:
                 logger.info("%s is already built from these sources", output)
-                return RSMCLIPIndex.load(output, model=model, processor=processor)
+                return RSMCLIPIndex.load(output, model=model, processor=processor, **query_backend)
             raise ValueError(
                 f"{output} already holds an index: add to it with `rsmclip index add {output} SOURCE...`"
             )
@@ -320,6 +357,8 @@ def _run(
             "shard_size": shard_size,
             "num_shards": math.ceil(len(items) / shard_size),
             "index_type": index_type,
+            "backend": backend,
+            "precision": precision,
             "complete": False,
             "started": _now(),
         }
@@ -335,18 +374,20 @@ def _run(
         if s % procs.world == procs.rank and not _shard_done(output, run, s)
     ]
     known = _known_hashes(output)
+    dim = int(model.config.projection_dim)
+    # The fingerprint above is the PyTorch model's: an index belongs to the weights, not to how they were run.
+    encoder, embed_precision = embedding_encoder(model, processor, backend, precision)
     embedder = Embedder(
-        model,
+        encoder,
         processor,
         device=device,
         batch_size=batch_size,
         num_workers=num_workers,
-        precision=precision,
+        precision=embed_precision,
         cache_dir=None,
         show_progress=False,
         model_key=fingerprint,
     )
-    dim = int(model.config.projection_dim)
     total = sum(len(items[s * size : (s + 1) * size]) for s in mine)
     rank_note = f" [process {procs.rank}/{procs.world}]" if procs.world > 1 else ""
     bar = new_progress(total, f"indexing{rank_note}", progress)
@@ -376,6 +417,8 @@ def _run(
             index_type=plan.get("index_type", index_type),
             exact_threshold=exact_threshold,
             manifest=manifest,
+            backend=plan.get("backend", backend),
+            precision=plan.get("precision", precision),
         )
         plan["complete"] = True
         plan["finished"] = _now()
@@ -383,7 +426,7 @@ def _run(
     procs.barrier()
     if procs.state is not None:
         procs.state.destroy_process_group()
-    return RSMCLIPIndex.load(output, model=model, processor=processor)
+    return RSMCLIPIndex.load(output, model=model, processor=processor, **query_backend)
 
 
 def _now() -> str:
@@ -400,6 +443,8 @@ def finalize(
     index_type: str = "auto",
     exact_threshold: int = EXACT_THRESHOLD,
     manifest: dict[str, Any] | None = None,
+    backend: str = "torch",
+    precision: str = "fp32",
 ) -> dict[str, Any]:
     """Merge every shard into ``metadata.parquet``, ``index.faiss``, ``report.json`` and ``manifest.json``."""
     import faiss
@@ -456,6 +501,9 @@ def finalize(
             "stored_dtype": "float16",
             "normalized": True,
             "metric": "cosine (inner product)",
+            # How the latest run embedded its images (each run's is under "runs").
+            "backend": backend,
+            "precision": precision,
         },
         "index": {
             "type": index_type,
@@ -475,7 +523,11 @@ def finalize(
         "georeferenced": bool(georeferenced),
         "columns": [c for c in metadata.column_names],
         "runs": [
-            {k: r[k] for k in ("run", "kind", "sources", "num_items", "num_shards", "options")} for r in runs
+            {
+                **{k: r[k] for k in ("run", "kind", "sources", "num_items", "num_shards", "options")},
+                **{k: r[k] for k in ("backend", "precision") if k in r},
+            }
+            for r in runs
         ],
         "versions": library_versions(),
         "created": (manifest or {}).get("created", _now()),
@@ -504,13 +556,18 @@ def build_index(
     num_workers: int | None = None,
     shard_size: int = DEFAULT_SHARD_SIZE,
     precision: str = "fp32",
+    backend: str = "torch",
     device: str | None = None,
     exact_threshold: int = EXACT_THRESHOLD,
     progress: bool = True,
 ) -> Any:
     """Embed every image of ``sources`` (folders, image files, GeoTIFF scenes with ``tile_size``) and of a builder
     ``dataset`` split into a new index folder ``output``; resume it if a previous build of the same sources was
-    interrupted. Returns the loaded `RSMCLIPIndex`. See the module docstring for the folder layout."""
+    interrupted. Returns the loaded `RSMCLIPIndex`. See the module docstring for the folder layout.
+
+    ``precision`` is ``fp32``, ``bf16``/``fp16`` (autocast, GPU) or ``int8``; ``backend`` is ``torch`` or ``onnx``
+    (ONNX Runtime). ONNX and int8 run on the CPU through `inference.load_encoder`; the index's fingerprint is that
+    of the source model's weights either way, and the manifest records the backend and precision used."""
     if not sources and not dataset:
         raise ValueError("nothing to index: give image folders, files, scenes or a dataset")
     choose_index(1, 8, index_type)  # validate early
@@ -538,6 +595,7 @@ def build_index(
         device=device,
         exact_threshold=exact_threshold,
         progress=progress,
+        backend=backend,
     )
 
 
@@ -559,6 +617,7 @@ def add_to_index(
     num_workers: int | None = None,
     shard_size: int = DEFAULT_SHARD_SIZE,
     precision: str = "fp32",
+    backend: str = "torch",
     device: str | None = None,
     exact_threshold: int = EXACT_THRESHOLD,
     progress: bool = True,
@@ -594,4 +653,5 @@ def add_to_index(
         device=device,
         exact_threshold=exact_threshold,
         progress=progress,
+        backend=backend,
     )

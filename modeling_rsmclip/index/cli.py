@@ -65,10 +65,23 @@ def _add_source_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument(
         "--device", default=None, help="torch device (default: the process's accelerator, else cpu)"
     )
-    run.add_argument(
-        "--precision", choices=("fp32", "bf16", "fp16"), default="fp32", help="autocast precision (GPU)"
-    )
+    _add_backend_arguments(run)
     run.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _add_backend_arguments(group: Any) -> None:
+    group.add_argument(
+        "--backend",
+        choices=("torch", "onnx"),
+        default="torch",
+        help="inference backend: PyTorch, or ONNX Runtime (CPU; the model is exported once and cached)",
+    )
+    group.add_argument(
+        "--precision",
+        choices=("fp32", "bf16", "fp16", "int8"),
+        default="fp32",
+        help="fp32, bf16/fp16 autocast (PyTorch, GPU), or int8 weights (dynamic quantisation, CPU)",
+    )
 
 
 def _index_type_help() -> str:
@@ -91,6 +104,7 @@ def _common_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         "num_workers": args.num_workers,
         "shard_size": args.shard_size,
         "precision": args.precision,
+        "backend": args.backend,
         "device": args.device,
         "progress": not args.quiet,
     }
@@ -159,7 +173,7 @@ def _run_search(args: argparse.Namespace) -> int:
         raise ValueError(f"--top-k must be >= 1, got {args.top_k}")
     if args.image and not Path(args.query).is_file():
         raise FileNotFoundError(f"query image not found: {args.query}")
-    index = RSMCLIPIndex.load(args.index, model=args.model)
+    index = RSMCLIPIndex.load(args.index, model=args.model, backend=args.backend, precision=args.precision)
     results = index.search(args.query, top_k=args.top_k, image=args.image, where=args.where, bbox=args.bbox)
     if args.geojson:
         Path(args.geojson).parent.mkdir(parents=True, exist_ok=True)
@@ -237,4 +251,5 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
     search.add_argument(
         "--model", default=None, help="query model (default: the one in the index's manifest)"
     )
+    _add_backend_arguments(search.add_argument_group("query embedding (any backend fits any index)"))
     search.set_defaults(func=_guarded(_run_search))

@@ -17,7 +17,14 @@ from typing import Any
 
 import numpy as np
 
-from .build import apply_search_params, index_fingerprint, require_index_dependencies, resolve_model
+from .build import (
+    apply_search_params,
+    check_backend,
+    embedding_encoder,
+    index_fingerprint,
+    require_index_dependencies,
+    resolve_model,
+)
 
 
 class IndexModelMismatchError(ValueError):
@@ -145,13 +152,29 @@ class RSMCLIPIndex:
         self._model = None
         self._processor = None
         self._embedder = None
+        self._backend = "torch"
+        self._precision = "fp32"
 
     # ------------------------------------------------------------------------------------------------ loading
     @classmethod
-    def load(cls, path: str | os.PathLike, model: Any = None, processor: Any = None) -> RSMCLIPIndex:
+    def load(
+        cls,
+        path: str | os.PathLike,
+        model: Any = None,
+        processor: Any = None,
+        *,
+        backend: str = "torch",
+        precision: str = "fp32",
+    ) -> RSMCLIPIndex:
         """Open an index folder. The model that embeds queries is ``model`` (path, Hub id or loaded model with its
         ``processor``) or, when None, the manifest's, loaded at the first query. A model whose fingerprint differs
-        from the manifest's is refused (`IndexModelMismatchError`)."""
+        from the manifest's is refused (`IndexModelMismatchError`).
+
+        ``backend`` ("torch" or "onnx") and ``precision`` ("fp32", "bf16"/"fp16" autocast, "int8") say how queries
+        are embedded, whatever the index was built with: the fingerprint is the source weights', so int8 or ONNX
+        queries against an fp32 index are allowed (int8 query embeddings have cosine > 0.995 to fp32 ones, which
+        can swap near-tied results)."""
+        check_backend(backend, precision)
         faiss, _ = require_index_dependencies()
         import pyarrow.parquet as pq
 
@@ -176,13 +199,20 @@ class RSMCLIPIndex:
                 f"({manifest['counts']['items']}) disagree: an interrupted update? Rerun the last `rsmclip index` command"
             )
         out = cls(path, manifest, index, metadata)
+        out._backend, out._precision = backend, precision
         if model is not None:
-            out.set_model(model, processor)
+            out.set_model(model, processor, backend=backend, precision=precision)
         return out
 
-    def set_model(self, model: Any, processor: Any = None) -> None:
-        """Use ``model`` for queries, after checking its fingerprint against the manifest."""
-        model, processor, name = resolve_model(model, processor)
+    def set_model(
+        self, model: Any, processor: Any = None, *, backend: str | None = None, precision: str | None = None
+    ) -> None:
+        """Use ``model`` for queries, after checking its fingerprint against the manifest; ``backend`` and
+        ``precision`` as in `load` (default: those given to `load`)."""
+        backend = backend or self._backend
+        precision = precision or self._precision
+        wrapped = check_backend(backend, precision)
+        model, processor, name = resolve_model(model, processor, "cpu" if wrapped else None)
         fingerprint = index_fingerprint(model, processor)
         expected = self.manifest["model"]["fingerprint"]
         if fingerprint != expected:
@@ -193,10 +223,14 @@ class RSMCLIPIndex:
             )
         from ..evaluation.embed import Embedder
 
+        encoder, embed_precision = embedding_encoder(model, processor, backend, precision)
         self._model, self._processor = model, processor
+        self._backend, self._precision = backend, precision
         self._embedder = Embedder(
-            model,
+            encoder,
             processor,
+            device="cpu" if wrapped else None,
+            precision=embed_precision,
             batch_size=1,
             num_workers=0,
             cache_dir=None,
