@@ -25,9 +25,10 @@ class UserError(ValueError):
 
 
 # What counts as a user error at the command line. ValueError and OSError are what this package (and transformers,
-# huggingface_hub, PIL) raise for bad input, with messages that name the file or value; programming errors
-# (TypeError, KeyError, AttributeError, ...) keep their traceback.
-USER_ERRORS: tuple[type[BaseException], ...] = (UserError, ValueError, OSError)
+# huggingface_hub, PIL) raise for bad input, with messages that name the file or value; ImportError is a missing
+# optional extra, whose message names the `pip install` to run; programming errors (TypeError, KeyError,
+# AttributeError, ...) keep their traceback.
+USER_ERRORS: tuple[type[BaseException], ...] = (UserError, ValueError, OSError, ImportError)
 
 
 def one_line(error: BaseException) -> str:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import logging
 import socket
-import sys
 from pathlib import Path
+
+from ..errors import UserError
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7860
@@ -57,30 +58,21 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     for value, name in ((args.concurrency, "--concurrency"), (args.max_queue, "--max-queue")):
         if value < 1:
-            print(f"error: {name} must be at least 1, got {value}", file=sys.stderr)
-            return 2
+            raise UserError(f"{name} must be at least 1, got {value}")
     if not 0 < args.port < 65536:
-        print(f"error: --port must be between 1 and 65535, got {args.port}", file=sys.stderr)
-        return 2
+        raise UserError(f"--port must be between 1 and 65535, got {args.port}")
     if args.index is not None and not Path(args.index).is_dir():  # before the minutes of loading a model
-        print(f"error: index folder not found: {args.index}", file=sys.stderr)
-        return 2
-    try:
-        from . import ui  # noqa: F401  (Gradio installed?)
-        from .service import AppLimits, AppService
-    except ImportError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    try:
-        service = AppService.load(
-            args.model,
-            args.index,
-            with_index=not args.no_index,
-            limits=AppLimits(max_upload_mb=args.max_upload_mb),
-        )
-    except (FileNotFoundError, ValueError, OSError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        raise UserError(f"index folder not found: {args.index}")
+    # A missing Gradio (ImportError) or a bad model/index (ValueError, OSError) is reported by `errors.run_command`.
+    from . import ui  # noqa: F401  (Gradio installed?)
+    from .service import AppLimits, AppService
+
+    service = AppService.load(
+        args.model,
+        args.index,
+        with_index=not args.no_index,
+        limits=AppLimits(max_upload_mb=args.max_upload_mb),
+    )
     serve(
         service,
         args.host,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from typing import Any
 
 from ..templates import LANGUAGES
@@ -58,27 +57,23 @@ def _load(args: argparse.Namespace) -> tuple[Any, Any]:
 def _classify(args: argparse.Namespace) -> int:
     from .zero_shot import classify_scene
 
-    try:
-        model, processor = _load(args)
-        result = classify_scene(
-            args.scene,
-            args.labels,
-            model=model,
-            processor=processor,
-            language=args.language,
-            tile_size=args.tile_size,
-            overlap=args.overlap,
-            preset=args.preset,
-            bands=args.bands,
-            stretch=args.stretch,
-            min_valid=args.min_valid,
-            batch_size=args.batch_size,
-            output_dir=args.output,
-            progress=not args.no_progress,
-        )
-    except (FileNotFoundError, ValueError, ImportError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    model, processor = _load(args)
+    result = classify_scene(
+        args.scene,
+        args.labels,
+        model=model,
+        processor=processor,
+        language=args.language,
+        tile_size=args.tile_size,
+        overlap=args.overlap,
+        preset=args.preset,
+        bands=args.bands,
+        stretch=args.stretch,
+        min_valid=args.min_valid,
+        batch_size=args.batch_size,
+        output_dir=args.output,
+        progress=not args.no_progress,
+    )
     print(json.dumps(result.summary(), ensure_ascii=False, indent=2))
     return 0
 
@@ -86,27 +81,23 @@ def _classify(args: argparse.Namespace) -> int:
 def _segment(args: argparse.Namespace) -> int:
     from .naclip import segment_scene
 
-    try:
-        model, processor = _load(args)
-        result = segment_scene(
-            args.scene,
-            args.labels,
-            model=model,
-            processor=processor,
-            language=args.language,
-            window=args.window,
-            stride=args.stride,
-            naclip=not args.no_naclip,
-            preset=args.preset,
-            bands=args.bands,
-            stretch=args.stretch,
-            batch_size=args.batch_size,
-            output_dir=args.output,
-            progress=not args.no_progress,
-        )
-    except (FileNotFoundError, ValueError, ImportError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    model, processor = _load(args)
+    result = segment_scene(
+        args.scene,
+        args.labels,
+        model=model,
+        processor=processor,
+        language=args.language,
+        window=args.window,
+        stride=args.stride,
+        naclip=not args.no_naclip,
+        preset=args.preset,
+        bands=args.bands,
+        stretch=args.stretch,
+        batch_size=args.batch_size,
+        output_dir=args.output,
+        progress=not args.no_progress,
+    )
     print(json.dumps(result.summary(), ensure_ascii=False, indent=2))
     return 0
 

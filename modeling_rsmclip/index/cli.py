@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any
+
+from ..errors import UserError
 
 DEFAULT_DEMO = "the bundled demo model"
 
@@ -190,15 +191,13 @@ def _run_search(args: argparse.Namespace) -> int:
 
 
 def _guarded(func: Any) -> Any:
-    """A user error prints one ``error: ...`` line and exits 2."""
+    """A KeyError (an unknown metadata column) is a user error too; `errors.run_command` reports the rest."""
 
     def run(args: argparse.Namespace) -> int:
         try:
             return func(args)
-        except (ValueError, FileNotFoundError, ImportError, KeyError) as err:
-            message = err.args[0] if isinstance(err, KeyError) and err.args else err
-            print(f"error: {message}", file=sys.stderr)
-            return 2
+        except KeyError as err:
+            raise UserError(err.args[0] if err.args else str(err)) from err
 
     return run
 
