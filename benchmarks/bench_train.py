@@ -56,6 +56,21 @@ def _rss_mb() -> float:
         return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
+def _known_peak_bf16_tflops() -> float | None:
+    """Dense bf16 tensor-core peak of the first GPU, when it is one whose datasheet figure is known."""
+    import torch
+
+    name = torch.cuda.get_device_name(0)
+    for key, peak in (
+        ("H200", 989.0),
+        ("H100", 989.0 if "SXM" in name or "HBM3" in name else 756.0),
+        ("A100", 312.0),
+    ):
+        if key in name:
+            return peak
+    return None
+
+
 def run_one(args: argparse.Namespace) -> dict:
     """Benchmark one objective in this process."""
     import torch
@@ -148,6 +163,15 @@ def run_one(args: argparse.Namespace) -> dict:
     for _ in range(args.warmup):
         step()
     sync()
+    # Model FLOPs of one step (forward + backward; matmuls, convolutions and attention, as torch counts them),
+    # measured on one more step outside the timed ones: the arithmetic each objective needs, whatever the machine.
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        step()
+    sync()
+    step_flops = counter.get_total_flops()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
@@ -159,7 +183,11 @@ def run_one(args: argparse.Namespace) -> dict:
         "mode": args.mode + (" frozen-emb" if args.freeze_token_embeddings else ""),
         "samples_per_second": args.steps * args.batch_size / elapsed,
         "step_ms": 1000 * elapsed / args.steps,
+        "step_gflops": step_flops / 1e9,
+        "achieved_tflops": step_flops * args.steps / elapsed / 1e12,
     }
+    if args.peak_tflops:
+        result["mfu"] = result["achieved_tflops"] / args.peak_tflops
     if device.type == "cuda":
         result["peak_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
         result["memory_kind"] = "torch.cuda.max_memory_allocated"
@@ -218,6 +246,13 @@ def main(argv: list[str] | None = None) -> int:
         default=1,
         help="run the sequence of objectives this many times (A B A B ...) and keep each one's fastest run",
     )
+    parser.add_argument(
+        "--peak-tflops",
+        type=float,
+        default=None,
+        help="the device's peak dense TFLOP/s at the run's precision, for model FLOPs utilisation (default: "
+        "known for H100/H200/A100 in bf16; none on CPUs)",
+    )
     parser.add_argument("--output", type=Path, default=None, help="also write the results as JSON here")
     parser.add_argument("--mode", choices=MODES, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -226,6 +261,8 @@ def main(argv: list[str] | None = None) -> int:
     args.batch_size = args.batch_size or (128 if cuda else 8)
     args.mixed_precision = args.mixed_precision or ("bf16" if cuda else "no")
 
+    if args.peak_tflops is None and cuda and args.mixed_precision == "bf16":
+        args.peak_tflops = _known_peak_bf16_tflops()
     if args.mode:  # child process: one objective
         print(json.dumps(run_one(args)))
         return 0
@@ -238,6 +275,8 @@ def main(argv: list[str] | None = None) -> int:
     for _ in range(max(1, args.repeats)):
         for mode, frozen in runs:
             command = [sys.executable, __file__, *given, "--mode", mode]
+            if args.peak_tflops and "--peak-tflops" not in command:
+                command += ["--peak-tflops", str(args.peak_tflops)]
             if frozen and "--freeze-token-embeddings" not in command:
                 command.append("--freeze-token-embeddings")
             env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
@@ -262,24 +301,31 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(header)
     print(
-        f"{'objective':<31} {'samples/s':>10} {'step (ms)':>10} {'peak memory (MiB)':>18} {'of which training':>18}"
+        f"{'objective':<31} {'samples/s':>10} {'step (ms)':>10} {'GFLOP/step':>11} {'TFLOP/s':>8} {'MFU':>6} "
+        f"{'peak memory (MiB)':>18} {'of which training':>18}"
     )
     for r in results:
         extra = r.get("peak_memory_increase_mb")
+        mfu = f"{r['mfu']:.1%}" if "mfu" in r else "-"
         print(
-            f"{r['mode']:<31} {r['samples_per_second']:>10.2f} {r['step_ms']:>10.1f} {r['peak_memory_mb']:>18.0f} "
+            f"{r['mode']:<31} {r['samples_per_second']:>10.2f} {r['step_ms']:>10.1f} {r['step_gflops']:>11.0f} "
+            f"{r['achieved_tflops']:>8.3f} {mfu:>6} {r['peak_memory_mb']:>18.0f} "
             f"{'' if extra is None else f'{extra:.0f}':>18}"
         )
-    print(f"memory: {results[0]['memory_kind']}")
+    print(f"memory: {results[0]['memory_kind']}; FLOPs: torch.utils.flop_counter (forward + backward)")
+    if args.peak_tflops:
+        print(f"MFU against a peak of {args.peak_tflops:g} TFLOP/s")
     ratio = results[1]["samples_per_second"] / results[0]["samples_per_second"]
     print(
         f"CLIP+distillation runs at {ratio:.2f}x the CLIP-only throughput "
-        f"(step time {results[1]['step_ms'] / results[0]['step_ms']:.2f}x)"
+        f"(step time {results[1]['step_ms'] / results[0]['step_ms']:.2f}x; "
+        f"model FLOPs {results[1]['step_gflops'] / results[0]['step_gflops']:.2f}x)"
     )
     if len(results) == 4:
         frozen_ratio = results[3]["step_ms"] / results[2]["step_ms"]
         print(
-            f"with the token embeddings frozen: CLIP+distillation step time {frozen_ratio:.2f}x the CLIP-only one"
+            f"with the token embeddings frozen: CLIP+distillation step time {frozen_ratio:.2f}x the CLIP-only one "
+            f"(model FLOPs {results[3]['step_gflops'] / results[2]['step_gflops']:.2f}x)"
         )
         for plain, frozen in ((results[0], results[2]), (results[1], results[3])):
             print(

@@ -141,6 +141,10 @@ class AppService:
         model_name: shown in the page.
         limits: request limits.
         work_dir: where per-request output files go (CSV, GeoJSON, GeoTIFF, PNG); a temporary folder by default.
+        backend, precision: CPU inference backend of every embedding (``"torch"`` or ``"onnx"``, ``"fp32"`` or
+            ``"int8"``; see `inference.load_encoder`). Segmentation needs patch features, which only PyTorch
+            gives: it runs on PyTorch at the same precision. Give an index made with the same settings (`load`
+            does), so that queries are embedded as the Classify tab embeds images.
     """
 
     def __init__(
@@ -153,10 +157,27 @@ class AppService:
         limits: AppLimits | None = None,
         work_dir: str | os.PathLike | None = None,
         keep_outputs_s: float = 3600.0,
+        backend: str = "torch",
+        precision: str = "fp32",
     ) -> None:
+        from ..inference import BACKENDS, PRECISIONS, load_encoder
+
+        if backend not in BACKENDS or precision not in PRECISIONS:
+            raise ValueError(
+                f"backend must be one of {BACKENDS} and precision one of {PRECISIONS}, got {backend!r} / "
+                f"{precision!r}"
+            )
         self.model = model.eval()
         self.processor = processor
         self.index = index
+        self.backend, self.precision = backend, precision
+        # What embeds images and texts: the model itself, or its ONNX Runtime / int8 encoder (made once).
+        self.encoder = (
+            self.model
+            if (backend, precision) == ("torch", "fp32")
+            else load_encoder(self.model, backend, precision, processor=processor)
+        )
+        self._segment_model: Any = None
         self.model_name = model_name
         self.limits = limits or AppLimits()
         self.work_dir = Path(work_dir or tempfile.mkdtemp(prefix="rsmclip-app-"))
@@ -165,7 +186,7 @@ class AppService:
         # One image per request, already decoded: no data-loader worker processes (forking the server per request
         # would cost more than the model).
         self.embedder = Embedder(
-            model, processor, batch_size=32, num_workers=0, cache_dir=None, show_progress=False
+            self.encoder, processor, batch_size=32, num_workers=0, cache_dir=None, show_progress=False
         )
         self.logit_scale = float(model.logit_scale.detach().exp())
         self._lock = threading.Lock()
@@ -181,15 +202,48 @@ class AppService:
         with_index: bool = True,
         limits: AppLimits | None = None,
         work_dir: str | os.PathLike | None = None,
+        backend: str = "torch",
+        precision: str = "fp32",
     ) -> AppService:
-        """Load the model (the bundled demo model when None) and the index (the bundled samples' when None)."""
+        """Load the model (the bundled demo model when None) and the index (the bundled samples' when None);
+        ``backend`` / ``precision`` as in the constructor, used by the index's queries too."""
         from ..demo import load_demo_model
 
         net, processor, name, _trained = load_demo_model(model)
-        archive = None
+        service = cls(
+            net,
+            processor,
+            model_name=name,
+            limits=limits,
+            work_dir=work_dir,
+            backend=backend,
+            precision=precision,
+        )
         if with_index:
-            archive = load_index(index, net, processor, default_model=model is None)
-        return cls(net, processor, index=archive, model_name=name, limits=limits, work_dir=work_dir)
+            service.index = load_index(
+                index,
+                net,
+                processor,
+                default_model=model is None,
+                backend=backend,
+                precision=precision,
+                encoder=service.encoder,
+            )
+        return service
+
+    @property
+    def segment_model(self) -> Any:
+        """What segments scenes: the PyTorch model, or its int8 encoder (made on first use for ONNX int8)."""
+        if self._segment_model is None:
+            if self.precision == "fp32":
+                self._segment_model = self.model
+            elif self.backend == "torch":
+                self._segment_model = self.encoder
+            else:
+                from ..inference import load_encoder
+
+                self._segment_model = load_encoder(self.model, "torch", "int8")
+        return self._segment_model
 
     # -------------------------------------------------------------------------------------------- helpers
     def request_dir(self, kind: str) -> Path:
@@ -411,7 +465,7 @@ class AppService:
             scene = classify_scene(
                 path,
                 labels,
-                model=self.model,
+                model=self.encoder,
                 processor=self.processor,
                 language=language,
                 tile_size=size,
@@ -469,7 +523,7 @@ class AppService:
             result = segment_scene(
                 path,
                 label_list,
-                model=self.model,
+                model=self.segment_model,
                 processor=self.processor,
                 language=lang,
                 window=size,
@@ -597,6 +651,9 @@ class AppService:
     def describe(self) -> str:
         """One Markdown line on what is loaded."""
         parts = [f"Model: **{self.model_name or 'custom'}**"]
+        if (self.backend, self.precision) != ("torch", "fp32"):
+            runtime = "ONNX Runtime" if self.backend == "onnx" else "PyTorch"
+            parts.append(f"inference: **{runtime} {self.precision}** (CPU)")
         if self.index is not None:
             geo = " (georeferenced)" if getattr(self.index, "is_georeferenced", False) else ""
             parts.append(f"archive index: **{len(self.index)} images{geo}**")
@@ -638,24 +695,38 @@ def write_results_csv(rows: list[dict[str, Any]], path: Path) -> Path:
     return path
 
 
-def load_index(index: str | None, model: Any, processor: Any, *, default_model: bool) -> Any:
+def load_index(
+    index: str | None,
+    model: Any,
+    processor: Any,
+    *,
+    default_model: bool,
+    backend: str = "torch",
+    precision: str = "fp32",
+    encoder: Any = None,
+) -> Any:
     """The archive index at `index`, else the bundled samples' index (built on first use) for the demo model.
 
     The index embeds queries with the app's own model (one copy in memory; its fingerprint is checked against
-    the index's manifest). Returns None, with a log line, when no index was asked for and the index extra is not
+    the index's manifest), through `encoder` (the app's ONNX Runtime / int8 encoder of it) when the backend is
+    not PyTorch fp32. Returns None, with a log line, when no index was asked for and the index extra is not
     installed or the model is not the demo model.
     """
+    query = {"backend": backend, "precision": precision, "encoder": encoder}
     try:
         from ..index import RSMCLIPIndex, bundled_sample_index
 
         if index is not None:
-            return RSMCLIPIndex.load(index, model=model, processor=processor)
+            return RSMCLIPIndex.load(index, model=model, processor=processor, **query)
         if not default_model:
             logger.warning(
                 "archive search is off: the bundled sample index needs the demo model; pass --index"
             )
             return None
-        return bundled_sample_index(model=model, processor=processor, progress=True)
+        archive = bundled_sample_index(model=model, processor=processor, progress=True)
+        if (backend, precision) != ("torch", "fp32"):
+            archive.set_model(model, processor, **query)
+        return archive
     except ImportError as error:
         if index is not None:
             raise

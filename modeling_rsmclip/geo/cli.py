@@ -6,6 +6,7 @@ import argparse
 import json
 from typing import Any
 
+from ..inference import PRECISIONS, add_backend_arguments
 from ..templates import LANGUAGES
 
 
@@ -48,6 +49,12 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
 def _load(args: argparse.Namespace) -> tuple[Any, Any]:
     from .zero_shot import load_model
 
+    cpu_only = getattr(args, "backend", "torch") != "torch" or args.precision != "fp32"
+    if cpu_only and args.device and args.device != "cpu":
+        raise ValueError(
+            f"--device {args.device}: the {getattr(args, 'backend', 'torch')} {args.precision} backend runs on "
+            "the CPU; use --precision fp32 (and --backend torch) on an accelerator"
+        )
     model, processor = load_model(args.model)
     if args.device:
         model.to(args.device)
@@ -73,6 +80,8 @@ def _classify(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         output_dir=args.output,
         progress=not args.no_progress,
+        backend=args.backend,
+        precision=args.precision,
     )
     print(json.dumps(result.summary(), ensure_ascii=False, indent=2))
     return 0
@@ -97,6 +106,7 @@ def _segment(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         output_dir=args.output,
         progress=not args.no_progress,
+        precision=args.precision,
     )
     print(json.dumps(result.summary(), ensure_ascii=False, indent=2))
     return 0
@@ -122,6 +132,7 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
     classify.add_argument(
         "--min-valid", type=float, default=0.5, help="skip tiles with a smaller valid (not nodata) fraction"
     )
+    add_backend_arguments(classify)
     classify.set_defaults(func=_classify)
 
     segment = actions.add_parser(
@@ -135,6 +146,12 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
     segment.add_argument("--stride", default=None, help="window stride (default: half the window)")
     segment.add_argument(
         "--no-naclip", action="store_true", help="plain CLIP patch features instead of NACLIP's last block"
+    )
+    segment.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="fp32",
+        help="fp32, or int8 weights (PyTorch dynamic quantisation; CPU)",
     )
     segment.set_defaults(func=_segment)
 

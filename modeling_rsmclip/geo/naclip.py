@@ -27,7 +27,14 @@ from tqdm.auto import tqdm
 from .raster import RasterReader
 from .tiling import TileGrid, length_to_pixels
 from .writer import CLASS_NODATA, ClassMapWriter, read_class_map_preview, render_overlay
-from .zero_shot import class_embeddings, load_model, model_device, parse_labels, pixel_values
+from .zero_shot import (
+    class_embeddings,
+    inference_model,
+    load_model,
+    model_device,
+    parse_labels,
+    pixel_values,
+)
 
 IN_MEMORY_LIMIT = 100_000_000  # pixels: larger class maps are only written to the GeoTIFF
 
@@ -109,6 +116,7 @@ def segment_scene(
     batch_size: int = 16,
     output_dir: str | os.PathLike | None = None,
     progress: bool = True,
+    precision: str = "fp32",
 ) -> SceneSegmentation:
     """Per-pixel open-vocabulary classes of ``scene`` (see module doc).
 
@@ -121,11 +129,15 @@ def segment_scene(
         naclip: NACLIP's last block (default) or the plain last layer's patch tokens.
         output_dir: when given, writes ``segmentation.tif`` (uint8 class ids on the scene's pixel grid, its CRS and
             transform, nodata 255, a colour table) and ``overlay.png``.
+        precision: ``"fp32"``, or ``"int8"`` for PyTorch dynamic int8 weights on the CPU
+            (`inference.quantize_model`). Segmentation runs on PyTorch only: the ONNX graphs return pooled
+            embeddings, not patch features.
     """
     labels = parse_labels(labels)
     if len(labels) >= CLASS_NODATA:
         raise ValueError(f"at most {CLASS_NODATA - 1} labels, got {len(labels)}")
     model, processor = load_model(model, processor)
+    model = inference_model(model, processor, "torch", precision)
     if not hasattr(model, "get_patch_features"):
         raise ValueError(
             f"{type(model).__name__} has no get_patch_features: segmentation needs an RSMCLIPModel"

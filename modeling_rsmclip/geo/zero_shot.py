@@ -56,6 +56,26 @@ def load_model(model: Any, processor: Any = None) -> tuple[Any, Any]:
     return model.eval(), processor
 
 
+def inference_model(model: Any, processor: Any, backend: str = "torch", precision: str = "fp32") -> Any:
+    """``model`` itself for PyTorch fp32, else its CPU inference encoder (`inference.load_encoder`: ONNX Runtime
+    and/or int8 weights), which embeds images and texts as the model does. An encoder passed as ``model`` (made
+    once and shared, as the web app does) is returned as it is."""
+    from ..inference import BACKENDS, PRECISIONS, load_encoder
+
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if backend == "torch" and precision == "fp32":
+        return model
+    if getattr(model, "backend", None) == backend and getattr(model, "precision", None) == precision:
+        return model
+    device = model_device(model)
+    if device.type != "cpu":
+        raise ValueError(f"the {backend} {precision} backend runs on the CPU; the model is on {device}")
+    return load_encoder(model, backend, precision, processor=processor)
+
+
 def model_device(model: Any) -> torch.device:
     return next(model.parameters()).device
 
@@ -172,6 +192,8 @@ def classify_scene(
     batch_size: int = 32,
     output_dir: str | os.PathLike | None = None,
     progress: bool = True,
+    backend: str = "torch",
+    precision: str = "fp32",
 ) -> SceneClassification:
     """Zero-shot class of every tile of ``scene``.
 
@@ -184,9 +206,12 @@ def classify_scene(
         min_valid: tiles with a smaller valid fraction are skipped (and listed in ``skipped``).
         output_dir: when given, writes ``classes.tif`` (band 1 class id, band 2 top-1 probability, nodata -1, the
             scene's CRS, one pixel per tile), ``tiles.geojson`` and ``overlay.png`` there.
+        backend, precision: CPU inference backend, ``"torch"`` or ``"onnx"`` (ONNX Runtime) and ``"fp32"`` or
+            ``"int8"`` (see `modeling_rsmclip.inference.load_encoder`).
     """
     labels = parse_labels(labels)
     model, processor = load_model(model, processor)
+    model = inference_model(model, processor, backend, precision)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     text = class_embeddings(model, processor, labels, language)
@@ -242,4 +267,11 @@ def classify_scene(
     return result
 
 
-__all__ = ["SceneClassification", "class_embeddings", "classify_scene", "load_model", "parse_labels"]
+__all__ = [
+    "SceneClassification",
+    "class_embeddings",
+    "classify_scene",
+    "inference_model",
+    "load_model",
+    "parse_labels",
+]

@@ -165,6 +165,7 @@ class RSMCLIPIndex:
         *,
         backend: str = "torch",
         precision: str = "fp32",
+        encoder: Any = None,
     ) -> RSMCLIPIndex:
         """Open an index folder. The model that embeds queries is ``model`` (path, Hub id or loaded model with its
         ``processor``) or, when None, the manifest's, loaded at the first query. A model whose fingerprint differs
@@ -173,7 +174,8 @@ class RSMCLIPIndex:
         ``backend`` ("torch" or "onnx") and ``precision`` ("fp32", "bf16"/"fp16" autocast, "int8") say how queries
         are embedded, whatever the index was built with: the fingerprint is the source weights', so int8 or ONNX
         queries against an fp32 index are allowed (int8 query embeddings have cosine > 0.995 to fp32 ones, which
-        can swap near-tied results)."""
+        can swap near-tied results). ``encoder``: that backend's encoder of ``model``, already made with
+        `inference.load_encoder` and shared with other users of the model (one copy in memory)."""
         check_backend(backend, precision)
         faiss, _ = require_index_dependencies()
         import pyarrow.parquet as pq
@@ -201,14 +203,20 @@ class RSMCLIPIndex:
         out = cls(path, manifest, index, metadata)
         out._backend, out._precision = backend, precision
         if model is not None:
-            out.set_model(model, processor, backend=backend, precision=precision)
+            out.set_model(model, processor, backend=backend, precision=precision, encoder=encoder)
         return out
 
     def set_model(
-        self, model: Any, processor: Any = None, *, backend: str | None = None, precision: str | None = None
+        self,
+        model: Any,
+        processor: Any = None,
+        *,
+        backend: str | None = None,
+        precision: str | None = None,
+        encoder: Any = None,
     ) -> None:
-        """Use ``model`` for queries, after checking its fingerprint against the manifest; ``backend`` and
-        ``precision`` as in `load` (default: those given to `load`)."""
+        """Use ``model`` for queries, after checking its fingerprint against the manifest; ``backend``,
+        ``precision`` and ``encoder`` as in `load` (default: those given to `load`)."""
         backend = backend or self._backend
         precision = precision or self._precision
         wrapped = check_backend(backend, precision)
@@ -223,7 +231,15 @@ class RSMCLIPIndex:
             )
         from ..evaluation.embed import Embedder
 
-        encoder, embed_precision = embedding_encoder(model, processor, backend, precision)
+        if encoder is not None and wrapped:
+            made_for = (getattr(encoder, "backend", None), getattr(encoder, "precision", None))
+            if made_for != (backend, precision):
+                raise ValueError(
+                    f"the encoder given is a {made_for[0]} {made_for[1]} encoder, not {backend} {precision}"
+                )
+            embed_precision = "fp32"
+        else:
+            encoder, embed_precision = embedding_encoder(model, processor, backend, precision)
         self._model, self._processor = model, processor
         self._backend, self._precision = backend, precision
         self._embedder = Embedder(

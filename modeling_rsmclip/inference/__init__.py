@@ -14,6 +14,7 @@ from .encoders import (
     default_onnx_cache_dir,
     load_encoder,
     onnx_folder_for,
+    quantize_model,
 )
 
 
@@ -34,4 +35,5 @@ __all__ = [
     "export_onnx",
     "load_encoder",
     "onnx_folder_for",
+    "quantize_model",
 ]

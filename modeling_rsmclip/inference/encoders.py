@@ -18,6 +18,8 @@ graphs' SHA-256 and the backend/precision), so `Embedder`'s embedding cache neve
 from __future__ import annotations
 
 import hashlib
+import logging
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -29,6 +31,8 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from ..cache_dirs import user_cache_dir
 from .runtime import MANIFEST_FILE
+
+logger = logging.getLogger(__name__)
 
 BACKENDS = ("torch", "onnx")
 PRECISIONS = ("fp32", "int8")
@@ -78,6 +82,32 @@ class _Encoder(nn.Module):
         return f"backend={self.backend}, precision={self.precision}"
 
 
+def quantize_model(model: nn.Module) -> nn.Module:
+    """A copy of `model` (an `RSMCLIPModel`) with every `nn.Linear` of both towers and projections dynamically
+    quantised to int8 weights (`torch.ao`, CPU only); `model` itself is left as it is.
+
+    The copy is still an `RSMCLIPModel`: `get_image_features`, `get_text_features`, `get_patch_features` (NACLIP
+    included), `forward` and the transformers pipelines (`zero-shot-image-classification`, the retrieval
+    pipeline) take it as they take the fp32 model. It runs on the CPU in fp32 activations, and cannot be trained
+    or saved with `save_pretrained` (keep the fp32 model for that and quantise again after loading).
+
+    Dynamic quantisation picks one activation scale per call, so an embedding depends slightly on the other inputs
+    of its batch (within the int8 bound of fp32; not bit-identical across batch sizes).
+    """
+    import copy
+
+    from torch.ao.quantization import quantize_dynamic
+
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"quantize_model takes a loaded model (nn.Module), got {type(model).__name__}")
+    quantized = copy.deepcopy(model).cpu().float().eval()
+    if hasattr(quantized, "distillation_head"):
+        # The training-only DINO head (weight-normalised, unused at inference) is not quantisable: drop it.
+        quantized.distillation_head = nn.Identity()
+    quantize_dynamic(quantized, {nn.Linear}, dtype=torch.qint8, inplace=True)
+    return quantized.requires_grad_(False).eval()
+
+
 class TorchInt8Encoder(_Encoder):
     """Both towers with their `nn.Linear` layers dynamically quantised to int8 (PyTorch, CPU only)."""
 
@@ -85,17 +115,16 @@ class TorchInt8Encoder(_Encoder):
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__(model.config, weights_digest(model))
-        import copy
-
-        from torch.ao.quantization import quantize_dynamic
-
-        quantized = copy.deepcopy(model).float().eval()
-        # The distillation head (weight-normalised, unused at inference) is not quantisable: drop it.
-        quantized.distillation_head = nn.Identity()
-        quantize_dynamic(quantized, {nn.Linear}, dtype=torch.qint8, inplace=True)
         # Kept out of the module tree: the packed int8 weights are not tensors that a state_dict hash can read,
         # and `fingerprint` already names the source weights.
-        self.__dict__["quantized"] = quantized.eval()
+        self.__dict__["quantized"] = quantize_model(model)
+        self.logit_scale = self.quantized.logit_scale.detach().clone()
+
+    @torch.inference_mode()
+    def get_patch_features(self, pixel_values: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        """Dense patch embeddings, as `RSMCLIPModel.get_patch_features` (NACLIP options included)."""
+        self._check_cpu(pixel_values)
+        return self.quantized.get_patch_features(pixel_values.float(), **kwargs)
 
     @torch.inference_mode()
     def get_image_features(self, pixel_values: torch.Tensor, **kwargs: Any) -> BaseModelOutputWithPooling:
@@ -116,7 +145,11 @@ class OnnxEncoder(_Encoder):
     backend = "onnx"
 
     def __init__(
-        self, folder: str | os.PathLike, precision: str = "fp32", threads: int | None = None
+        self,
+        folder: str | os.PathLike,
+        precision: str = "fp32",
+        threads: int | None = None,
+        logit_scale: float | None = None,
     ) -> None:
         from transformers import AutoConfig
 
@@ -129,9 +162,21 @@ class OnnxEncoder(_Encoder):
         for name, sha in sorted(runner.manifest.get("files", {}).items()):
             if (precision == "int8") == (".int8." in name):
                 digest.update(f"{name}\0{sha}\n".encode())
-        super().__init__(AutoConfig.from_pretrained(str(folder)), digest.digest())
+        config = AutoConfig.from_pretrained(str(folder))
+        super().__init__(config, digest.digest())
         self.folder = folder
         self.__dict__["runner"] = runner
+        # The trained temperature of zero-shot probabilities: given (from the source model), else the manifest's.
+        if logit_scale is None:
+            logit_scale = runner.logit_scale
+        if logit_scale is None:
+            logger.warning(
+                "%s records no logit scale (exported by an older version): zero-shot probabilities use the "
+                "config's initial value; export again to record the trained one",
+                folder / MANIFEST_FILE,
+            )
+            logit_scale = math.exp(float(getattr(config, "logit_scale_init_value", math.log(100.0))))
+        self.logit_scale = torch.tensor(math.log(float(logit_scale)))
 
     def get_image_features(self, pixel_values: torch.Tensor, **kwargs: Any) -> BaseModelOutputWithPooling:
         self._check_cpu(pixel_values)
@@ -212,7 +257,13 @@ def load_encoder(
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if backend == "onnx":
-        return OnnxEncoder(onnx_folder_for(model, processor, cache_dir), precision=precision, threads=threads)
+        scale = getattr(model, "logit_scale", None) if isinstance(model, nn.Module) else None
+        return OnnxEncoder(
+            onnx_folder_for(model, processor, cache_dir),
+            precision=precision,
+            threads=threads,
+            logit_scale=None if scale is None else float(scale.detach().exp()),
+        )
     if not isinstance(model, nn.Module) and is_onnx_folder(model):
         raise ValueError(f"{model} is an ONNX export folder: use backend='onnx'")
     net, _ = _load_torch_model(model)
@@ -246,5 +297,6 @@ __all__ = [
     "default_onnx_cache_dir",
     "load_encoder",
     "onnx_folder_for",
+    "quantize_model",
     "weights_digest",
 ]

@@ -283,6 +283,7 @@ def export_onnx(
         "source": source,
         "opset": OPSET,
         "projection_dim": int(config.projection_dim),
+        "logit_scale": float(net.logit_scale.detach().exp()),
         "image_size": int(config.vision_config.image_size),
         "pad_token_id": int(config.text_config.pad_token_id),
         "max_text_length": int(min(77, config.text_config.max_position_embeddings - 3)),

@@ -181,6 +181,13 @@ class ONNXRSMCLIP:
         self._preprocessor: ImagePreprocessor | None = None
         self._tokenizer: TextTokenizer | None = None
 
+    @property
+    def logit_scale(self) -> float | None:
+        """The model's trained inverse temperature (`exp(logit_scale)`), for zero-shot probabilities
+        `softmax(logit_scale * image_embeds @ class_embeds.T)`; None in exports that do not record it."""
+        value = self.manifest.get("logit_scale")
+        return None if value is None else float(value)
+
     # -------------------------------------------------------------------------------------------- raw graphs
     def encode_image(self, pixel_values: np.ndarray) -> np.ndarray:
         """Projected, un-normalised image embeddings `(batch, D)` of preprocessed `pixel_values`."""
