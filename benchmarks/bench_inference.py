@@ -57,6 +57,47 @@ def _data(batch_size: int, text_batch_size: int):
     return files, texts[:text_batch_size]
 
 
+def _tokens_per_image(model) -> int:
+    vision = model.config.vision_config
+    return 1 + (vision.image_size // vision.patch_size) ** 2
+
+
+def _cpu_flags() -> list[str]:
+    """The CPU's int8-relevant vector extensions (AVX2; VNNI and AMX give int8 four times and more fp32's rate)."""
+    wanted = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "amx_bf16")
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                return [f for f in wanted if f in flags]
+    except OSError:
+        pass
+    return []
+
+
+def kernel_ceiling(rows: int, rounds: int) -> dict[str, float]:
+    """Speed of PyTorch's dynamic int8 `nn.Linear` over fp32 `nn.Linear` at the image tower's matrix shapes
+    (`rows` = images x tokens): the most that int8 weights can give the matmuls on this CPU."""
+    import torch
+    from torch.ao.quantization import quantize_dynamic
+
+    out = {}
+    for k, n in ((768, 768), (768, 3072), (3072, 768)):
+        fp32 = torch.nn.Sequential(torch.nn.Linear(k, n)).eval()
+        int8 = quantize_dynamic(fp32, {torch.nn.Linear}, dtype=torch.qint8)
+        x = torch.randn(rows, k, generator=torch.Generator().manual_seed(0))
+        times: dict[str, list[float]] = {"fp32": [], "int8": []}
+        with torch.inference_mode():
+            for round_index in range(3 * rounds + 1):
+                for name, layer in (("fp32", fp32), ("int8", int8)):
+                    start = time.perf_counter()
+                    layer(x)
+                    if round_index:
+                        times[name].append(time.perf_counter() - start)
+        out[f"{rows}x{k} @ {k}x{n}"] = statistics.median(times["fp32"]) / statistics.median(times["int8"])
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -169,8 +210,18 @@ def main(argv: list[str] | None = None) -> int:
             f"| {key} | {r['image_per_second']:.1f} | {r['image_speedup']:.2f} | {r['text_per_second']:.1f} | "
             f"{r['text_speedup']:.2f} | {r['image_min_cosine']:.5f} / {r['text_min_cosine']:.5f} |"
         )
+    kernels = kernel_ceiling(len(pixel_values) * _tokens_per_image(model), args.rounds)
+    print(
+        "int8 matrix-multiply ceiling on this CPU (PyTorch dynamic int8 nn.Linear over fp32 nn.Linear, the ViT's "
+        "shapes, same alternating rounds):"
+    )
+    for shape, ratio in kernels.items():
+        print(f"  {shape}: {ratio:.2f}x")
+    print(f"CPU vector extensions: {', '.join(_cpu_flags()) or 'unknown'}")
     if args.output:
-        args.output.write_text(json.dumps({"setup": setup, "results": results}, indent=1))
+        args.output.write_text(
+            json.dumps({"setup": setup, "results": results, "int8_kernel_speedup": kernels}, indent=1)
+        )
     if tmp is not None:
         tmp.cleanup()
     return 0

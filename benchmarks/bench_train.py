@@ -31,14 +31,20 @@ MODES = ("clip", "clip+distillation")
 
 
 def _shared_ucm() -> Path:
+    """The UCM-Captions images of the shared data, else the bundled sample's 42 (for a machine without ../shared)."""
     root = (
         Path(os.environ.get("RSMCLIP_SHARED_DATA", REPO.parent / "shared" / "data"))
         / "ucm-captions"
         / "images"
     )
-    if not root.is_dir():
-        raise SystemExit(f"UCM images not found at {root}: set RSMCLIP_SHARED_DATA")
-    return root
+    if root.is_dir():
+        return root
+    sample = REPO / "examples" / "sample" / "ucm" / "images"
+    print(
+        f"UCM images not found at {root} (RSMCLIP_SHARED_DATA): using the bundled sample {sample}",
+        file=sys.stderr,
+    )
+    return sample
 
 
 def _cpu_name() -> str:
