@@ -44,6 +44,23 @@ PLAN: dict[str, dict] = {
         "stride": None,
     },
     "full-segment-2k": {"model": "rs-m-clip", "task": "segment", "size": 2048, "window": 256, "stride": 128},
+    # The same with int8 weights (PyTorch dynamic quantisation, CPU), to read against the two above.
+    "full-classify-2k-int8": {
+        "model": "rs-m-clip",
+        "task": "classify",
+        "size": 2048,
+        "window": 256,
+        "stride": None,
+        "precision": "int8",
+    },
+    "full-segment-2k-int8": {
+        "model": "rs-m-clip",
+        "task": "segment",
+        "size": 2048,
+        "window": 256,
+        "stride": 128,
+        "precision": "int8",
+    },
 }
 
 
@@ -133,6 +150,10 @@ def run_one(name: str, scene: Path, out_dir: Path) -> dict:
     entry = PLAN[name]
     torch.set_num_threads(os.cpu_count() or 1)
     model, processor = _load_model(entry["model"])
+    if entry.get("precision", "fp32") != "fp32":  # quantised once, before the clock (as `rsmclip app` does)
+        from modeling_rsmclip.geo.zero_shot import inference_model
+
+        model = inference_model(model, processor, "torch", entry["precision"], inplace=True)
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     start = time.perf_counter()
     if entry["task"] == "classify":

@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from _app_fixtures import MOSAIC, UCM_IMAGES, reference_probabilities, write_mosaic_geotiff
-from _onnx_fixtures import demo_model_and_processor
+from _onnx_fixtures import DEMO_MODEL, demo_model_and_processor
 from PIL import Image
 from transformers import pipeline
 
@@ -83,6 +83,25 @@ def test_quantize_model_is_an_int8_copy_and_leaves_the_model_alone(demo, int8_mo
     assert F.cosine_similarity(alone, batch).min() > INT8_MIN_COSINE
     with pytest.raises(TypeError, match="loaded model"):
         quantize_model("modeling_rsmclip/demo_model")
+
+
+def test_quantize_model_in_place_keeps_no_fp32_copy(int8_model):
+    from modeling_rsmclip import RSMCLIPModel
+
+    fresh = RSMCLIPModel.from_pretrained(str(DEMO_MODEL)).eval()
+    linears = sum(isinstance(m, torch.nn.Linear) for m in fresh.modules())
+    assert linears > 0
+    quantized = quantize_model(fresh, inplace=True)
+    assert quantized is fresh and not any(isinstance(m, torch.nn.Linear) for m in fresh.modules())
+    size = fresh.config.vision_config.image_size
+    pixels = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(
+            fresh.get_image_features(pixel_values=pixels).pooler_output,
+            int8_model.get_image_features(pixel_values=pixels).pooler_output,
+            atol=0,
+            rtol=0,
+        )
 
 
 def test_zero_shot_pipeline_takes_the_int8_model(demo, int8_model, images):

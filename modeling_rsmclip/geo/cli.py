@@ -58,6 +58,14 @@ def _load(args: argparse.Namespace) -> tuple[Any, Any]:
     model, processor = load_model(args.model)
     if args.device:
         model.to(args.device)
+    if (
+        cpu_only
+    ):  # the command needs only the CPU encoder: quantise the loaded model itself, no fp32 copy kept
+        from .zero_shot import inference_model
+
+        model = inference_model(
+            model, processor, getattr(args, "backend", "torch"), args.precision, inplace=True
+        )
     return model, processor
 
 
@@ -80,8 +88,6 @@ def _classify(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         output_dir=args.output,
         progress=not args.no_progress,
-        backend=args.backend,
-        precision=args.precision,
     )
     print(json.dumps(result.summary(), ensure_ascii=False, indent=2))
     return 0
@@ -106,7 +112,6 @@ def _segment(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         output_dir=args.output,
         progress=not args.no_progress,
-        precision=args.precision,
     )
     print(json.dumps(result.summary(), ensure_ascii=False, indent=2))
     return 0

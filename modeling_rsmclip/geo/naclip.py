@@ -136,8 +136,9 @@ def segment_scene(
     labels = parse_labels(labels)
     if len(labels) >= CLASS_NODATA:
         raise ValueError(f"at most {CLASS_NODATA - 1} labels, got {len(labels)}")
+    owned = isinstance(model, str | os.PathLike)  # loaded here: nobody else holds the fp32 model
     model, processor = load_model(model, processor)
-    model = inference_model(model, processor, "torch", precision)
+    model = inference_model(model, processor, "torch", precision, inplace=owned)
     if not hasattr(model, "get_patch_features"):
         raise ValueError(
             f"{type(model).__name__} has no get_patch_features: segmentation needs an RSMCLIPModel"

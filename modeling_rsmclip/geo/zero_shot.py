@@ -56,10 +56,13 @@ def load_model(model: Any, processor: Any = None) -> tuple[Any, Any]:
     return model.eval(), processor
 
 
-def inference_model(model: Any, processor: Any, backend: str = "torch", precision: str = "fp32") -> Any:
+def inference_model(
+    model: Any, processor: Any, backend: str = "torch", precision: str = "fp32", *, inplace: bool = False
+) -> Any:
     """``model`` itself for PyTorch fp32, else its CPU inference encoder (`inference.load_encoder`: ONNX Runtime
     and/or int8 weights), which embeds images and texts as the model does. An encoder passed as ``model`` (made
-    once and shared, as the web app does) is returned as it is."""
+    once and shared, as the web app does) is returned as it is. ``inplace``: PyTorch int8 quantises ``model``
+    itself rather than a copy (for callers that no longer need the fp32 model)."""
     from ..inference import BACKENDS, PRECISIONS, load_encoder
 
     if backend not in BACKENDS:
@@ -73,7 +76,7 @@ def inference_model(model: Any, processor: Any, backend: str = "torch", precisio
     device = model_device(model)
     if device.type != "cpu":
         raise ValueError(f"the {backend} {precision} backend runs on the CPU; the model is on {device}")
-    return load_encoder(model, backend, precision, processor=processor)
+    return load_encoder(model, backend, precision, processor=processor, inplace=inplace)
 
 
 def model_device(model: Any) -> torch.device:
@@ -210,8 +213,9 @@ def classify_scene(
             ``"int8"`` (see `modeling_rsmclip.inference.load_encoder`).
     """
     labels = parse_labels(labels)
+    owned = isinstance(model, str | os.PathLike)  # loaded here: nobody else holds the fp32 model
     model, processor = load_model(model, processor)
-    model = inference_model(model, processor, backend, precision)
+    model = inference_model(model, processor, backend, precision, inplace=owned)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     text = class_embeddings(model, processor, labels, language)

@@ -82,9 +82,10 @@ class _Encoder(nn.Module):
         return f"backend={self.backend}, precision={self.precision}"
 
 
-def quantize_model(model: nn.Module) -> nn.Module:
+def quantize_model(model: nn.Module, inplace: bool = False) -> nn.Module:
     """A copy of `model` (an `RSMCLIPModel`) with every `nn.Linear` of both towers and projections dynamically
-    quantised to int8 weights (`torch.ao`, CPU only); `model` itself is left as it is.
+    quantised to int8 weights (`torch.ao`, CPU only); `model` itself is left as it is, unless `inplace=True`
+    (then `model` is quantised and returned: no second copy in memory, for callers that no longer need fp32).
 
     The copy is still an `RSMCLIPModel`: `get_image_features`, `get_text_features`, `get_patch_features` (NACLIP
     included), `forward` and the transformers pipelines (`zero-shot-image-classification`, the retrieval
@@ -100,7 +101,7 @@ def quantize_model(model: nn.Module) -> nn.Module:
 
     if not isinstance(model, nn.Module):
         raise TypeError(f"quantize_model takes a loaded model (nn.Module), got {type(model).__name__}")
-    quantized = copy.deepcopy(model).cpu().float().eval()
+    quantized = (model if inplace else copy.deepcopy(model)).cpu().float().eval()
     if hasattr(quantized, "distillation_head"):
         # The training-only DINO head (weight-normalised, unused at inference) is not quantisable: drop it.
         quantized.distillation_head = nn.Identity()
@@ -113,11 +114,11 @@ class TorchInt8Encoder(_Encoder):
 
     backend, precision = "torch", "int8"
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, inplace: bool = False) -> None:
         super().__init__(model.config, weights_digest(model))
         # Kept out of the module tree: the packed int8 weights are not tensors that a state_dict hash can read,
         # and `fingerprint` already names the source weights.
-        self.__dict__["quantized"] = quantize_model(model)
+        self.__dict__["quantized"] = quantize_model(model, inplace=inplace)
         self.logit_scale = self.quantized.logit_scale.detach().clone()
 
     @torch.inference_mode()
@@ -236,6 +237,7 @@ def load_encoder(
     *,
     threads: int | None = None,
     cache_dir: str | os.PathLike | None = None,
+    inplace: bool = False,
 ) -> nn.Module:
     """An encoder usable in place of the model by `evaluation.embed.Embedder`.
 
@@ -248,6 +250,9 @@ def load_encoder(
         processor: the model's processor, needed to export a model object that was not loaded from a folder.
         threads: ONNX Runtime intra-op threads (default: all cores).
         cache_dir: where ONNX exports of model folders are cached.
+        inplace: torch int8 only: quantise the given model object itself instead of a copy (it is then int8 and
+            no longer usable as the fp32 model; saves the copy's memory). A model loaded here from a path is
+            always quantised in place.
 
     The processor to use with the encoder is the model's own (`AutoProcessor.from_pretrained(...)`; an ONNX
     folder holds a copy).
@@ -268,7 +273,7 @@ def load_encoder(
         raise ValueError(f"{model} is an ONNX export folder: use backend='onnx'")
     net, _ = _load_torch_model(model)
     if precision == "int8":
-        return TorchInt8Encoder(net)
+        return TorchInt8Encoder(net, inplace=inplace or not isinstance(model, nn.Module))
     return net.eval()
 
 
