@@ -290,9 +290,7 @@ def test_app_on_int8_classifies_segments_and_searches_with_one_encoder(demo, mos
 
     model, processor = demo
     service = AppService(model, processor, work_dir=tmp_path / "work", precision="int8")
-    service.index = load_index(
-        str(archive), model, processor, default_model=False, precision="int8", encoder=service.encoder
-    )
+    service.index = load_index(str(archive), model, processor, default_model=False, encoder=service.encoder)
     assert isinstance(service.encoder, TorchInt8Encoder)
     assert "PyTorch int8" in service.describe()
     # Classify: the zero-shot recipe written out with the int8 encoder.
@@ -331,3 +329,24 @@ def test_app_on_onnx_equals_the_pytorch_app(demo, onnx_cache, tmp_path):
     assert onnx_app.segment_model is model  # segmentation stays on PyTorch fp32
     with pytest.raises(ValueError, match="backend must be one of"):
         AppService(model, processor, work_dir=tmp_path / "c", backend="tensorrt")
+
+
+def test_app_load_quantises_in_place_after_opening_the_index(demo, archive, tmp_path):
+    from modeling_rsmclip.app.service import AppService
+    from modeling_rsmclip.index import RSMCLIPIndex
+
+    model, processor = demo
+    service = AppService.load(str(DEMO_MODEL), str(archive), work_dir=tmp_path / "work", precision="int8")
+    # One copy of the weights: the loaded model itself became the int8 encoder's model.
+    assert service.encoder.quantized is service.model
+    assert not any(isinstance(m, torch.nn.Linear) for m in service.model.modules())
+    assert service.index._embedder.model is service.encoder
+    query = "aviões estacionados no aeroporto"
+    got = service.search(query, "pt", 4)
+    want = RSMCLIPIndex.load(archive, model=model, processor=processor, precision="int8").search(
+        query, top_k=4
+    )
+    assert [r["id"] for r in got.rows] == [r["id"] for r in want]
+    np.testing.assert_allclose([r["score"] for r in got.rows], [r["score"] for r in want], atol=1e-6)
+    with pytest.raises(TypeError, match="not an inference.load_encoder encoder"):
+        service.index.set_encoder(model)

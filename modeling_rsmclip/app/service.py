@@ -145,6 +145,8 @@ class AppService:
             ``"int8"``; see `inference.load_encoder`). Segmentation needs patch features, which only PyTorch
             gives: it runs on PyTorch at the same precision. Give an index made with the same settings (`load`
             does), so that queries are embedded as the Classify tab embeds images.
+        inplace: PyTorch int8 quantises ``model`` itself (no fp32 copy kept; ``model`` is int8 afterwards). `load`
+            does so, after opening the index with the fp32 weights.
     """
 
     def __init__(
@@ -159,6 +161,7 @@ class AppService:
         keep_outputs_s: float = 3600.0,
         backend: str = "torch",
         precision: str = "fp32",
+        inplace: bool = False,
     ) -> None:
         from ..inference import BACKENDS, PRECISIONS, load_encoder
 
@@ -175,7 +178,7 @@ class AppService:
         self.encoder = (
             self.model
             if (backend, precision) == ("torch", "fp32")
-            else load_encoder(self.model, backend, precision, processor=processor)
+            else load_encoder(self.model, backend, precision, processor=processor, inplace=inplace)
         )
         self._segment_model: Any = None
         self.model_name = model_name
@@ -210,6 +213,8 @@ class AppService:
         from ..demo import load_demo_model
 
         net, processor, name, _trained = load_demo_model(model)
+        # The index checks the model's fingerprint on the fp32 weights, before they may be quantised in place.
+        archive = load_index(index, net, processor, default_model=model is None) if with_index else None
         service = cls(
             net,
             processor,
@@ -218,17 +223,11 @@ class AppService:
             work_dir=work_dir,
             backend=backend,
             precision=precision,
+            inplace=True,
         )
-        if with_index:
-            service.index = load_index(
-                index,
-                net,
-                processor,
-                default_model=model is None,
-                backend=backend,
-                precision=precision,
-                encoder=service.encoder,
-            )
+        if archive is not None and service.encoder is not service.model:
+            archive.set_encoder(service.encoder)
+        service.index = archive
         return service
 
     @property
@@ -696,36 +695,29 @@ def write_results_csv(rows: list[dict[str, Any]], path: Path) -> Path:
 
 
 def load_index(
-    index: str | None,
-    model: Any,
-    processor: Any,
-    *,
-    default_model: bool,
-    backend: str = "torch",
-    precision: str = "fp32",
-    encoder: Any = None,
+    index: str | None, model: Any, processor: Any, *, default_model: bool, encoder: Any = None
 ) -> Any:
     """The archive index at `index`, else the bundled samples' index (built on first use) for the demo model.
 
     The index embeds queries with the app's own model (one copy in memory; its fingerprint is checked against
-    the index's manifest), through `encoder` (the app's ONNX Runtime / int8 encoder of it) when the backend is
-    not PyTorch fp32. Returns None, with a log line, when no index was asked for and the index extra is not
-    installed or the model is not the demo model.
+    the index's manifest), through `encoder` (the app's ONNX Runtime / int8 encoder of it) when one is given.
+    Returns None, with a log line, when no index was asked for and the index extra is not installed or the model
+    is not the demo model.
     """
-    query = {"backend": backend, "precision": precision, "encoder": encoder}
     try:
         from ..index import RSMCLIPIndex, bundled_sample_index
 
         if index is not None:
-            return RSMCLIPIndex.load(index, model=model, processor=processor, **query)
-        if not default_model:
+            archive = RSMCLIPIndex.load(index, model=model, processor=processor)
+        elif not default_model:
             logger.warning(
                 "archive search is off: the bundled sample index needs the demo model; pass --index"
             )
             return None
-        archive = bundled_sample_index(model=model, processor=processor, progress=True)
-        if (backend, precision) != ("torch", "fp32"):
-            archive.set_model(model, processor, **query)
+        else:
+            archive = bundled_sample_index(model=model, processor=processor, progress=True)
+        if encoder is not None and encoder is not model:
+            archive.set_encoder(encoder)
         return archive
     except ImportError as error:
         if index is not None:

@@ -254,6 +254,36 @@ class RSMCLIPIndex:
             model_key=fingerprint,
         )
 
+    def set_encoder(self, encoder: Any) -> None:
+        """Embed queries with ``encoder``: an `inference.load_encoder` encoder of the model already given to `load`
+        / `set_model` (its fingerprint was checked then). For a caller that quantises that model in place after
+        opening the index (the web app), so no second copy of the weights is kept. The encoder's origin is not
+        checked again: hashing every weight would take seconds at full size."""
+        if self._embedder is None:
+            raise ValueError(
+                "give the index its model first: RSMCLIPIndex.load(..., model=...) or set_model(...)"
+            )
+        backend, precision = getattr(encoder, "backend", None), getattr(encoder, "precision", None)
+        if backend is None or precision is None:
+            raise TypeError(
+                f"{type(encoder).__name__} is not an inference.load_encoder encoder (no backend / precision)"
+            )
+        check_backend(backend, precision)
+        from ..evaluation.embed import Embedder
+
+        self._backend, self._precision = backend, precision
+        self._embedder = Embedder(
+            encoder,
+            self._processor,
+            device="cpu",
+            precision="fp32",
+            batch_size=1,
+            num_workers=0,
+            cache_dir=None,
+            show_progress=False,
+            model_key=self._embedder.model_key,
+        )
+
     def _ensure_model(self) -> Any:
         if self._embedder is None:
             self.set_model(self.manifest["model"]["name_or_path"])
