@@ -58,6 +58,26 @@ def test_int8_index_keeps_the_fingerprint_and_is_close_to_fp32(fp32_and_int8) ->
     assert cosines.min() > 0.995, cosines
 
 
+def test_int8_build_of_a_model_path_keeps_one_copy_and_queries_like_a_fresh_load(fp32_and_int8) -> None:
+    import torch
+
+    from modeling_rsmclip.index import RSMCLIPIndex
+    from modeling_rsmclip.inference import TorchInt8Encoder
+
+    _, int8 = fp32_and_int8
+    # The model loaded from the path was quantised in place: the index holds it, as the encoder's model.
+    encoder = int8._embedder.model
+    assert isinstance(encoder, TorchInt8Encoder) and encoder.quantized is int8._model
+    assert not any(isinstance(m, torch.nn.Linear) for m in int8._model.modules())
+    # Queries equal those of the same index opened afresh with the fp32 model and int8 queries.
+    again = RSMCLIPIndex.load(int8.path, precision="int8")
+    for query in QUERIES:
+        np.testing.assert_allclose(int8.embed_query(query), again.embed_query(query), atol=1e-6)
+        assert [r["id"] for r in int8.search(query, top_k=3)] == [
+            r["id"] for r in again.search(query, top_k=3)
+        ]
+
+
 def test_int8_search_matches_brute_force(fp32_and_int8) -> None:
     from modeling_rsmclip.index import RSMCLIPIndex
 

@@ -175,14 +175,17 @@ def check_backend(backend: str, precision: str, device: str | None = None) -> bo
     return wrapped
 
 
-def embedding_encoder(model: Any, processor: Any, backend: str, precision: str) -> tuple[Any, str]:
+def embedding_encoder(
+    model: Any, processor: Any, backend: str, precision: str, *, inplace: bool = False
+) -> tuple[Any, str]:
     """(encoder, Embedder precision): ``model`` itself for the PyTorch backend in fp32/bf16/fp16, else the
-    `inference.load_encoder` wrapper of the loaded PyTorch model, run in fp32 (its own arithmetic) on the CPU."""
+    `inference.load_encoder` wrapper of the loaded PyTorch model, run in fp32 (its own arithmetic) on the CPU.
+    ``inplace``: PyTorch int8 quantises ``model`` itself instead of a copy."""
     if not check_backend(backend, precision):
         return model, precision
     from ..inference import load_encoder
 
-    return load_encoder(model, backend, precision, processor=processor), "fp32"
+    return load_encoder(model, backend, precision, processor=processor, inplace=inplace), "fp32"
 
 
 def processor_settings(processor: Any) -> dict[str, Any]:
@@ -319,6 +322,7 @@ def _run(
         raise ValueError(f"no images found in {', '.join(map(str, sources))}")
     if kind == "add" and model is None:
         model = manifest["model"]["name_or_path"]
+    owned = isinstance(model, str | os.PathLike)  # loaded here: int8 may quantise it in place (one copy)
     model, processor, model_name = resolve_model(model, processor, device)
     fingerprint = index_fingerprint(model, processor)
     if manifest is not None and manifest["model"]["fingerprint"] != fingerprint:
@@ -376,7 +380,7 @@ def _run(
     known = _known_hashes(output)
     dim = int(model.config.projection_dim)
     # The fingerprint above is the PyTorch model's: an index belongs to the weights, not to how they were run.
-    encoder, embed_precision = embedding_encoder(model, processor, backend, precision)
+    encoder, embed_precision = embedding_encoder(model, processor, backend, precision, inplace=owned)
     embedder = Embedder(
         encoder,
         processor,
@@ -426,6 +430,12 @@ def _run(
     procs.barrier()
     if procs.state is not None:
         procs.state.destroy_process_group()
+    if encoder is not model and owned and backend == "torch":
+        # The model's weights are int8 now: open the index without re-checking them, and query through the
+        # encoder the images went through (its fingerprint was checked above, on the fp32 weights).
+        index = RSMCLIPIndex.load(output)
+        index.adopt(model, processor, encoder, fingerprint)
+        return index
     return RSMCLIPIndex.load(output, model=model, processor=processor, **query_backend)
 
 

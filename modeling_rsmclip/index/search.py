@@ -254,6 +254,18 @@ class RSMCLIPIndex:
             model_key=fingerprint,
         )
 
+    def adopt(self, model: Any, processor: Any, encoder: Any, fingerprint: str) -> None:
+        """Query with ``encoder`` (an `inference.load_encoder` encoder of ``model``), given the model's
+        ``fingerprint`` computed on its fp32 weights before they were quantised in place (as `index build` does
+        for a model it loaded). The fingerprint must be the manifest's."""
+        expected = self.manifest["model"]["fingerprint"]
+        if fingerprint != expected:
+            raise IndexModelMismatchError(
+                f"the index {self.path} was built with fingerprint {expected[:12]}, not {fingerprint[:12]}"
+            )
+        self._model, self._processor = model, processor
+        self._query_through(encoder, fingerprint)
+
     def set_encoder(self, encoder: Any) -> None:
         """Embed queries with ``encoder``: an `inference.load_encoder` encoder of the model already given to `load`
         / `set_model` (its fingerprint was checked then). For a caller that quantises that model in place after
@@ -263,6 +275,9 @@ class RSMCLIPIndex:
             raise ValueError(
                 "give the index its model first: RSMCLIPIndex.load(..., model=...) or set_model(...)"
             )
+        self._query_through(encoder, self._embedder.model_key)
+
+    def _query_through(self, encoder: Any, fingerprint: str) -> None:
         backend, precision = getattr(encoder, "backend", None), getattr(encoder, "precision", None)
         if backend is None or precision is None:
             raise TypeError(
@@ -281,7 +296,7 @@ class RSMCLIPIndex:
             num_workers=0,
             cache_dir=None,
             show_progress=False,
-            model_key=self._embedder.model_key,
+            model_key=fingerprint,
         )
 
     def _ensure_model(self) -> Any:
