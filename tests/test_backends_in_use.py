@@ -169,6 +169,25 @@ def test_onnx_export_records_the_trained_logit_scale(demo, onnx_cache):
         assert float(encoder.logit_scale.exp()) == pytest.approx(trained, rel=1e-6)
 
 
+def test_onnx_export_without_a_recorded_scale_warns_and_uses_the_config(tmp_path, caplog, onnx_cache):
+    from _onnx_fixtures import demo_onnx_folder
+
+    folder = tmp_path / "older-export"
+    folder.mkdir()
+    for path in demo_onnx_folder().iterdir():
+        (folder / path.name).symlink_to(path)
+    manifest = json.loads((demo_onnx_folder() / "onnx_manifest.json").read_text())
+    del manifest["logit_scale"]
+    (folder / "onnx_manifest.json").unlink()
+    (folder / "onnx_manifest.json").write_text(json.dumps(manifest))
+    with caplog.at_level("WARNING"):
+        encoder = load_encoder(folder, "onnx", "fp32")
+    assert "records no logit scale" in caplog.text and str(folder) in caplog.text
+    # CLIP's initial temperature: logit_scale = ln(1 / 0.07) in the config, used as the log scale.
+    assert float(encoder.logit_scale) == pytest.approx(encoder.config.logit_scale_init_value)
+    assert float(encoder.logit_scale.exp()) == pytest.approx(1 / 0.07, rel=1e-4)
+
+
 # ---------------------------------------------------------------------------------------------- scene maps
 @pytest.fixture(scope="module")
 def mosaic(tmp_path_factory):
