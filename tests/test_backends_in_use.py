@@ -369,3 +369,27 @@ def test_app_load_quantises_in_place_after_opening_the_index(demo, archive, tmp_
     np.testing.assert_allclose([r["score"] for r in got.rows], [r["score"] for r in want], atol=1e-6)
     with pytest.raises(TypeError, match="not an inference.load_encoder encoder"):
         service.index.set_encoder(model)
+
+
+def test_app_load_on_onnx_int8_segments_with_the_same_weights_quantised(
+    demo, archive, mosaic, onnx_cache, tmp_path
+):
+    from modeling_rsmclip.app.service import AppService
+    from modeling_rsmclip.inference import OnnxEncoder
+
+    service = AppService.load(
+        str(DEMO_MODEL), str(archive), work_dir=tmp_path / "work", backend="onnx", precision="int8"
+    )
+    assert isinstance(service.encoder, OnnxEncoder) and service.index._embedder.model is service.encoder
+    assert any(isinstance(m, torch.nn.Linear) for m in service.model.modules())  # fp32 until a segmentation
+    seg = service.segment(str(mosaic), ", ".join(LABELS), "en", 256)
+    assert service.segment_model.quantized is service.model  # quantised in place: one copy
+    model, processor = demo
+    from modeling_rsmclip.geo import segment_scene
+
+    expected = segment_scene(
+        mosaic, LABELS, model=model, processor=processor, window=256, progress=False, precision="int8"
+    )
+    shares = {label: n / expected.class_map.size for label, n in expected.pixels_per_class.items()}
+    for label in LABELS:
+        assert seg.class_fractions[label] == pytest.approx(shares.get(label, 0.0), abs=1e-9)

@@ -145,8 +145,9 @@ class AppService:
             ``"int8"``; see `inference.load_encoder`). Segmentation needs patch features, which only PyTorch
             gives: it runs on PyTorch at the same precision. Give an index made with the same settings (`load`
             does), so that queries are embedded as the Classify tab embeds images.
-        inplace: PyTorch int8 quantises ``model`` itself (no fp32 copy kept; ``model`` is int8 afterwards). `load`
-            does so, after opening the index with the fp32 weights.
+        inplace: int8 quantises ``model`` itself (no fp32 copy kept; ``model`` is int8 afterwards): at start-up
+            for PyTorch int8, at the first segmentation for ONNX int8. `load` does so, after opening the index with
+            the fp32 weights.
     """
 
     def __init__(
@@ -181,6 +182,7 @@ class AppService:
             else load_encoder(self.model, backend, precision, processor=processor, inplace=inplace)
         )
         self._segment_model: Any = None
+        self._inplace = inplace
         self.model_name = model_name
         self.limits = limits or AppLimits()
         self.work_dir = Path(work_dir or tempfile.mkdtemp(prefix="rsmclip-app-"))
@@ -241,7 +243,8 @@ class AppService:
             else:
                 from ..inference import load_encoder
 
-                self._segment_model = load_encoder(self.model, "torch", "int8")
+                # ONNX int8: nothing else runs the PyTorch weights, so they may be quantised in place.
+                self._segment_model = load_encoder(self.model, "torch", "int8", inplace=self._inplace)
         return self._segment_model
 
     # -------------------------------------------------------------------------------------------- helpers
