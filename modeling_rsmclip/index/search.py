@@ -165,7 +165,6 @@ class RSMCLIPIndex:
         *,
         backend: str = "torch",
         precision: str = "fp32",
-        encoder: Any = None,
     ) -> RSMCLIPIndex:
         """Open an index folder. The model that embeds queries is ``model`` (path, Hub id or loaded model with its
         ``processor``) or, when None, the manifest's, loaded at the first query. A model whose fingerprint differs
@@ -174,8 +173,7 @@ class RSMCLIPIndex:
         ``backend`` ("torch" or "onnx") and ``precision`` ("fp32", "bf16"/"fp16" autocast, "int8") say how queries
         are embedded, whatever the index was built with: the fingerprint is the source weights', so int8 or ONNX
         queries against an fp32 index are allowed (int8 query embeddings have cosine > 0.995 to fp32 ones, which
-        can swap near-tied results). ``encoder``: that backend's encoder of ``model``, already made with
-        `inference.load_encoder` and shared with other users of the model (one copy in memory)."""
+        can swap near-tied results)."""
         check_backend(backend, precision)
         faiss, _ = require_index_dependencies()
         import pyarrow.parquet as pq
@@ -203,7 +201,7 @@ class RSMCLIPIndex:
         out = cls(path, manifest, index, metadata)
         out._backend, out._precision = backend, precision
         if model is not None:
-            out.set_model(model, processor, backend=backend, precision=precision, encoder=encoder)
+            out.set_model(model, processor, backend=backend, precision=precision)
         return out
 
     def set_model(
@@ -213,10 +211,9 @@ class RSMCLIPIndex:
         *,
         backend: str | None = None,
         precision: str | None = None,
-        encoder: Any = None,
     ) -> None:
-        """Use ``model`` for queries, after checking its fingerprint against the manifest; ``backend``,
-        ``precision`` and ``encoder`` as in `load` (default: those given to `load`)."""
+        """Use ``model`` for queries, after checking its fingerprint against the manifest; ``backend`` and
+        ``precision`` as in `load` (default: those given to `load`)."""
         backend = backend or self._backend
         precision = precision or self._precision
         wrapped = check_backend(backend, precision)
@@ -229,30 +226,10 @@ class RSMCLIPIndex:
                 f"(fingerprint {expected[:12]}); the query model {name!r} has fingerprint {fingerprint[:12]}: "
                 "query it with the same model and processor, or rebuild the index with this one"
             )
-        from ..evaluation.embed import Embedder
-
-        if encoder is not None and wrapped:
-            made_for = (getattr(encoder, "backend", None), getattr(encoder, "precision", None))
-            if made_for != (backend, precision):
-                raise ValueError(
-                    f"the encoder given is a {made_for[0]} {made_for[1]} encoder, not {backend} {precision}"
-                )
-            embed_precision = "fp32"
-        else:
-            encoder, embed_precision = embedding_encoder(model, processor, backend, precision)
+        encoder, embed_precision = embedding_encoder(model, processor, backend, precision)
         self._model, self._processor = model, processor
         self._backend, self._precision = backend, precision
-        self._embedder = Embedder(
-            encoder,
-            processor,
-            device="cpu" if wrapped else None,
-            precision=embed_precision,
-            batch_size=1,
-            num_workers=0,
-            cache_dir=None,
-            show_progress=False,
-            model_key=fingerprint,
-        )
+        self._use(encoder, fingerprint, "cpu" if wrapped else None, embed_precision)
 
     def adopt(self, model: Any, processor: Any, encoder: Any, fingerprint: str) -> None:
         """Query with ``encoder`` (an `inference.load_encoder` encoder of ``model``), given the model's
@@ -264,7 +241,7 @@ class RSMCLIPIndex:
                 f"the index {self.path} was built with fingerprint {expected[:12]}, not {fingerprint[:12]}"
             )
         self._model, self._processor = model, processor
-        self._query_through(encoder, fingerprint)
+        self._use_encoder(encoder, fingerprint)
 
     def set_encoder(self, encoder: Any) -> None:
         """Embed queries with ``encoder``: an `inference.load_encoder` encoder of the model already given to `load`
@@ -275,23 +252,27 @@ class RSMCLIPIndex:
             raise ValueError(
                 "give the index its model first: RSMCLIPIndex.load(..., model=...) or set_model(...)"
             )
-        self._query_through(encoder, self._embedder.model_key)
+        self._use_encoder(encoder, self._embedder.model_key)
 
-    def _query_through(self, encoder: Any, fingerprint: str) -> None:
+    def _use_encoder(self, encoder: Any, fingerprint: str) -> None:
         backend, precision = getattr(encoder, "backend", None), getattr(encoder, "precision", None)
         if backend is None or precision is None:
             raise TypeError(
                 f"{type(encoder).__name__} is not an inference.load_encoder encoder (no backend / precision)"
             )
         check_backend(backend, precision)
+        self._backend, self._precision = backend, precision
+        self._use(encoder, fingerprint, "cpu", "fp32")
+
+    def _use(self, encoder: Any, fingerprint: str, device: str | None, precision: str) -> None:
+        """Embed queries with ``encoder`` (the model, or a CPU backend's encoder of it) one at a time."""
         from ..evaluation.embed import Embedder
 
-        self._backend, self._precision = backend, precision
         self._embedder = Embedder(
             encoder,
             self._processor,
-            device="cpu",
-            precision="fp32",
+            device=device,
+            precision=precision,
             batch_size=1,
             num_workers=0,
             cache_dir=None,
