@@ -164,23 +164,15 @@ class AppService:
         precision: str = "fp32",
         inplace: bool = False,
     ) -> None:
-        from ..inference import BACKENDS, PRECISIONS, load_encoder
+        from ..inference import load_encoder
 
-        if backend not in BACKENDS or precision not in PRECISIONS:
-            raise ValueError(
-                f"backend must be one of {BACKENDS} and precision one of {PRECISIONS}, got {backend!r} / "
-                f"{precision!r}"
-            )
         self.model = model.eval()
         self.processor = processor
         self.index = index
         self.backend, self.precision = backend, precision
-        # What embeds images and texts: the model itself, or its ONNX Runtime / int8 encoder (made once).
-        self.encoder = (
-            self.model
-            if (backend, precision) == ("torch", "fp32")
-            else load_encoder(self.model, backend, precision, processor=processor, inplace=inplace)
-        )
+        # What embeds images and texts: the model itself (PyTorch fp32), or its ONNX Runtime / int8 encoder (made
+        # once). `load_encoder` checks the backend and precision.
+        self.encoder = load_encoder(self.model, backend, precision, processor=processor, inplace=inplace)
         self._segment_model: Any = None
         self._inplace = inplace
         self.model_name = model_name

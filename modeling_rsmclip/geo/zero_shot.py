@@ -63,12 +63,8 @@ def inference_model(
     and/or int8 weights), which embeds images and texts as the model does. An encoder passed as ``model`` (made
     once and shared, as the web app does) is returned as it is. ``inplace``: PyTorch int8 quantises ``model``
     itself rather than a copy (for callers that no longer need the fp32 model)."""
-    from ..inference import BACKENDS, PRECISIONS, load_encoder
+    from ..inference import load_encoder
 
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if backend == "torch" and precision == "fp32":
         return model
     if getattr(model, "backend", None) == backend and getattr(model, "precision", None) == precision:
@@ -76,7 +72,7 @@ def inference_model(
     device = model_device(model)
     if device.type != "cpu":
         raise ValueError(f"the {backend} {precision} backend runs on the CPU; the model is on {device}")
-    return load_encoder(model, backend, precision, processor=processor, inplace=inplace)
+    return load_encoder(model, backend, precision, processor=processor, inplace=inplace)  # checks both names
 
 
 def model_device(model: Any) -> torch.device:
