@@ -40,6 +40,18 @@ def demo_onnx_folder() -> Path:
     return export_onnx(model, folder / "export", processor=processor, verify=False)
 
 
+def use_demo_onnx_cache(tmp_path: Path, monkeypatch) -> Path:
+    """Point `$RSMCLIP_ONNX_CACHE` at a folder holding the demo model's export under its weights' key, where
+    `load_encoder(model, backend="onnx")` looks for it (so nothing is exported again)."""
+    from modeling_rsmclip.inference.encoders import weights_digest
+
+    cache = tmp_path / "onnx-cache"
+    cache.mkdir()
+    (cache / weights_digest(demo_model_and_processor()[0]).hex()[:24]).symlink_to(demo_onnx_folder())
+    monkeypatch.setenv("RSMCLIP_ONNX_CACHE", str(cache))
+    return cache
+
+
 def ucm_images(count: int = 24) -> list[Path]:
     """`count` UCM-Captions test-split image files spread over the classes."""
     root = shared_data_dir() / "ucm-captions"

@@ -45,13 +45,9 @@ def images():
 def onnx_cache(tmp_path, monkeypatch):
     """The ONNX cache holding the demo model's export (made once per test process), as `load_encoder` finds it."""
     pytest.importorskip("onnxruntime", reason='the ONNX backend needs pip install "rsmclip[onnx]"')
-    from _onnx_fixtures import demo_onnx_folder
+    from _onnx_fixtures import use_demo_onnx_cache
 
-    cache = tmp_path / "onnx-cache"
-    cache.mkdir()
-    (cache / weights_digest(demo_model_and_processor()[0]).hex()[:24]).symlink_to(demo_onnx_folder())
-    monkeypatch.setenv("RSMCLIP_ONNX_CACHE", str(cache))
-    return cache
+    return use_demo_onnx_cache(tmp_path, monkeypatch)
 
 
 # ----------------------------------------------------------------------------------------------- pipelines

@@ -122,16 +122,12 @@ def test_cli_int8_build_and_search(images, tmp_path, capsys) -> None:
 def test_onnx_index_and_queries(images, fp32_and_int8, tmp_path, monkeypatch) -> None:
     """ONNX Runtime embeds the images and the queries; the export is the demo model's (one per test process)."""
     pytest.importorskip("onnxruntime", reason='the ONNX backend needs pip install "rsmclip[onnx]"')
-    from _onnx_fixtures import demo_model_and_processor, demo_onnx_folder
+    from _onnx_fixtures import use_demo_onnx_cache
 
     from modeling_rsmclip.index import RSMCLIPIndex, build_index
-    from modeling_rsmclip.inference.encoders import weights_digest
 
     # The index loads the model from its folder and looks for its export in the cache: put the shared one there.
-    cache = tmp_path / "onnx-cache"
-    cache.mkdir()
-    (cache / weights_digest(demo_model_and_processor()[0]).hex()[:24]).symlink_to(demo_onnx_folder())
-    monkeypatch.setenv("RSMCLIP_ONNX_CACHE", str(cache))
+    use_demo_onnx_cache(tmp_path, monkeypatch)
     fp32 = fp32_and_int8[0]
     onnx = build_index(
         str(DEMO), tmp_path / "onnx", [images], backend="onnx", batch_size=4, num_workers=0, progress=False
