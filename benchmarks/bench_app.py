@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import threading
@@ -27,8 +26,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from _common import REPO, cpu_model
 
 CLASSIFY_LABELS = {
     "en": "airplanes, a beach, a forest, a harbor, a river",
@@ -36,16 +34,6 @@ CLASSIFY_LABELS = {
     "zh": "飞机, 海滩, 森林, 港口, 河流",
     "de": "Flugzeuge, ein Strand, ein Wald, ein Hafen, ein Fluss",
 }
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def queries() -> list[str]:
@@ -191,7 +179,7 @@ def run(args: argparse.Namespace) -> dict:
         except subprocess.TimeoutExpired:
             process.kill()
     return {
-        "machine": f"{os.cpu_count()}-core {_cpu_name()}",
+        "machine": f"{os.cpu_count()}-core {cpu_model()}",
         "clients": args.clients,
         "concurrency": args.concurrency,
         "endpoint": args.endpoint,

@@ -26,15 +26,14 @@ import argparse
 import contextlib
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from _common import REPO, cpu_model, ucm_batch
+
 PRECISIONS = ("fp32", "autocast-bf16", "bf16")
 
 
@@ -43,56 +42,16 @@ def _device_name(device: str) -> str:
 
     if device.startswith("cuda"):
         return torch.cuda.get_device_name(0)
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return f"{line.split(':', 1)[1].strip()} CPU ({os.cpu_count()} logical CPUs)"
-    except OSError:
-        pass
-    return f"{platform.processor() or platform.machine()} CPU"
-
-
-def _data(batch_size: int, text_batch_size: int) -> tuple[list[Path], list[str]]:
-    from modeling_rsmclip.testing import shared_data_dir
-
-    root = shared_data_dir() / "ucm-captions"
-    if not (root / "dataset.json").is_file():
-        sample = REPO / "examples" / "sample" / "ucm"
-        print(
-            f"UCM-Captions not found at {root} (RSMCLIP_SHARED_DATA): using the bundled sample",
-            file=sys.stderr,
-        )
-        root = sample
-    data = json.loads((root / "dataset.json").read_text())
-    files = [root / "images" / e["filename"] for e in data["images"]]
-    files = (files * (1 + batch_size // len(files)))[:: max(1, len(files) // batch_size)][:batch_size]
-    texts = [s["raw"] for e in data["images"] for s in e["sentences"]][::7]
-    for path in sorted((root / "translations").glob("*.json")):
-        texts += [r["text"] for r in json.loads(path.read_text(encoding="utf-8"))][::7]
-    texts = [t for t in texts if t.strip()]
-    import random
-
-    random.Random(0).shuffle(texts)
-    return files, (texts * (1 + text_batch_size // len(texts)))[:text_batch_size]
+    return f"{cpu_model()} CPU ({os.cpu_count()} logical CPUs)"
 
 
 def _open_clip_model(root: Path):
     """OpenCLIP's xlm-roberta-base-ViT-B-32 with random weights, its text tower configured from a local folder."""
     import open_clip
-    from transformers import XLMRobertaConfig
 
-    from modeling_rsmclip.conversion.open_clip_config import KNOWN_TEXT_ARCHITECTURES
+    from modeling_rsmclip.testing import write_open_clip_xlmr_b32
 
-    text_dir = root / "xlm-roberta-base-config"
-    XLMRobertaConfig(**KNOWN_TEXT_ARCHITECTURES["xlm-roberta-base"]).save_pretrained(text_dir)
-    model_cfg = open_clip.get_model_config("xlm-roberta-base-ViT-B-32")
-    model_cfg["text_cfg"].update(hf_model_name=str(text_dir), hf_tokenizer_name=str(text_dir))
-    source = root / "open_clip"
-    source.mkdir(exist_ok=True)
-    (source / "open_clip_config.json").write_text(json.dumps({"model_cfg": model_cfg, "preprocess_cfg": {}}))
-    from modeling_rsmclip.testing import make_tiny_tokenizer
-
-    make_tiny_tokenizer(source)
+    source, _ = write_open_clip_xlmr_b32(root)
     return open_clip.create_model(f"local-dir:{source}", pretrained_text=False)
 
 
@@ -145,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     processor = AutoProcessor.from_pretrained(str(demo))
     processor.image_processor.size = {"shortest_edge": 224}
     processor.image_processor.crop_size = {"height": 224, "width": 224}
-    files, texts = _data(args.batch_size, args.text_batch_size)
+    files, texts = ucm_batch(args.batch_size, args.text_batch_size)
     pixels = processor(images=[Image.open(f).convert("RGB") for f in files], return_tensors="pt")[
         "pixel_values"
     ]

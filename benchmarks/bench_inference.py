@@ -15,46 +15,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from _common import REPO, cpu_model, ucm_batch
+
 BACKENDS = (("torch", "fp32"), ("torch", "int8"), ("onnx", "fp32"), ("onnx", "int8"))
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip() + " CPU"
-    except OSError:
-        pass
-    return f"{platform.processor() or platform.machine()} CPU"
-
-
-def _data(batch_size: int, text_batch_size: int):
-    from modeling_rsmclip.testing import shared_data_dir
-
-    root = shared_data_dir() / "ucm-captions"
-    if not (root / "dataset.json").is_file():
-        raise SystemExit(f"UCM-Captions not found at {root}: set RSMCLIP_SHARED_DATA")
-    data = json.loads((root / "dataset.json").read_text())
-    files = [root / "images" / e["filename"] for e in data["images"]][:: max(1, 2100 // batch_size)][
-        :batch_size
-    ]
-    texts = [s["raw"] for e in data["images"] for s in e["sentences"]][::7]
-    for path in sorted((root / "translations").glob("*.json")):
-        texts += [r["text"] for r in json.loads(path.read_text(encoding="utf-8"))][::7]
-    texts = [t for t in texts if t.strip()]
-    import random
-
-    random.Random(0).shuffle(texts)
-    return files, texts[:text_batch_size]
 
 
 def _tokens_per_image(model) -> int:
@@ -143,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         tokenizer = AutoTokenizer.from_pretrained(str(REPO / "modeling_rsmclip" / "demo_model"))
         processor = make_processor(tokenizer, model.config.vision_config.image_size)
         name = "rs-m-clip preset (ViT-B/32 + XLM-R base), random weights"
-    files, texts = _data(args.batch_size, args.text_batch_size)
+    files, texts = ucm_batch(args.batch_size, args.text_batch_size)
     pixel_values = processor.image_processor(
         images=[Image.open(f).convert("RGB") for f in files], return_tensors="pt"
     )["pixel_values"]
@@ -196,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
                 results[key][f"{kind}_speedup"] = base / median
 
     setup = (
-        f"{_cpu_name()}, {os.cpu_count()} logical CPUs, {threads} threads | torch {torch.__version__} | "
+        f"{f'{cpu_model()} CPU'}, {os.cpu_count()} logical CPUs, {threads} threads | torch {torch.__version__} | "
         f"model: {name} | {len(pixel_values)} images/batch, {len(texts)} texts/batch "
         f"({int(tokens['attention_mask'].shape[1])} tokens padded) | median of {args.rounds} alternating rounds"
     )

@@ -24,7 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from _common import REPO, cpu_model
+
 CELL = 256
 PIXEL = 0.3
 ORIGIN = (500000.0, 4100000.0)
@@ -62,16 +63,6 @@ PLAN: dict[str, dict] = {
         "precision": "int8",
     },
 }
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return f"{line.split(':', 1)[1].strip()}, {os.cpu_count()} cores"
-    except OSError:
-        pass
-    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
 
 
 def _ucm_images() -> list[Path]:
@@ -228,7 +219,7 @@ def main() -> int:
             print(json.dumps(result), file=sys.stderr, flush=True)
             results.append(result)
     report = {
-        "machine": _cpu_name(),
+        "machine": f"{cpu_model()}, {os.cpu_count()} cores",
         "python": platform.python_version(),
         "scene": f"VRT mosaic of {len(images)} real UC Merced 256 px images (reused in turn), 0.3 m, EPSG:32611",
         "labels": LABELS,

@@ -19,42 +19,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from _common import REPO, cpu_model, ucm_captions_root
+
 MODES = ("clip", "clip+distillation")
-
-
-def _shared_ucm() -> Path:
-    """The UCM-Captions images of the shared data, else the bundled sample's 42 (for a machine without ../shared)."""
-    root = (
-        Path(os.environ.get("RSMCLIP_SHARED_DATA", REPO.parent / "shared" / "data"))
-        / "ucm-captions"
-        / "images"
-    )
-    if root.is_dir():
-        return root
-    sample = REPO / "examples" / "sample" / "ucm" / "images"
-    print(
-        f"UCM images not found at {root} (RSMCLIP_SHARED_DATA): using the bundled sample {sample}",
-        file=sys.stderr,
-    )
-    return sample
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip() + " CPU"
-    except OSError:
-        pass
-    return f"{platform.processor() or platform.machine()} CPU"
 
 
 def _rss_mb() -> float:
@@ -112,7 +85,9 @@ def run_one(args: argparse.Namespace) -> dict:
     local_size = default_local_crop_size(size, config.vision_config.patch_size)
 
     # Real images, augmented once: `batch_size` samples.
-    files = sorted(_shared_ucm().glob("*.jpg"), key=lambda p: int(p.stem))[:: max(1, 2100 // args.batch_size)]
+    files = sorted((ucm_captions_root() / "images").glob("*.jpg"), key=lambda p: int(p.stem))[
+        :: max(1, 2100 // args.batch_size)
+    ]
     images = [Image.open(f).convert("RGB") for f in files[: args.batch_size]]
     while len(images) < args.batch_size:
         images += images[: args.batch_size - len(images)]
@@ -298,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    device_name = torch.cuda.get_device_name(0) if cuda else _cpu_name()
+    device_name = torch.cuda.get_device_name(0) if cuda else f"{cpu_model()} CPU"
     header = (
         f"device: {device_name} ({os.cpu_count()} logical CPUs visible) | preset {args.preset} | batch "
         f"{args.batch_size} | {args.num_local_crops} local crops | mixed precision {args.mixed_precision} | "

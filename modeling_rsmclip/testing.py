@@ -92,6 +92,28 @@ def make_tiny_tokenizer(out_dir: str | os.PathLike, vocab_size: int = 1000):
     return train_xlmr_style_tokenizer(sample_captions(), out_dir, vocab_size=vocab_size)
 
 
+def write_open_clip_xlmr_b32(root: str | os.PathLike) -> tuple[Path, Path]:
+    """An OpenCLIP ``local-dir:`` folder for ``xlm-roberta-base-ViT-B-32`` (the RS-M-CLIP architecture) under
+    ``root``, with nothing to download: the text tower is configured from a local XLM-R base configuration and the
+    folder carries the tiny test tokenizer. Returns ``(model folder, text configuration folder)``; load it with
+    ``open_clip.create_model(f"local-dir:{folder}", pretrained_text=False)``. Needs open_clip_torch."""
+    import open_clip
+    from transformers import XLMRobertaConfig
+
+    from .conversion.open_clip_config import KNOWN_TEXT_ARCHITECTURES
+
+    root = Path(root)
+    text_dir = root / "xlm-roberta-base-config"
+    XLMRobertaConfig(**KNOWN_TEXT_ARCHITECTURES["xlm-roberta-base"]).save_pretrained(text_dir)
+    model_cfg = open_clip.get_model_config("xlm-roberta-base-ViT-B-32")
+    model_cfg["text_cfg"].update(hf_model_name=str(text_dir), hf_tokenizer_name=str(text_dir))
+    source = root / "open_clip"
+    source.mkdir(parents=True, exist_ok=True)
+    (source / "open_clip_config.json").write_text(json.dumps({"model_cfg": model_cfg, "preprocess_cfg": {}}))
+    make_tiny_tokenizer(source)
+    return source, text_dir
+
+
 def make_processor(tokenizer, image_size: int):
     """An `RSMCLIPProcessor` with CLIP preprocessing at `image_size` pixels and `tokenizer`."""
     from .processing_rsmclip import RSMCLIPImageProcessor, RSMCLIPProcessor

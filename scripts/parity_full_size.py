@@ -17,7 +17,6 @@ Exits with status 1 when a difference exceeds --tolerance (default 1e-4).
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 import tempfile
@@ -67,13 +66,11 @@ def main(argv: list[str] | None = None) -> int:
 
     import open_clip
     from safetensors.torch import save_file
-    from transformers import XLMRobertaConfig
 
     import modeling_rsmclip  # noqa: F401
     from modeling_rsmclip import RSMCLIPModel
     from modeling_rsmclip.conversion import convert_open_clip, export_to_open_clip
-    from modeling_rsmclip.conversion.open_clip_config import KNOWN_TEXT_ARCHITECTURES
-    from modeling_rsmclip.testing import make_tiny_tokenizer
+    from modeling_rsmclip.testing import write_open_clip_xlmr_b32
 
     torch.backends.cuda.matmul.allow_tf32 = False  # fp32 means fp32 on GPUs too
     torch.backends.cudnn.allow_tf32 = False
@@ -82,16 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     root.mkdir(parents=True, exist_ok=True)
     start = time.time()
     try:
-        text_dir = root / "xlm-roberta-base-config"
-        XLMRobertaConfig(**KNOWN_TEXT_ARCHITECTURES["xlm-roberta-base"]).save_pretrained(text_dir)
-        model_cfg = open_clip.get_model_config("xlm-roberta-base-ViT-B-32")
-        model_cfg["text_cfg"].update(hf_model_name=str(text_dir), hf_tokenizer_name=str(text_dir))
-        source = root / "open_clip"
-        source.mkdir(exist_ok=True)
-        (source / "open_clip_config.json").write_text(
-            json.dumps({"model_cfg": model_cfg, "preprocess_cfg": {}})
-        )
-        make_tiny_tokenizer(source)
+        source, text_dir = write_open_clip_xlmr_b32(root)
 
         print(
             f"[{time.time() - start:5.0f}s] building OpenCLIP xlm-roberta-base-ViT-B-32 with random weights"

@@ -1,0 +1,53 @@
+"""What the benchmark scripts share: the CPU's name for their headers, and the real UCM-Captions data (the shared
+copy beside the checkout, else the bundled sample, so a machine holding only the checkout can run them)."""
+
+from __future__ import annotations
+
+import json
+import platform
+import random
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo, else what `platform` says."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def ucm_captions_root() -> Path:
+    """UCM-Captions of the shared data (`$RSMCLIP_SHARED_DATA`), else the bundled sample (42 images, same layout)."""
+    from modeling_rsmclip.testing import sample_dir, shared_data_dir
+
+    root = shared_data_dir() / "ucm-captions"
+    if (root / "dataset.json").is_file():
+        return root
+    print(
+        f"UCM-Captions not found at {root} (RSMCLIP_SHARED_DATA): using the bundled sample", file=sys.stderr
+    )
+    return sample_dir() / "ucm"
+
+
+def ucm_batch(batch_size: int, text_batch_size: int) -> tuple[list[Path], list[str]]:
+    """`batch_size` image files spread over the dataset and `text_batch_size` real captions in the ten languages
+    (every 7th, shuffled with seed 0); both repeated when the data holds fewer."""
+    root = ucm_captions_root()
+    data = json.loads((root / "dataset.json").read_text())
+    files = [root / "images" / e["filename"] for e in data["images"]]
+    files = (files * (1 + batch_size // len(files)))[:: max(1, len(files) // batch_size)][:batch_size]
+    texts = [s["raw"] for e in data["images"] for s in e["sentences"]][::7]
+    for path in sorted((root / "translations").glob("*.json")):
+        texts += [r["text"] for r in json.loads(path.read_text(encoding="utf-8"))][::7]
+    texts = [t for t in texts if t.strip()]
+    random.Random(0).shuffle(texts)
+    return files, (texts * (1 + text_batch_size // len(texts)))[:text_batch_size]
