@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
+from ..inference import add_backend_arguments
 from .embed import default_cache_dir
 
 logger = logging.getLogger(__name__)
@@ -52,18 +53,7 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
     group.add_argument("--batch-size", type=int, default=64, help="images or texts per forward pass")
     group.add_argument("--num-workers", type=int, default=2, help="data-loader workers for image decoding")
-    group.add_argument(
-        "--backend",
-        choices=("torch", "onnx"),
-        default="torch",
-        help="inference backend: PyTorch, or ONNX Runtime (CPU; the model is exported once and cached)",
-    )
-    group.add_argument(
-        "--precision",
-        choices=("fp32", "bf16", "fp16", "int8"),
-        default="fp32",
-        help="fp32; bf16/fp16 autocast (CUDA, PyTorch backend); int8 weights (CPU, dynamic quantisation)",
-    )
+    add_backend_arguments(group, autocast=True)
     group.add_argument(
         "--cache-dir",
         type=Path,

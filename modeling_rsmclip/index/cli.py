@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
+from ..inference import add_backend_arguments
 
 DEFAULT_DEMO = "the bundled demo model"
 
@@ -66,23 +67,8 @@ def _add_source_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument(
         "--device", default=None, help="torch device (default: the process's accelerator, else cpu)"
     )
-    _add_backend_arguments(run)
+    add_backend_arguments(run, autocast=True)
     run.add_argument("--quiet", action="store_true", help="no progress bar")
-
-
-def _add_backend_arguments(group: Any) -> None:
-    group.add_argument(
-        "--backend",
-        choices=("torch", "onnx"),
-        default="torch",
-        help="inference backend: PyTorch, or ONNX Runtime (CPU; the model is exported once and cached)",
-    )
-    group.add_argument(
-        "--precision",
-        choices=("fp32", "bf16", "fp16", "int8"),
-        default="fp32",
-        help="fp32, bf16/fp16 autocast (PyTorch, GPU), or int8 weights (dynamic quantisation, CPU)",
-    )
 
 
 def _index_type_help() -> str:
@@ -250,5 +236,7 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
     search.add_argument(
         "--model", default=None, help="query model (default: the one in the index's manifest)"
     )
-    _add_backend_arguments(search.add_argument_group("query embedding (any backend fits any index)"))
+    add_backend_arguments(
+        search.add_argument_group("query embedding (any backend fits any index)"), autocast=True
+    )
     search.set_defaults(func=_guarded(_run_search))

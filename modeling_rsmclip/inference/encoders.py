@@ -277,8 +277,10 @@ def load_encoder(
     return net.eval()
 
 
-def add_backend_arguments(parser: Any) -> None:
-    """Add `--backend torch|onnx` and `--precision fp32|int8` (CPU inference) to an argparse parser."""
+def add_backend_arguments(parser: Any, *, autocast: bool = False) -> None:
+    """Add `--backend torch|onnx` and `--precision fp32|int8` (CPU inference) to an argparse parser or group;
+    with `autocast=True` the precision also takes `bf16` / `fp16` (PyTorch autocast on a GPU), for commands whose
+    PyTorch path runs on accelerators too."""
     parser.add_argument(
         "--backend",
         choices=BACKENDS,
@@ -287,9 +289,11 @@ def add_backend_arguments(parser: Any) -> None:
     )
     parser.add_argument(
         "--precision",
-        choices=PRECISIONS,
+        choices=("fp32", "bf16", "fp16", "int8") if autocast else PRECISIONS,
         default="fp32",
-        help="fp32, or int8 weights (dynamic quantisation; CPU)",
+        help="fp32, bf16/fp16 autocast (PyTorch, GPU), or int8 weights (dynamic quantisation, CPU)"
+        if autocast
+        else "fp32, or int8 weights (dynamic quantisation; CPU)",
     )
 
 
