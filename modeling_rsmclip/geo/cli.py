@@ -58,9 +58,8 @@ def _load(args: argparse.Namespace) -> tuple[Any, Any]:
     model, processor = load_model(args.model)
     if args.device:
         model.to(args.device)
-    if (
-        cpu_only
-    ):  # the command needs only the CPU encoder: quantise the loaded model itself, no fp32 copy kept
+    if cpu_only:
+        # The command needs only the CPU encoder: quantise the loaded model itself, no fp32 copy kept.
         from .zero_shot import inference_model
 
         model = inference_model(
