@@ -45,7 +45,7 @@ def _demo():
     from transformers import AutoModel, AutoProcessor
 
     import modeling_rsmclip  # noqa: F401
-    from modeling_rsmclip.demo import DEMO_MODEL_DIR
+    from modeling_rsmclip.inference import DEMO_MODEL_DIR
 
     return AutoModel.from_pretrained(DEMO_MODEL_DIR).eval(), AutoProcessor.from_pretrained(DEMO_MODEL_DIR)
 
@@ -54,7 +54,7 @@ def _full():
     from transformers import AutoProcessor
 
     from modeling_rsmclip import RSMCLIPConfig, RSMCLIPModel
-    from modeling_rsmclip.demo import DEMO_MODEL_DIR
+    from modeling_rsmclip.inference import DEMO_MODEL_DIR
     from modeling_rsmclip.testing import make_processor
 
     torch.manual_seed(0)
@@ -206,7 +206,8 @@ def _bench_index(
 ) -> list[dict]:
     import faiss
 
-    from modeling_rsmclip.index.build import apply_search_params, build_faiss
+    from modeling_rsmclip.index.build import build_faiss
+    from modeling_rsmclip.index.common import apply_search_params
 
     start = time.perf_counter()
     index = build_faiss(base, factory, max_train=sweep.pop("max_train", None))

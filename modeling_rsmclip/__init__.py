@@ -1,70 +1,88 @@
 """RS-M-CLIP: a Transformers-native multilingual CLIP for remote-sensing imagery.
 
 Importing the package registers the `"rsmclip"` model type with `AutoConfig`, `AutoModel`,
-`AutoModelForZeroShotImageClassification`, `AutoImageProcessor` and `AutoProcessor`, and the
-`"rsmclip-retrieval"` pipeline task.
+`AutoModelForZeroShotImageClassification`, `AutoImageProcessor`, `AutoProcessor` and `AutoTokenizer`, and the
+`"rsmclip-retrieval"` pipeline task. The import itself is light (no torch, no transformers): the registration runs
+when transformers' Auto classes (or its pipelines) are first imported, by whichever code imports them, and every
+public name is imported on first use (`_lazy`).
 """
 
-from transformers import (
-    AutoConfig,
-    AutoImageProcessor,
-    AutoModel,
-    AutoModelForZeroShotImageClassification,
-    AutoProcessor,
-    AutoTokenizer,
-)
+from __future__ import annotations
 
-from .configuration_rsmclip import PRESETS, RSMCLIPConfig
-from .modeling_rsmclip import RSMCLIPDistillationHead, RSMCLIPModel, RSMCLIPOutput, RSMCLIPPreTrainedModel
-from .pipeline_rsmclip import (
-    RETRIEVAL_TASK,
-    RSMCLIPRetrievalPipeline,
-    RSMCLIPZeroShotImageClassificationPipeline,
-    register_retrieval_pipeline,
-)
-from .processing_rsmclip import (
-    RSMCLIPImageProcessor,
-    RSMCLIPProcessor,
-    RSMCLIPTokenizer,
-    array_to_rgb,
-    to_rgb,
-)
-from .templates import LANGUAGES, PROMPT_TEMPLATES
+import threading
+
+from ._lazy import after_import, lazy_exports
 
 __version__ = "0.1.0"
 
-AutoConfig.register("rsmclip", RSMCLIPConfig, exist_ok=True)
-AutoModel.register(RSMCLIPConfig, RSMCLIPModel, exist_ok=True)
-AutoModelForZeroShotImageClassification.register(RSMCLIPConfig, RSMCLIPModel, exist_ok=True)
-AutoImageProcessor.register(RSMCLIPConfig, fast_image_processor_class=RSMCLIPImageProcessor, exist_ok=True)
-AutoProcessor.register(RSMCLIPConfig, RSMCLIPProcessor, exist_ok=True)
-AutoTokenizer.register(RSMCLIPConfig, fast_tokenizer_class=RSMCLIPTokenizer, exist_ok=True)
-register_retrieval_pipeline()
+_EXPORTS = {
+    "PRESETS": ".configuration_rsmclip",
+    "RSMCLIPConfig": ".configuration_rsmclip",
+    "RSMCLIPDistillationHead": ".modeling_rsmclip",
+    "RSMCLIPModel": ".modeling_rsmclip",
+    "RSMCLIPOutput": ".modeling_rsmclip",
+    "RSMCLIPPreTrainedModel": ".modeling_rsmclip",
+    "RETRIEVAL_TASK": ".pipeline_rsmclip",
+    "RSMCLIPRetrievalPipeline": ".pipeline_rsmclip",
+    "RSMCLIPZeroShotImageClassificationPipeline": ".pipeline_rsmclip",
+    "register_retrieval_pipeline": ".pipeline_rsmclip",
+    "RSMCLIPImageProcessor": ".processing_rsmclip",
+    "RSMCLIPProcessor": ".processing_rsmclip",
+    "RSMCLIPTokenizer": ".processing_rsmclip",
+    "array_to_rgb": ".processing_rsmclip",
+    "to_rgb": ".processing_rsmclip",
+    "LANGUAGES": ".templates",
+    "PROMPT_TEMPLATES": ".templates",
+    "RSMCLIPIndex": ".index",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
-__all__ = [
-    "LANGUAGES",
-    "PRESETS",
-    "PROMPT_TEMPLATES",
-    "RETRIEVAL_TASK",
-    "RSMCLIPConfig",
-    "RSMCLIPDistillationHead",
-    "RSMCLIPImageProcessor",
-    "RSMCLIPModel",
-    "RSMCLIPOutput",
-    "RSMCLIPPreTrainedModel",
-    "RSMCLIPProcessor",
-    "RSMCLIPTokenizer",
-    "RSMCLIPRetrievalPipeline",
-    "RSMCLIPZeroShotImageClassificationPipeline",
-    "array_to_rgb",
-    "to_rgb",
-]
+_registered: set[str] = set()
+_lock = threading.RLock()
 
 
-def __getattr__(name: str):
-    # Optional capabilities load on first use, so importing the package needs none of their extras.
-    if name == "RSMCLIPIndex":
-        from .index import RSMCLIPIndex
+def _register_auto_classes(_module: object = None) -> None:
+    """Register the model type with transformers' Auto classes (once)."""
+    with _lock:
+        if "auto" in _registered:
+            return
+        _registered.add("auto")
+        from transformers import (
+            AutoConfig,
+            AutoImageProcessor,
+            AutoModel,
+            AutoModelForZeroShotImageClassification,
+            AutoProcessor,
+            AutoTokenizer,
+        )
 
-        return RSMCLIPIndex
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        from .configuration_rsmclip import RSMCLIPConfig
+        from .modeling_rsmclip import RSMCLIPModel
+        from .processing_rsmclip import RSMCLIPImageProcessor, RSMCLIPProcessor, RSMCLIPTokenizer
+
+        AutoConfig.register("rsmclip", RSMCLIPConfig, exist_ok=True)
+        AutoModel.register(RSMCLIPConfig, RSMCLIPModel, exist_ok=True)
+        AutoModelForZeroShotImageClassification.register(RSMCLIPConfig, RSMCLIPModel, exist_ok=True)
+        AutoImageProcessor.register(
+            RSMCLIPConfig, fast_image_processor_class=RSMCLIPImageProcessor, exist_ok=True
+        )
+        AutoProcessor.register(RSMCLIPConfig, RSMCLIPProcessor, exist_ok=True)
+        AutoTokenizer.register(RSMCLIPConfig, fast_tokenizer_class=RSMCLIPTokenizer, exist_ok=True)
+
+
+def _register_pipeline(_module: object = None) -> None:
+    """Register the `"rsmclip-retrieval"` task with transformers' pipelines (once)."""
+    with _lock:
+        if "pipeline" in _registered:
+            return
+        _registered.add("pipeline")
+        from .pipeline_rsmclip import register_retrieval_pipeline
+
+        register_retrieval_pipeline()
+
+
+# The callbacks import this package's flat files: they wait until no import of transformers or of this package is
+# still executing (see `_lazy.after_import`).
+after_import("transformers.models.auto", _register_auto_classes, settle=(__name__,))
+after_import("transformers.pipelines", _register_pipeline, settle=(__name__,))

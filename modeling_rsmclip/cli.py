@@ -8,11 +8,11 @@ import sys
 
 from .errors import ArgumentParser, run_command
 
-# Modules that each define `add_subparser(subparsers)`.
+# Modules that each define `add_subparser(subparsers)`. They are light to import (argparse definitions only): each
+# sub-command imports torch, transformers and its optional extras when it runs, so `rsmclip --help` stays fast.
 SUBCOMMAND_MODULES = (
     "modeling_rsmclip.demo",
-    "modeling_rsmclip.conversion.convert",
-    "modeling_rsmclip.conversion.export",
+    "modeling_rsmclip.conversion.cli",
     "modeling_rsmclip.data.cli",
     "modeling_rsmclip.training.cli",
     "modeling_rsmclip.evaluation.cli",
@@ -33,8 +33,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import modeling_rsmclip  # noqa: F401  (registers the model type with the Auto classes)
-
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

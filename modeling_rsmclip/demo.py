@@ -9,14 +9,10 @@ import json
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
-import torch
-import torch.nn.functional as F
+from .templates import class_name
 
-from .processing_rsmclip import load_image_file
-from .templates import class_name, prompts_for
-
-DEMO_MODEL_DIR = Path(__file__).resolve().parent / "demo_model"
 ARCHIVE_QUERIES = {
     "pt": "campos de futebol perto de um rio",
     "zh": "停满飞机的机场",
@@ -31,15 +27,12 @@ DEMO_QUERIES = {
 }
 
 
-def load_demo_model(model: str | None):
+def load_demo_model(model: str | None) -> tuple[Any, Any, str, bool]:
     """The model given by path/Hub id, else the bundled demo model, else a random `tiny` model (said loudly)."""
-    from transformers import AutoModel, AutoProcessor
+    from .inference import DEMO_MODEL_DIR, load_model
 
     if model is None and (DEMO_MODEL_DIR / "config.json").exists():
-        net, processor = (
-            AutoModel.from_pretrained(DEMO_MODEL_DIR).eval(),
-            AutoProcessor.from_pretrained(DEMO_MODEL_DIR),
-        )
+        net, processor = load_model("demo")
         return (
             net,
             processor,
@@ -47,7 +40,8 @@ def load_demo_model(model: str | None):
             True,
         )
     if model is not None:
-        return AutoModel.from_pretrained(model).eval(), AutoProcessor.from_pretrained(model), model, True
+        net, processor = load_model(model)
+        return net, processor, model, True
     from .testing import make_tiny_model_and_processor
 
     tmp = tempfile.mkdtemp(prefix="rsmclip-demo-")
@@ -55,28 +49,35 @@ def load_demo_model(model: str | None):
     return net, processor, "randomly initialised 'tiny' model", False
 
 
-@torch.no_grad()
-def _image_embeds(model, processor, paths: list[Path]) -> torch.Tensor:
+def _image_embeds(model: Any, processor: Any, paths: list[Path]) -> Any:
+    import torch
+    import torch.nn.functional as F
+
+    from .processing_rsmclip import load_image_file
+
     images = [load_image_file(p) for p in paths]
     pixels = processor(images=images, return_tensors="pt")["pixel_values"]
-    return F.normalize(model.get_image_features(pixel_values=pixels).pooler_output, dim=-1)
+    with torch.inference_mode():
+        return F.normalize(model.get_image_features(pixel_values=pixels).pooler_output, dim=-1)
 
 
-@torch.no_grad()
-def _text_embeds(model, processor, texts: list[str]) -> torch.Tensor:
+def _text_embeds(model: Any, processor: Any, texts: list[str]) -> Any:
+    import torch
+    import torch.nn.functional as F
+
     batch = processor(text=texts, return_tensors="pt")
-    return F.normalize(model.get_text_features(**batch).pooler_output, dim=-1)
+    with torch.inference_mode():
+        return F.normalize(model.get_text_features(**batch).pooler_output, dim=-1)
 
 
-@torch.no_grad()
-def class_embeddings(model, processor, dataset: str, labels: list[str], lang: str) -> torch.Tensor:
-    """One embedding per class: the re-normalised mean of its prompt embeddings in `lang`."""
-    rows = []
-    for label in labels:
-        rows.append(
-            _text_embeds(model, processor, prompts_for(class_name(dataset, label, lang), lang)).mean(0)
-        )
-    return F.normalize(torch.stack(rows), dim=-1)
+def class_embeddings(model: Any, processor: Any, dataset: str, labels: list[str], lang: str) -> Any:
+    """One embedding per class: its name in `lang` (the dataset's class-name table) in every prompt template."""
+    import torch
+
+    from .inference import class_embeddings as embed_classes
+
+    names = [class_name(dataset, label, lang) for label in labels]
+    return torch.from_numpy(embed_classes(model, processor, names, lang)).float()
 
 
 def run_demo(
@@ -140,7 +141,7 @@ def archive_search_demo(model=None, processor=None) -> dict:
     when the `index` extra (faiss, pyarrow) is missing."""
     try:
         from .index import bundled_sample_index
-        from .index.build import require_index_dependencies
+        from .index.common import require_index_dependencies
 
         require_index_dependencies()
     except ImportError as err:

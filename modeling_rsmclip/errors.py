@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -62,11 +63,38 @@ def run_command(func: Callable[[argparse.Namespace], Any], args: argparse.Namesp
         return EXIT_INTERRUPTED
 
 
+def cli_type(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """An argparse ``type=`` from a parser function that raises `ValueError`: argparse then shows the function's own
+    message (``error: argument --bbox: bbox south (5.0) is north of its north (1.0)``) instead of a generic one."""
+
+    def convert(value: str) -> Any:
+        try:
+            return parse(value)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+
+    convert.__name__ = getattr(parse, "__name__", "value")
+    return convert
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """argparse with the same one-line error style (``error: <message> (see PROG --help)``, exit status 2).
 
     Sub-parsers created with ``add_subparsers().add_parser(...)`` are of this class too.
+
+    Values that start with a minus sign and are numbers or comma-separated numbers (``--bbox -9.5,38.6,-9.0,38.9``,
+    ``--stretch -25,0``) are read as values, not as unknown options: every area west of Greenwich or south of the
+    equator starts so.
     """
+
+    # argparse's own rule accepts a single negative number only.
+    NEGATIVE_NUMBERS = re.compile(
+        r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?(\s*,\s*-?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?)*$"
+    )
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._negative_number_matcher = self.NEGATIVE_NUMBERS
 
     def error(self, message: str) -> Any:
         self.exit(EXIT_USER_ERROR, f"error: {message} (see {self.prog} --help)\n")
@@ -77,6 +105,7 @@ __all__ = [
     "EXIT_USER_ERROR",
     "USER_ERRORS",
     "UserError",
+    "cli_type",
     "report_user_error",
     "run_command",
 ]

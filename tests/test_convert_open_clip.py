@@ -34,8 +34,7 @@ from modeling_rsmclip.conversion import (
     open_clip_to_rsmclip_state_dict,
     rsmclip_config_from_open_clip,
 )
-from modeling_rsmclip.conversion import convert as convert_module
-from modeling_rsmclip.conversion import export as export_module
+from modeling_rsmclip.conversion import cli as conversion_cli
 from modeling_rsmclip.conversion.checkpoint import builtin_open_clip_config, parse_source
 from modeling_rsmclip.conversion.open_clip_config import known_text_architecture_name, text_architecture
 from modeling_rsmclip.errors import run_command
@@ -532,8 +531,7 @@ def test_cli_convert_and_export(converted, tmp_path, capsys):
     source, _, _ = converted
     parser = argparse.ArgumentParser(prog="rsmclip")
     subparsers = parser.add_subparsers(dest="command")
-    convert_module.add_subparser(subparsers)
-    export_module.add_subparser(subparsers)
+    conversion_cli.add_subparser(subparsers)
 
     args = parser.parse_args(["convert", str(source), str(tmp_path / "rsmclip"), "--dino-out-dim", "32"])
     assert args.func(args) == 0

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from transformers import AutoModel, AutoProcessor
 
-from modeling_rsmclip.demo import DEMO_MODEL_DIR, run_demo
+from modeling_rsmclip.demo import run_demo
+from modeling_rsmclip.inference import DEMO_MODEL_DIR
 
 
 def test_demo_model_is_bundled_small_and_loads_with_automodel():

@@ -16,9 +16,9 @@ def ucm_embeddings(shared_data, tmp_path_factory):
     """Demo-model embeddings of the 210 UCM test images and their captions in two languages."""
     from transformers import AutoModel, AutoProcessor
 
-    from modeling_rsmclip.demo import DEMO_MODEL_DIR
     from modeling_rsmclip.evaluation.embed import Embedder
     from modeling_rsmclip.evaluation.retrieval import load_karpathy
+    from modeling_rsmclip.inference import DEMO_MODEL_DIR
 
     ucm = shared_data / "ucm-captions"
     data = load_karpathy(ucm / "dataset.json", ucm / "images", "test", ucm / "translations", LANGS)

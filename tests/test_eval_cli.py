@@ -180,10 +180,9 @@ def test_eval_retrieval_with_the_int8_backend_equals_the_python_api_and_stays_cl
     its figures are exactly those of the Python API with that encoder, and within a few points of fp32 on the
     42 bundled UCM test images with the trained demo model."""
     from modeling_rsmclip import RSMCLIPModel, RSMCLIPProcessor
-    from modeling_rsmclip.demo import DEMO_MODEL_DIR
     from modeling_rsmclip.evaluation.embed import Embedder
     from modeling_rsmclip.evaluation.retrieval import evaluate_retrieval, load_karpathy
-    from modeling_rsmclip.inference import load_encoder
+    from modeling_rsmclip.inference import DEMO_MODEL_DIR, load_encoder
 
     ucm = sample_dir() / "ucm"
     common = ["--model", str(DEMO_MODEL_DIR), "--karpathy-json", str(ucm / "dataset.json"), "--images"]

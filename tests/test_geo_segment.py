@@ -137,9 +137,10 @@ def _reference_segmentation(path, model, processor, window, stride, labels=LABEL
     from modeling_rsmclip.geo.naclip import dense_logits
     from modeling_rsmclip.geo.raster import RasterReader
     from modeling_rsmclip.geo.tiling import TileGrid
-    from modeling_rsmclip.geo.zero_shot import class_embeddings, pixel_values
+    from modeling_rsmclip.geo.zero_shot import pixel_values
+    from modeling_rsmclip.inference import class_embeddings
 
-    text = class_embeddings(model, processor, labels, "en")
+    text = torch.from_numpy(class_embeddings(model, processor, labels, "en")).float()
     with RasterReader(path, **reader_kwargs) as reader:
         grid = TileGrid(reader.width, reader.height, window, overlap=window - stride)
         height = (grid.n_rows - 1) * stride + window

@@ -21,7 +21,7 @@ pytest.importorskip("pyarrow")
 
 from _index_fixtures import shard_embeddings  # noqa: E402
 
-from modeling_rsmclip.demo import DEMO_MODEL_DIR  # noqa: E402
+from modeling_rsmclip.inference import DEMO_MODEL_DIR  # noqa: E402
 from modeling_rsmclip.testing import sample_dir  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -218,7 +218,7 @@ def test_package_import_needs_no_index_extra_and_a_missing_one_names_the_install
     )
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True, timeout=120)
-    from modeling_rsmclip.index.build import require_index_dependencies
+    from modeling_rsmclip.index.common import require_index_dependencies
 
     monkeypatch.setitem(sys.modules, "faiss", None)
     with pytest.raises(ImportError, match=r'pip install "rsmclip\[index\]"'):

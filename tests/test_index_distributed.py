@@ -25,7 +25,7 @@ def _sources() -> list[str]:
 def _worker(out_dir: str) -> None:
     """Run by each process: the same `build_index` call, recording which shards this process embedded."""
     import modeling_rsmclip.index.build as build
-    from modeling_rsmclip.demo import DEMO_MODEL_DIR
+    from modeling_rsmclip.inference import DEMO_MODEL_DIR
 
     rank = int(os.environ["RANK"])
     embedded = []
@@ -44,8 +44,8 @@ def test_two_process_build_equals_one_process_build(tmp_path) -> None:
     pytest.importorskip("faiss")
     from _index_fixtures import shard_embeddings
 
-    from modeling_rsmclip.demo import DEMO_MODEL_DIR
     from modeling_rsmclip.index import build_index
+    from modeling_rsmclip.inference import DEMO_MODEL_DIR
 
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(REPO)}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]

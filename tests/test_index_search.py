@@ -36,7 +36,7 @@ QUERIES = {
 def demo():
     from transformers import AutoModel, AutoProcessor
 
-    from modeling_rsmclip.demo import DEMO_MODEL_DIR
+    from modeling_rsmclip.inference import DEMO_MODEL_DIR
 
     return AutoModel.from_pretrained(DEMO_MODEL_DIR).eval(), AutoProcessor.from_pretrained(DEMO_MODEL_DIR)
 
@@ -188,7 +188,8 @@ def test_approximate_index_recall_at_10_against_exact(ucm_index, demo) -> None:
     """Real embeddings: the 210 images plus their English captions (1,260 vectors), queried with every second
     Chinese caption (525). Stated bound: recall@10 >= 0.9 for the automatic IVF-Flat and for HNSW."""
     from modeling_rsmclip.evaluation.retrieval import load_karpathy
-    from modeling_rsmclip.index.build import apply_search_params, build_faiss, choose_index
+    from modeling_rsmclip.index.build import build_faiss, choose_index
+    from modeling_rsmclip.index.common import apply_search_params
 
     index, _, _, direct = ucm_index
     model, processor = demo

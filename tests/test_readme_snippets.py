@@ -24,7 +24,7 @@ import pytest
 import torch
 from PIL import Image
 
-from modeling_rsmclip.demo import DEMO_MODEL_DIR
+from modeling_rsmclip.inference import DEMO_MODEL_DIR
 from modeling_rsmclip.testing import sample_dir
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -14,7 +14,7 @@ DEFAULT_PORT = 7860
 
 
 def add_subparser(subparsers: argparse._SubParsersAction) -> None:
-    from ..inference import add_backend_arguments
+    from ..inference.options import add_backend_arguments
     from .ui_defaults import DEFAULT_CONCURRENCY, DEFAULT_QUEUE_SIZE
 
     parser = subparsers.add_parser(
@@ -52,7 +52,7 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
         "--max-upload-mb", type=float, default=25.0, help="largest upload accepted (default 25)"
     )
     parser.add_argument("--share", action="store_true", help="also open a public gradio.live link")
-    add_backend_arguments(parser)
+    add_backend_arguments(parser, device=False)
     parser.set_defaults(func=run)
 
 

@@ -27,9 +27,8 @@ import numpy as np
 from PIL import Image
 
 from ..evaluation.embed import Embedder, ImageSource
-from ..evaluation.metrics import average_prompt_embeddings
 from ..processing_rsmclip import load_image_file, to_rgb
-from ..templates import LANGUAGE_NAMES, LANGUAGES, prompts_for
+from ..templates import LANGUAGE_NAMES, LANGUAGES
 from .language import AUTO, resolve_language
 
 logger = logging.getLogger(__name__)
@@ -204,9 +203,10 @@ class AppService:
     ) -> AppService:
         """Load the model (the bundled demo model when None) and the index (the bundled samples' when None);
         ``backend`` / ``precision`` as in the constructor, used by the index's queries too."""
-        from ..demo import load_demo_model
+        from ..inference import load_model
 
-        net, processor, name, _trained = load_demo_model(model)
+        net, processor = load_model(model or "demo")
+        name = model or "bundled demo model (trained on the UCM-Captions train split, 10 languages)"
         # The index checks the model's fingerprint on the fp32 weights, before they may be quantised in place.
         archive = load_index(index, net, processor, default_model=model is None) if with_index else None
         service = cls(
@@ -341,10 +341,10 @@ class AppService:
     @functools.lru_cache(maxsize=256)  # noqa: B019  (one service per process; labels are small)
     def class_embeddings(self, labels: tuple[str, ...], language: str) -> np.ndarray:
         """(classes, dim) normalised class embeddings: each label in every template of `language`, averaged."""
-        prompts = [prompts_for(label, language) for label in labels]
-        flat = [p for group in prompts for p in group]
-        embeds = self.embedder.texts(flat).numpy().reshape(len(labels), len(prompts[0]), -1)
-        return average_prompt_embeddings(embeds).astype(np.float32)
+        from ..inference import class_embeddings
+
+        embeds = class_embeddings(self.encoder, self.processor, labels, language, embed=self.embedder.texts)
+        return embeds.astype(np.float32)
 
     def image_embeddings(self, images: list[np.ndarray]) -> np.ndarray:
         return self.embedder.images(_ArrayImages(images)).numpy()
@@ -461,6 +461,8 @@ class AppService:
                 labels,
                 model=self.encoder,
                 processor=self.processor,
+                backend=self.backend,
+                precision=self.precision,
                 language=language,
                 tile_size=size,
                 preset=preset,
@@ -519,6 +521,7 @@ class AppService:
                 label_list,
                 model=self.segment_model,
                 processor=self.processor,
+                precision=getattr(self.segment_model, "precision", "fp32"),
                 language=lang,
                 window=size,
                 preset=preset,

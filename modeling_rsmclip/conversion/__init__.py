@@ -3,30 +3,27 @@
 - `convert_open_clip(source, output_dir)` (`rsmclip convert`): an OpenCLIP checkpoint folder or Hub id, e.g. the
   released `joaodaniel/RS-M-CLIP`, as a transformers RS-M-CLIP model folder.
 - `export_to_open_clip(model, output_dir)` (`rsmclip export --to-open-clip`): the reverse.
+
+Names are imported on first use (`modeling_rsmclip._lazy`).
 """
 
-from .checkpoint import OpenCLIPCheckpoint, load_open_clip_checkpoint, load_open_clip_weights
-from .convert import convert_open_clip
-from .export import export_to_open_clip
-from .open_clip_config import (
-    image_processor_kwargs_from_preprocess_cfg,
-    open_clip_model_cfg_from_rsmclip,
-    preprocess_cfg_from_image_processor,
-    rsmclip_config_from_open_clip,
-)
-from .open_clip_keys import ConversionError, open_clip_to_rsmclip_state_dict, rsmclip_to_open_clip_state_dict
+from __future__ import annotations
 
-__all__ = [
-    "ConversionError",
-    "OpenCLIPCheckpoint",
-    "convert_open_clip",
-    "export_to_open_clip",
-    "image_processor_kwargs_from_preprocess_cfg",
-    "load_open_clip_checkpoint",
-    "load_open_clip_weights",
-    "open_clip_model_cfg_from_rsmclip",
-    "open_clip_to_rsmclip_state_dict",
-    "preprocess_cfg_from_image_processor",
-    "rsmclip_config_from_open_clip",
-    "rsmclip_to_open_clip_state_dict",
-]
+from .._lazy import lazy_exports
+
+_EXPORTS = {
+    "OpenCLIPCheckpoint": ".checkpoint",
+    "load_open_clip_checkpoint": ".checkpoint",
+    "load_open_clip_weights": ".checkpoint",
+    "convert_open_clip": ".convert",
+    "export_to_open_clip": ".export",
+    "image_processor_kwargs_from_preprocess_cfg": ".open_clip_config",
+    "open_clip_model_cfg_from_rsmclip": ".open_clip_config",
+    "preprocess_cfg_from_image_processor": ".open_clip_config",
+    "rsmclip_config_from_open_clip": ".open_clip_config",
+    "ConversionError": ".open_clip_keys",
+    "open_clip_to_rsmclip_state_dict": ".open_clip_keys",
+    "rsmclip_to_open_clip_state_dict": ".open_clip_keys",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

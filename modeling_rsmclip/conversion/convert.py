@@ -9,7 +9,6 @@ self-distillation; inference never touches it).
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 from typing import Any
@@ -252,69 +251,4 @@ def upload_folder(
     return str(getattr(commit, "commit_url", commit))
 
 
-def _run(args: argparse.Namespace) -> int:
-    overrides = {}
-    if args.dino_out_dim is not None:
-        overrides["dino_out_dim"] = args.dino_out_dim
-    # A ConversionError (a ValueError) is a user error: `rsmclip` prints `error: ...` and exits 2.
-    out = convert_open_clip(
-        args.source,
-        args.output_dir,
-        tokenizer=args.tokenizer,
-        revision=args.revision,
-        cache_dir=args.cache_dir,
-        local_files_only=args.offline,
-        open_clip_model=args.open_clip_model,
-        push_to_hub=args.push_to_hub,
-        private=args.private or None,
-        config_overrides=overrides,
-    )
-    print(f"wrote {out}" + (f" and pushed it to {args.push_to_hub}" if args.push_to_hub else ""))
-    return 0
-
-
-def add_subparser(subparsers: argparse._SubParsersAction) -> None:
-    """Register `rsmclip convert`."""
-    parser = subparsers.add_parser(
-        "convert",
-        help="convert an OpenCLIP checkpoint (folder or Hub id) into a transformers RS-M-CLIP model folder",
-        description=(
-            "Convert an OpenCLIP checkpoint (open_clip_config.json + open_clip_model.safetensors or "
-            "open_clip_pytorch_model.bin) into a transformers RS-M-CLIP model folder. Example: "
-            "rsmclip convert hf-hub:joaodaniel/RS-M-CLIP rs-m-clip-hf"
-        ),
-    )
-    parser.add_argument("source", help="OpenCLIP checkpoint folder, or Hub id (hf-hub:org/name or org/name)")
-    parser.add_argument("output_dir", help="folder to write the converted model to")
-    parser.add_argument(
-        "--tokenizer",
-        default=None,
-        help="tokenizer folder or Hub id (default: the checkpoint's own tokenizer files, else its hf_tokenizer_name)",
-    )
-    parser.add_argument(
-        "--open-clip-model",
-        default=None,
-        metavar="NAME",
-        help="OpenCLIP built-in model config to use when the checkpoint has no open_clip_config.json",
-    )
-    parser.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit) of the source")
-    parser.add_argument("--cache-dir", default=None, help="Hugging Face cache folder for the download")
-    parser.add_argument(
-        "--offline", action="store_true", help="use only files already in the Hugging Face cache"
-    )
-    parser.add_argument(
-        "--push-to-hub", metavar="REPO_ID", default=None, help="also upload the folder to this repo"
-    )
-    parser.add_argument(
-        "--private", action="store_true", help="create the --push-to-hub repository as private"
-    )
-    parser.add_argument(
-        "--dino-out-dim",
-        type=int,
-        default=None,
-        help="output size K of the freshly initialised distillation head (default 65536)",
-    )
-    parser.set_defaults(func=_run)
-
-
-__all__ = ["add_subparser", "convert_open_clip", "load_tokenizer", "upload_folder", "write_model_card"]
+__all__ = ["convert_open_clip", "load_tokenizer", "upload_folder", "write_model_card"]

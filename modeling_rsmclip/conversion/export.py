@@ -14,14 +14,12 @@ folder itself (its absolute path) or, with `--push-to-hub`, at the uploaded repo
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 from typing import Any
 
 from safetensors.torch import save_file
 
-from ..errors import UserError
 from ..modeling_rsmclip import RSMCLIPModel
 from .checkpoint import CONFIG_FILE, SAFETENSORS_FILE
 from .convert import upload_folder
@@ -34,24 +32,23 @@ from .open_clip_keys import ConversionError, rsmclip_to_open_clip_state_dict
 
 
 def _load_model_and_processor(model: Any, processor: Any) -> tuple[RSMCLIPModel, Any, str]:
-    from transformers import AutoProcessor
+    """The RS-M-CLIP model to export, its processor and a name for the card (`inference.load_model`)."""
+    from ..inference import load_model, model_name
 
-    if isinstance(model, RSMCLIPModel):
-        if processor is None:
-            source = getattr(model.config, "_name_or_path", "")
-            if not source:
-                raise ConversionError("exporting a model object needs its processor (processor=...)")
-            processor = AutoProcessor.from_pretrained(source)
-        return model, processor, getattr(model.config, "_name_or_path", "") or "an RSMCLIPModel"
-    source = str(model)
+    name = model_name(model) if isinstance(model, RSMCLIPModel) else str(model)
     try:
-        loaded = RSMCLIPModel.from_pretrained(source)
-        processor = processor if processor is not None else AutoProcessor.from_pretrained(source)
+        net, processor = load_model(model, processor)
+    except ValueError as error:
+        raise ConversionError(str(error)) from error
     except OSError as error:
         raise ConversionError(
-            f"cannot load an RS-M-CLIP model and processor from {source!r}: {error}"
+            f"cannot load an RS-M-CLIP model and processor from {name!r}: {error}"
         ) from error
-    return loaded, processor, source
+    if not isinstance(net, RSMCLIPModel):
+        raise ConversionError(
+            f"{name or type(net).__name__} is a {type(net).__name__}, not an RS-M-CLIP model"
+        )
+    return net, processor, name or "an RSMCLIPModel"
 
 
 def _write_card(out: Path, model_cfg: dict[str, Any], source: str, load_name: str) -> None:
@@ -148,79 +145,4 @@ def export_to_open_clip(
     return out
 
 
-def _run_onnx(args: argparse.Namespace) -> int:
-    try:
-        from ..inference.onnx_export import export_onnx
-    except ImportError as error:
-        raise UserError(f'{error} (pip install "rsmclip[onnx]")') from error
-    # A ConversionError / ValueError is a user error: `rsmclip` prints `error: ...` and exits 2.
-    out = export_onnx(args.model, args.output_dir, quantize=not args.no_int8)
-    manifest = json.loads((out / "onnx_manifest.json").read_text(encoding="utf-8"))
-    for name in manifest["files"]:
-        print(f"wrote {out / name}")
-    checks = ", ".join(f"{k} {v:.6g}" for k, v in manifest.get("verification", {}).items())
-    print(f"checked against PyTorch: {checks}")
-    print(f"run it without PyTorch: from rsmclip_onnx import ONNXRSMCLIP (in {out})")
-    return 0
-
-
-def _run(args: argparse.Namespace) -> int:
-    if args.to_open_clip == args.to_onnx:
-        raise UserError("choose one target format (--to-open-clip or --to-onnx)")
-    if args.to_onnx:
-        return _run_onnx(args)
-    # A ConversionError (a ValueError) is a user error: `rsmclip` prints `error: ...` and exits 2.
-    out = export_to_open_clip(
-        args.model,
-        args.output_dir,
-        hf_model_name=args.hf_model_name,
-        hf_tokenizer_name=args.hf_tokenizer_name,
-        push_to_hub=args.push_to_hub,
-        private=args.private or None,
-    )
-    name = f"hf-hub:{args.push_to_hub}" if args.push_to_hub else f"local-dir:{out.resolve()}"
-    print(f"wrote {out}; load it with open_clip.create_model_and_transforms({name!r})")
-    return 0
-
-
-def add_subparser(subparsers: argparse._SubParsersAction) -> None:
-    """Register `rsmclip export`."""
-    parser = subparsers.add_parser(
-        "export",
-        help="export an RS-M-CLIP model to another format (--to-open-clip, --to-onnx)",
-        description=(
-            "Export an RS-M-CLIP model folder (or Hub id) as an OpenCLIP checkpoint folder that "
-            "open_clip.create_model_and_transforms('local-dir:FOLDER') loads (the distillation head is dropped), "
-            "or (--to-onnx) its image and text encoders as ONNX graphs, fp32 and int8, with the processor files "
-            "and a runner that needs only onnxruntime."
-        ),
-    )
-    parser.add_argument("model", help="RS-M-CLIP model folder or Hub id")
-    parser.add_argument("output_dir", help="folder to write")
-    parser.add_argument("--to-open-clip", action="store_true", help="write the OpenCLIP format")
-    parser.add_argument(
-        "--to-onnx",
-        action="store_true",
-        help='write ONNX graphs of both encoders (needs pip install "rsmclip[onnx]")',
-    )
-    parser.add_argument("--no-int8", action="store_true", help="with --to-onnx: skip the int8 graphs")
-    parser.add_argument(
-        "--hf-model-name",
-        default=None,
-        help="text_cfg.hf_model_name (default: xlm-roberta-base for that exact architecture, else this folder)",
-    )
-    parser.add_argument(
-        "--hf-tokenizer-name",
-        default=None,
-        help="text_cfg.hf_tokenizer_name for hf-hub: loading (default: the --push-to-hub repo, else this folder)",
-    )
-    parser.add_argument(
-        "--push-to-hub", metavar="REPO_ID", default=None, help="also upload the folder to this repo"
-    )
-    parser.add_argument(
-        "--private", action="store_true", help="create the --push-to-hub repository as private"
-    )
-    parser.set_defaults(func=_run)
-
-
-__all__ = ["add_subparser", "export_to_open_clip"]
+__all__ = ["export_to_open_clip"]

@@ -13,52 +13,38 @@ ds, report = build_dataset(
 )
 save_dataset(ds, report, "outputs/ucm-captions-multilingual")
 ```
+
+Names are imported on first use (`modeling_rsmclip._lazy`).
 """
 
-from .builder import (
-    FEATURES,
-    BuildError,
-    build_dataset,
-    parse_languages,
-    push_dataset,
-    resolve_class_names,
-    save_dataset,
-)
-from .card import SOURCES, make_dataset_card
-from .readers import SourceItem, check_image, read_imagefolder, read_karpathy, read_labels_csv
-from .report import BuildReport, ReportEntry
-from .translate import (
-    RECOMMENDED_MODELS,
-    HFTranslator,
-    MissingTranslationsError,
-    TranslationCache,
-    TranslationStats,
-    Translator,
-    translate_texts,
-)
+from __future__ import annotations
 
-__all__ = [
-    "FEATURES",
-    "RECOMMENDED_MODELS",
-    "SOURCES",
-    "BuildError",
-    "BuildReport",
-    "HFTranslator",
-    "MissingTranslationsError",
-    "ReportEntry",
-    "SourceItem",
-    "TranslationCache",
-    "TranslationStats",
-    "Translator",
-    "build_dataset",
-    "check_image",
-    "make_dataset_card",
-    "parse_languages",
-    "push_dataset",
-    "read_imagefolder",
-    "read_karpathy",
-    "read_labels_csv",
-    "resolve_class_names",
-    "save_dataset",
-    "translate_texts",
-]
+from .._lazy import lazy_exports
+
+_EXPORTS = {
+    "FEATURES": ".builder",
+    "BuildError": ".builder",
+    "build_dataset": ".builder",
+    "parse_languages": ".builder",
+    "push_dataset": ".builder",
+    "resolve_class_names": ".builder",
+    "save_dataset": ".builder",
+    "SOURCES": ".card",
+    "make_dataset_card": ".card",
+    "SourceItem": ".readers",
+    "check_image": ".readers",
+    "read_imagefolder": ".readers",
+    "read_karpathy": ".readers",
+    "read_labels_csv": ".readers",
+    "BuildReport": ".report",
+    "ReportEntry": ".report",
+    "RECOMMENDED_MODELS": ".translate",
+    "HFTranslator": ".translate",
+    "MissingTranslationsError": ".translate",
+    "TranslationCache": ".translate",
+    "TranslationStats": ".translate",
+    "Translator": ".translate",
+    "translate_texts": ".translate",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

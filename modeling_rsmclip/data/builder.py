@@ -26,7 +26,7 @@ from ..templates import (
     lookup_class,
 )
 from .card import make_dataset_card
-from .readers import SPLITS, SourceItem, check_images, read_imagefolder, read_karpathy
+from .readers import LAYOUTS, SPLITS, SourceItem, check_images, read_imagefolder, read_karpathy
 from .report import INCOMPLETE, BuildReport
 from .translate import (
     SOURCE_LANGUAGE,
@@ -39,7 +39,6 @@ from .translate import (
 
 # Bump when the row format changes, so cached Arrow data from an older builder is not reused.
 BUILDER_VERSION = "1"
-LAYOUTS = ("karpathy", "imagefolder")
 
 FEATURES = Features(
     {

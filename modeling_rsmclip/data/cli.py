@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 
 from ..errors import ArgumentParser, UserError, report_user_error, run_command
-from .builder import LAYOUTS, BuildError, build_dataset, push_dataset, save_dataset
-from .translate import RECOMMENDED_MODELS, HFTranslator, MissingTranslationsError
+from .readers import LAYOUTS
+from .translate import RECOMMENDED_MODELS
 
 _EPILOG = """example (UCM-Captions with its shipped translation cache):
   rsmclip build-dataset --layout karpathy --source ucm-captions \\
@@ -112,6 +112,9 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
 
 def run_build_dataset(args: argparse.Namespace) -> int:
     """Run the build described by parsed ``build-dataset`` arguments; returns the exit code."""
+    from .builder import BuildError, build_dataset, push_dataset, save_dataset
+    from .translate import HFTranslator, MissingTranslationsError
+
     if args.output is None and args.push_to_hub is None:
         raise UserError("give --output DIR and/or --push-to-hub REPO_ID")
     translator = None

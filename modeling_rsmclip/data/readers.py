@@ -28,6 +28,8 @@ from tqdm.auto import tqdm
 
 from .report import INCOMPLETE, REPAIRED, SKIPPED, BuildReport
 
+LAYOUTS = ("karpathy", "imagefolder")  # the public layouts the dataset builder reads
+
 SPLITS = ("train", "validation", "test")
 # Karpathy split names (and common variants) -> dataset split. "restval" is COCO's extra training pool.
 SPLIT_ALIASES = {

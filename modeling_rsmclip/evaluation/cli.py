@@ -11,8 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
-from ..inference import add_backend_arguments
-from .embed import default_cache_dir
+from ..inference.options import add_backend_arguments
 
 logger = logging.getLogger(__name__)
 
@@ -49,11 +48,12 @@ def _write_json(path: Path, data: Any) -> Path:
 
 def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model and inference")
-    group.add_argument("--model", required=True, help="model folder or Hub id (RS-M-CLIP format)")
-    group.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
+    group.add_argument(
+        "--model", required=True, help="model folder, Hub id, or 'demo' (the bundled demo model)"
+    )
     group.add_argument("--batch-size", type=int, default=64, help="images or texts per forward pass")
     group.add_argument("--num-workers", type=int, default=2, help="data-loader workers for image decoding")
-    add_backend_arguments(group, autocast=True)
+    add_backend_arguments(group)
     group.add_argument(
         "--cache-dir",
         type=Path,
@@ -70,38 +70,21 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _make_embedder(args: argparse.Namespace) -> tuple[Any, str]:
-    import torch
+    from ..inference import autocast_precision, check_backend, load_encoder, load_model, resolve_device
+    from .embed import Embedder, default_cache_dir
 
-    from ..modeling_rsmclip import RSMCLIPModel
-    from ..processing_rsmclip import RSMCLIPProcessor
-    from .embed import Embedder
-
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model_path = Path(args.model)
-    if not model_path.exists() and (
-        model_path.is_absolute() or args.model.startswith(".") or args.model.count("/") > 1
-    ):
-        raise FileNotFoundError(
-            f"model folder not found: {args.model} (give a model folder or a Hub id org/name)"
-        )
-    model = RSMCLIPModel.from_pretrained(args.model)
-    processor = RSMCLIPProcessor.from_pretrained(args.model)
-    precision = args.precision
-    if args.backend == "onnx" or precision == "int8":
-        if precision in ("bf16", "fp16"):
-            raise UserError(f"--precision {precision} is autocast for the PyTorch backend; use fp32 or int8")
-        from ..inference import load_encoder
-
-        model = load_encoder(model, args.backend, precision, processor=processor)
-        device, precision = "cpu", "fp32"
+    cpu_encoder = check_backend(args.backend, args.precision, args.device)  # before the model is loaded
+    device = "cpu" if cpu_encoder else resolve_device(args.device)
+    model, processor = load_model(args.model, device=None if cpu_encoder else device)
+    encoder = load_encoder(model, args.backend, args.precision, processor, inplace=True)
     cache_dir = None if args.no_cache else (args.cache_dir or default_cache_dir())
     embedder = Embedder(
-        model,
+        encoder,
         processor,
         device=device,
         batch_size=args.batch_size,
         num_workers=args.num_workers,
-        precision=precision,
+        precision=autocast_precision(args.backend, args.precision),
         cache_dir=cache_dir,
         show_progress=not args.quiet,
     )

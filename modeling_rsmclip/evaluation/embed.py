@@ -9,13 +9,12 @@ Entries are safetensors files written atomically.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
 import os
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,8 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from ..cache_dirs import user_cache_dir
+from ..inference.loading import portable_config_json
+from ..inference.options import autocast
 from ..processing_rsmclip import load_image_file
 from ..processing_rsmclip import to_rgb as _to_rgb_array
 
@@ -222,22 +223,28 @@ def tensor_checksum(tensor: torch.Tensor) -> bytes:
 _TORCH_INT_VIEW = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 
 
-def model_fingerprint(model: Any, processor: Any, extra: str = "") -> str:
+def model_fingerprint(model: Any, processor: Any, extra: str = "", *, portable: bool = True) -> str:
     """SHA-256 over the config, every parameter and buffer (name, dtype, shape, `tensor_checksum`) and the
     processor state (see `_processor_state`), plus ``extra``.
 
     It changes when any weight changes (one element is enough) but costs one integer reduction per tensor
     instead of hashing every byte with SHA-256 (see BENCHMARKS.md for the full-size figure). An
     object that is not a `torch.nn.Module` (e.g. an ONNX Runtime encoder) provides its own ``fingerprint()``.
+
+    The config is hashed without the folder it was loaded from (`inference.portable_config_json`), so copies of one
+    model in two folders have one fingerprint. ``portable=False`` gives the earlier recipe, which hashed the config
+    with its folder, to recognise indexes made before.
     """
-    h = hashlib.sha256(b"rsmclip-model-v2")
+    h = hashlib.sha256(b"rsmclip-model-v3" if portable else b"rsmclip-model-v2")
     own = getattr(model, "fingerprint", None)
     if callable(own) and not isinstance(model, torch.nn.Module):
         h.update(str(own()).encode())
     else:
         config = getattr(model, "config", None)
         if config is not None and hasattr(config, "to_json_string"):
-            h.update(config.to_json_string(use_diff=False).encode())
+            h.update(
+                (portable_config_json(config) if portable else config.to_json_string(use_diff=False)).encode()
+            )
         for name, tensor in sorted(model.state_dict().items()):
             h.update(name.encode() + b"\0" + tensor_checksum(tensor))
     h.update(_processor_state(processor).encode())
@@ -400,14 +407,8 @@ class Embedder:
                 out[torch.tensor(rows, dtype=torch.long)] = feats
         return out
 
-    @contextlib.contextmanager
-    def _autocast(self) -> Iterator[None]:
-        if self.precision == "fp32":
-            yield
-            return
-        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
-        with torch.autocast(device_type=self.device.type, dtype=dtype):
-            yield
+    def _autocast(self) -> Any:
+        return autocast(self.precision, self.device)
 
     def images(self, source: ImageSource, desc: str = "embedding images") -> torch.Tensor:
         """Embeddings of every image of ``source`` (cached)."""

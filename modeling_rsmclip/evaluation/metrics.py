@@ -28,6 +28,8 @@ from typing import Any
 
 import numpy as np
 
+from ..inference.classes import average_prompt_embeddings  # noqa: F401  (part of the metrics API)
+
 TIE_RULES = {
     "pessimistic": "pessimistic: rank = number of incorrect items scoring >= the best-scoring correct item; "
     "hit@K iff rank < K",
@@ -283,18 +285,6 @@ def zero_shot_metrics(
     out["confusion_matrix"] = confusion.tolist()
     out["num_images"] = int(len(labels))
     return out
-
-
-def average_prompt_embeddings(prompt_embeds: Any) -> np.ndarray:
-    """Class embeddings from (classes x templates x dim) prompt embeddings.
-
-    Each prompt embedding is L2-normalised, the templates of a class are averaged, and the mean is re-normalised
-    (the CLIP zero-shot recipe).
-    """
-    x = as_numpy(prompt_embeds)
-    if x.ndim != 3:
-        raise ValueError(f"prompt embeddings must be (classes, templates, dim), got shape {x.shape}")
-    return normalize(normalize(x).mean(axis=1))
 
 
 # ------------------------------------------------------------------------------------------- bounded memory

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from ..inference.classes import class_embeddings
 from ..processing_rsmclip import content_free_texts
 from ..templates import (
     CLASS_NAMES,
@@ -35,7 +36,7 @@ from ..templates import (
     split_identifier,
 )
 from .embed import DatasetImages, Embedder, ImageFiles, ImageSource
-from .metrics import DEFAULT_ZERO_SHOT_KS, TIE_RULE, average_prompt_embeddings, zero_shot_metrics
+from .metrics import DEFAULT_ZERO_SHOT_KS, TIE_RULE, zero_shot_metrics
 from .retrieval import load_split
 
 logger = logging.getLogger(__name__)
@@ -386,10 +387,13 @@ def evaluate_zero_shot(
     labels = np.asarray(data.labels)
     per_language: dict[str, dict[str, Any]] = {}
     for lang in languages:
-        prompts = [template.format(name) for name in resolved.names[lang] for template in templates[lang]]
-        prompt_embeds = embedder.texts(prompts, desc=f"{data.name}: {lang} prompts").numpy()
-        class_embeds = average_prompt_embeddings(
-            prompt_embeds.reshape(len(data.classes), len(templates[lang]), -1)
+        class_embeds = class_embeddings(
+            embedder.model,
+            embedder.processor,
+            resolved.names[lang],
+            lang,
+            templates=templates,
+            embed=lambda texts, lang=lang: embedder.texts(texts, desc=f"{data.name}: {lang} prompts"),
         )
         logits = image_embeds.astype(np.float64) @ class_embeds.T
         per_language[lang] = zero_shot_metrics(logits, labels, data.classes, ks)

@@ -11,35 +11,23 @@ Names are imported lazily, so ``import modeling_rsmclip.geo`` does not import ra
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from .._lazy import lazy_exports
 
 _EXPORTS = {
-    "BandPreset": "bands",
-    "BandSelection": "bands",
-    "Stretch": "bands",
-    "list_band_presets": "bands",
-    "resolve_preset": "bands",
-    "RasterReader": "raster",
-    "Tile": "tiling",
-    "TileGrid": "tiling",
-    "TileIterator": "tiling",
-    "iter_tiles": "tiling",
-    "SceneClassification": "zero_shot",
-    "classify_scene": "zero_shot",
-    "SceneSegmentation": "naclip",
-    "segment_scene": "naclip",
+    "BandPreset": ".bands",
+    "BandSelection": ".bands",
+    "Stretch": ".bands",
+    "list_band_presets": ".bands",
+    "resolve_preset": ".bands",
+    "RasterReader": ".raster",
+    "Tile": ".tiling",
+    "TileGrid": ".tiling",
+    "TileIterator": ".tiling",
+    "iter_tiles": ".tiling",
+    "SceneClassification": ".zero_shot",
+    "classify_scene": ".zero_shot",
+    "SceneSegmentation": ".naclip",
+    "segment_scene": ".naclip",
 }
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_EXPORTS])
-
-
 __all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -6,15 +6,10 @@ import argparse
 import json
 from typing import Any
 
-from ..inference import PRECISIONS, add_backend_arguments
+from ..errors import cli_type
+from ..inference.options import add_backend_arguments
 from ..templates import LANGUAGES
-
-
-def _bands(value: str) -> list[int | str]:
-    items = [item.strip() for item in value.split(",") if item.strip()]
-    if len(items) not in (1, 3):
-        raise argparse.ArgumentTypeError(f"give 1 or 3 bands (red,green,blue), got {value!r}")
-    return [int(item) if item.lstrip("-").isdigit() else item for item in items]
+from .options import parse_bands
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
@@ -36,36 +31,28 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
         "--preset", default=None, help="band preset (sentinel2, sentinel1, landsat8, landsat9, naip, rgb)"
     )
     group.add_argument(
-        "--bands", type=_bands, default=None, help="explicit bands: 0-based indices 3,2,1 or names B4,B3,B2"
+        "--bands",
+        type=cli_type(parse_bands),
+        default=None,
+        help="explicit bands: 0-based indices 3,2,1 or names B4,B3,B2",
     )
     group.add_argument(
         "--stretch", default=None, help="'percentile', 'p2,98', or fixed 'LOW,HIGH' (e.g. 0,3000)"
     )
     parser.add_argument("--batch-size", type=int, default=16, help="windows per forward pass")
-    parser.add_argument("--device", default=None, help="torch device (default: cpu)")
+    add_backend_arguments(parser.add_argument_group("inference"))
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def _load(args: argparse.Namespace) -> tuple[Any, Any]:
-    from .zero_shot import load_model
+    """The command's encoder and processor; the backend / precision / device choice is checked before the model
+    is loaded. A CPU encoder quantises the loaded model itself (no fp32 copy kept)."""
+    from ..inference import check_backend, load_encoder, load_model, resolve_device
 
-    cpu_only = getattr(args, "backend", "torch") != "torch" or args.precision != "fp32"
-    if cpu_only and args.device and args.device != "cpu":
-        raise ValueError(
-            f"--device {args.device}: the {getattr(args, 'backend', 'torch')} {args.precision} backend runs on "
-            "the CPU; use --precision fp32 (and --backend torch) on an accelerator"
-        )
-    model, processor = load_model(args.model)
-    if args.device:
-        model.to(args.device)
-    if cpu_only:
-        # The command needs only the CPU encoder: quantise the loaded model itself, no fp32 copy kept.
-        from .zero_shot import inference_model
-
-        model = inference_model(
-            model, processor, getattr(args, "backend", "torch"), args.precision, inplace=True
-        )
-    return model, processor
+    cpu_encoder = check_backend(args.backend, args.precision, args.device)
+    device = None if cpu_encoder else resolve_device(args.device)
+    model, processor = load_model(args.model, device=device)
+    return load_encoder(model, args.backend, args.precision, processor, inplace=True), processor
 
 
 def _classify(args: argparse.Namespace) -> int:
@@ -87,14 +74,17 @@ def _classify(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         output_dir=args.output,
         progress=not args.no_progress,
+        backend=args.backend,
+        precision=args.precision,
     )
     print(json.dumps(result.summary(), ensure_ascii=False, indent=2))
     return 0
 
 
 def _segment(args: argparse.Namespace) -> int:
-    from .naclip import segment_scene
+    from .naclip import check_segment_backend, segment_scene
 
+    check_segment_backend(args.backend)
     model, processor = _load(args)
     result = segment_scene(
         args.scene,
@@ -111,6 +101,8 @@ def _segment(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         output_dir=args.output,
         progress=not args.no_progress,
+        backend=args.backend,
+        precision=args.precision,
     )
     print(json.dumps(result.summary(), ensure_ascii=False, indent=2))
     return 0
@@ -136,7 +128,6 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
     classify.add_argument(
         "--min-valid", type=float, default=0.5, help="skip tiles with a smaller valid (not nodata) fraction"
     )
-    add_backend_arguments(classify)
     classify.set_defaults(func=_classify)
 
     segment = actions.add_parser(
@@ -150,12 +141,6 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
     segment.add_argument("--stride", default=None, help="window stride (default: half the window)")
     segment.add_argument(
         "--no-naclip", action="store_true", help="plain CLIP patch features instead of NACLIP's last block"
-    )
-    segment.add_argument(
-        "--precision",
-        choices=PRECISIONS,
-        default="fp32",
-        help="fp32, or int8 weights (PyTorch dynamic quantisation; CPU)",
     )
     segment.set_defaults(func=_segment)
 

@@ -24,17 +24,11 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ..inference import autocast, class_embeddings, load_encoder, load_model
 from .raster import RasterReader
 from .tiling import TileGrid, length_to_pixels
 from .writer import CLASS_NODATA, ClassMapWriter, read_class_map_preview, render_overlay
-from .zero_shot import (
-    class_embeddings,
-    inference_model,
-    load_model,
-    model_device,
-    parse_labels,
-    pixel_values,
-)
+from .zero_shot import model_device, parse_labels, pixel_values
 
 IN_MEMORY_LIMIT = 100_000_000  # pixels: larger class maps are only written to the GeoTIFF
 
@@ -84,6 +78,16 @@ class SceneSegmentation:
         }
 
 
+def check_segment_backend(backend: str) -> None:
+    """Segmentation needs patch features, which only the PyTorch backend gives (the ONNX graphs return pooled
+    embeddings)."""
+    if backend != "torch":
+        raise ValueError(
+            f"segmentation runs on the PyTorch backend, not {backend!r}: the ONNX graphs give pooled embeddings, "
+            "not patch features (use --backend torch, with --precision int8 for a smaller, faster CPU model)"
+        )
+
+
 @torch.inference_mode()
 def dense_logits(
     model: Any,
@@ -117,6 +121,7 @@ def segment_scene(
     output_dir: str | os.PathLike | None = None,
     progress: bool = True,
     precision: str = "fp32",
+    backend: str = "torch",
 ) -> SceneSegmentation:
     """Per-pixel open-vocabulary classes of ``scene`` (see module doc).
 
@@ -129,21 +134,22 @@ def segment_scene(
         naclip: NACLIP's last block (default) or the plain last layer's patch tokens.
         output_dir: when given, writes ``segmentation.tif`` (uint8 class ids on the scene's pixel grid, its CRS and
             transform, nodata 255, a colour table) and ``overlay.png``.
-        precision: ``"fp32"``, or ``"int8"`` for PyTorch dynamic int8 weights on the CPU
-            (`inference.quantize_model`). Segmentation runs on PyTorch only: the ONNX graphs return pooled
-            embeddings, not patch features.
+        precision: ``"fp32"``, ``"bf16"``/``"fp16"`` autocast, or ``"int8"`` for PyTorch dynamic int8 weights
+            on the CPU (`inference.quantize_model`).
+        backend: ``"torch"`` only: the ONNX graphs return pooled embeddings, not patch features.
     """
     labels = parse_labels(labels)
     if len(labels) >= CLASS_NODATA:
         raise ValueError(f"at most {CLASS_NODATA - 1} labels, got {len(labels)}")
     owned = isinstance(model, str | os.PathLike)  # loaded here: nobody else holds the fp32 model
     model, processor = load_model(model, processor)
-    model = inference_model(model, processor, "torch", precision, inplace=owned)
+    check_segment_backend(backend)
+    model = load_encoder(model, backend, precision, processor, inplace=owned)
     if not hasattr(model, "get_patch_features"):
         raise ValueError(
             f"{type(model).__name__} has no get_patch_features: segmentation needs an RSMCLIPModel"
         )
-    text = class_embeddings(model, processor, labels, language)
+    text = torch.from_numpy(class_embeddings(model, processor, labels, language)).float()
     device = model_device(model)
     start = time.perf_counter()
     out_dir = Path(output_dir) if output_dir is not None else None
@@ -189,7 +195,8 @@ def segment_scene(
                     if not images:
                         continue
                     pixels = pixel_values(processor, images).to(device)
-                    dense = dense_logits(model, pixels, text, naclip, naclip_gaussian_std)
+                    with autocast(precision, device):
+                        dense = dense_logits(model, pixels, text, naclip, naclip_gaussian_std)
                     for x0, coarse in zip(offsets, dense):
                         # One window upsampled at a time: memory holds one window's pixel logits, not a batch's.
                         fine = F.interpolate(

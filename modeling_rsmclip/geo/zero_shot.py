@@ -18,12 +18,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..evaluation.metrics import average_prompt_embeddings
-from ..templates import LANGUAGES, PROMPT_TEMPLATES
+from ..inference import autocast, class_embeddings, load_encoder, load_model
 from .raster import RasterReader
 from .tiling import TileGrid, iter_tiles, length_to_pixels
-
-DEMO_MODEL_DIR = Path(__file__).resolve().parents[1] / "demo_model"
 
 
 def parse_labels(labels: str | Iterable[str]) -> list[str]:
@@ -40,72 +37,8 @@ def parse_labels(labels: str | Iterable[str]) -> list[str]:
     return cleaned
 
 
-def load_model(model: Any, processor: Any = None) -> tuple[Any, Any]:
-    """``(model, processor)`` from a loaded model (+ its processor), a local path / Hub id, or ``"demo"`` (the
-    bundled demo model)."""
-    if isinstance(model, str | os.PathLike):
-        from transformers import AutoModel, AutoProcessor
-
-        import modeling_rsmclip  # noqa: F401  (registers the model type with the Auto classes)
-
-        source = DEMO_MODEL_DIR if str(model) == "demo" else model
-        loaded = AutoModel.from_pretrained(source).eval()
-        return loaded, processor if processor is not None else AutoProcessor.from_pretrained(source)
-    if processor is None:
-        raise ValueError("a loaded model needs its processor: pass processor=...")
-    return model.eval(), processor
-
-
-def inference_model(
-    model: Any, processor: Any, backend: str = "torch", precision: str = "fp32", *, inplace: bool = False
-) -> Any:
-    """``model`` itself for PyTorch fp32, else its CPU inference encoder (`inference.load_encoder`: ONNX Runtime
-    and/or int8 weights), which embeds images and texts as the model does. An encoder passed as ``model`` (made
-    once and shared, as the web app does) is returned as it is. ``inplace``: PyTorch int8 quantises ``model``
-    itself rather than a copy (for callers that no longer need the fp32 model)."""
-    from ..inference import load_encoder
-
-    if backend == "torch" and precision == "fp32":
-        return model
-    if getattr(model, "backend", None) == backend and getattr(model, "precision", None) == precision:
-        return model
-    device = model_device(model)
-    if device.type != "cpu":
-        raise ValueError(f"the {backend} {precision} backend runs on the CPU; the model is on {device}")
-    return load_encoder(model, backend, precision, processor=processor, inplace=inplace)  # checks both names
-
-
 def model_device(model: Any) -> torch.device:
     return next(model.parameters()).device
-
-
-@torch.inference_mode()
-def class_embeddings(
-    model: Any,
-    processor: Any,
-    labels: Sequence[str],
-    language: str = "en",
-    templates: dict[str, list[str]] | None = None,
-    batch_size: int = 64,
-) -> torch.Tensor:
-    """``(n_labels, dim)`` normalised class embeddings: each label in every ``language`` template, prompt
-    embeddings normalised, averaged and re-normalised."""
-    templates = templates or PROMPT_TEMPLATES
-    if language not in templates:
-        raise ValueError(
-            f"no prompt templates for language {language!r}; choose one of {', '.join(LANGUAGES)}"
-        )
-    prompts = [template.format(label) for label in labels for template in templates[language]]
-    device = model_device(model)
-    chunks = []
-    for start in range(0, len(prompts), batch_size):
-        batch = processor(text=prompts[start : start + batch_size], return_tensors="pt")
-        out = model.get_text_features(
-            input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)
-        )
-        chunks.append(out.pooler_output.float().cpu())
-    embeds = torch.cat(chunks).numpy().reshape(len(labels), len(templates[language]), -1)
-    return torch.from_numpy(average_prompt_embeddings(embeds)).float()
 
 
 def pixel_values(processor: Any, images: list[np.ndarray]) -> torch.Tensor:
@@ -211,10 +144,10 @@ def classify_scene(
     labels = parse_labels(labels)
     owned = isinstance(model, str | os.PathLike)  # loaded here: nobody else holds the fp32 model
     model, processor = load_model(model, processor)
-    model = inference_model(model, processor, backend, precision, inplace=owned)
+    model = load_encoder(model, backend, precision, processor, inplace=owned)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    text = class_embeddings(model, processor, labels, language)
+    text = torch.from_numpy(class_embeddings(model, processor, labels, language)).float()
     device = model_device(model)
     scale = logit_scale(model)
     with RasterReader(scene, preset=preset, bands=bands, stretch=stretch) as reader:
@@ -231,7 +164,9 @@ def classify_scene(
         features = []
         for batch in _batched(tiles, batch_size):
             pixels = pixel_values(processor, [t.rgb for t in batch]).to(device)
-            image = F.normalize(model.get_image_features(pixel_values=pixels).pooler_output.float(), dim=-1)
+            with autocast(precision, device):
+                pooled = model.get_image_features(pixel_values=pixels).pooler_output
+            image = F.normalize(pooled.float(), dim=-1)
             probs = torch.softmax(scale * image.cpu() @ text.T, dim=-1).numpy()
             for tile, p in zip(batch, probs):
                 best = int(p.argmax())
@@ -269,9 +204,6 @@ def classify_scene(
 
 __all__ = [
     "SceneClassification",
-    "class_embeddings",
     "classify_scene",
-    "inference_model",
-    "load_model",
     "parse_labels",
 ]

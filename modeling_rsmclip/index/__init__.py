@@ -8,8 +8,7 @@ Names are imported lazily, so ``import modeling_rsmclip.index`` works without th
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from .._lazy import lazy_exports
 
 _EXPORTS = {
     "build_index": ".build",
@@ -21,11 +20,5 @@ _EXPORTS = {
     "to_geojson": ".search",
     "bundled_sample_index": ".sample",
 }
-
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name], __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -30,7 +30,17 @@ from typing import Any
 
 import numpy as np
 
+from ..inference import (
+    autocast_precision,
+    check_backend,
+    load_encoder,
+    load_model,
+    model_name,
+    resolve_device,
+)
+from .common import FINGERPRINT_VERSION, index_fingerprint, require_index_dependencies
 from .embed import _atomic_write_json, embed_shard, new_progress, shard_name, write_shard
+from .search import RSMCLIPIndex
 from .sources import SourceOptions, collect_items, worklist_digest
 
 logger = logging.getLogger(__name__)
@@ -41,18 +51,6 @@ INDEX_TYPES = ("auto", "flat", "ivf-flat", "ivf-pq", "hnsw")
 EXACT_THRESHOLD = 100_000  # auto: exact search up to this many vectors
 IVF_FLAT_MAX = 2_000_000  # auto: IVF-Flat up to this many, IVF-PQ beyond
 DEFAULT_SHARD_SIZE = 4096
-
-
-def require_index_dependencies() -> tuple[Any, Any]:
-    """Import faiss and pyarrow, or say which command installs them."""
-    try:
-        import faiss
-        import pyarrow
-    except ImportError as err:
-        raise ImportError(
-            f'archive search needs faiss and pyarrow ({err.name} is missing): pip install "rsmclip[index]"'
-        ) from err
-    return faiss, pyarrow
 
 
 # ------------------------------------------------------------------------------------------------ FAISS choice
@@ -113,79 +111,6 @@ def build_faiss(embeddings: np.ndarray, factory: str, seed: int = 0, max_train: 
     for start in range(0, n, 1 << 16):
         index.add(np.ascontiguousarray(embeddings[start : start + (1 << 16)], dtype=np.float32))
     return index
-
-
-def apply_search_params(index: Any, params: dict[str, int]) -> None:
-    import faiss
-
-    space = faiss.ParameterSpace()
-    for name, value in params.items():
-        space.set_index_parameter(index, name, value)
-
-
-# ------------------------------------------------------------------------------------------------------ model
-def resolve_model(model: Any, processor: Any = None, device: str | None = None) -> tuple[Any, Any, str]:
-    """(model, processor, name_or_path) from a path / Hub id or a loaded model (then ``processor`` is needed)."""
-    if isinstance(model, str | os.PathLike):
-        from transformers import AutoModel, AutoProcessor
-
-        import modeling_rsmclip  # noqa: F401  (registers the model type)
-
-        name = str(model)
-        loaded = AutoModel.from_pretrained(name).eval()
-        if device is not None:
-            loaded.to(device)
-        return loaded, processor if processor is not None else AutoProcessor.from_pretrained(name), name
-    if processor is None:
-        raise ValueError("a loaded model needs its processor: pass processor=...")
-    name = (
-        getattr(model, "name_or_path", None)
-        or getattr(getattr(model, "config", None), "_name_or_path", "")
-        or ""
-    )
-    return model, processor, str(name)
-
-
-def index_fingerprint(model: Any, processor: Any) -> str:
-    """What an index requires of the model that queries it: `evaluation.embed.model_fingerprint` of the weights,
-    config and processor (inference precision left out: a bf16 GPU build is queried in fp32 on a CPU)."""
-    from ..evaluation.embed import DEFAULT_MAX_TEXT_LENGTH, model_fingerprint
-
-    return model_fingerprint(model, processor, extra=f"index\0{DEFAULT_MAX_TEXT_LENGTH}")
-
-
-BACKENDS = ("torch", "onnx")
-PRECISIONS = ("fp32", "bf16", "fp16", "int8")
-
-
-def check_backend(backend: str, precision: str, device: str | None = None) -> bool:
-    """Validate an inference ``backend`` / ``precision`` pair; True when it runs through
-    `inference.load_encoder` (ONNX Runtime, or int8 weights), which is CPU only and fp32 in the `Embedder`."""
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    wrapped = backend == "onnx" or precision == "int8"
-    if wrapped and precision in ("bf16", "fp16"):
-        raise ValueError(
-            f"precision {precision} is autocast for the PyTorch backend; use fp32 or int8 with --backend {backend}"
-        )
-    if wrapped and device is not None and str(device) != "cpu":
-        raise ValueError(f"the {backend} {precision} backend runs on the CPU, not on device {device}")
-    return wrapped
-
-
-def embedding_encoder(
-    model: Any, processor: Any, backend: str, precision: str, *, inplace: bool = False
-) -> tuple[Any, str]:
-    """(encoder, Embedder precision): ``model`` itself for the PyTorch backend in fp32/bf16/fp16, else the
-    `inference.load_encoder` wrapper of the loaded PyTorch model, run in fp32 (its own arithmetic) on the CPU.
-    ``inplace``: PyTorch int8 quantises ``model`` itself instead of a copy."""
-    if not check_backend(backend, precision):
-        return model, precision
-    from ..inference import load_encoder
-
-    return load_encoder(model, backend, precision, processor=processor, inplace=inplace), "fp32"
 
 
 def processor_settings(processor: Any) -> dict[str, Any]:
@@ -300,7 +225,6 @@ def _run(
     backend: str = "torch",
 ) -> Any:
     from ..evaluation.embed import Embedder
-    from .search import RSMCLIPIndex
 
     require_index_dependencies()
     wrapped = check_backend(backend, precision, device)
@@ -309,7 +233,7 @@ def _run(
     procs = _Processes()
     if wrapped:
         device = "cpu"
-    device = device or (str(procs.device) if procs.device is not None else None)
+    device = device or (str(procs.device) if procs.device is not None else resolve_device())
     output = Path(output)
     manifest_path = output / "manifest.json"
     manifest = _read_json(manifest_path) if manifest_path.is_file() else None
@@ -323,12 +247,14 @@ def _run(
     if kind == "add" and model is None:
         model = manifest["model"]["name_or_path"]
     owned = isinstance(model, str | os.PathLike)  # loaded here: int8 may quantise it in place (one copy)
-    model, processor, model_name = resolve_model(model, processor, device)
-    fingerprint = index_fingerprint(model, processor)
+    name = str(model) if owned else ""
+    model, processor = load_model(model, processor, device=device)
+    name = name or model_name(model)
+    fingerprint = index_fingerprint(model, processor, manifest)
     if manifest is not None and manifest["model"]["fingerprint"] != fingerprint:
         raise ValueError(
             f"{output} was built with another model or processor ({manifest['model']['name_or_path']!r}, "
-            f"fingerprint {manifest['model']['fingerprint'][:12]}), not {model_name!r} (fingerprint {fingerprint[:12]})"
+            f"fingerprint {manifest['model']['fingerprint'][:12]}), not {name!r} (fingerprint {fingerprint[:12]})"
         )
 
     digest = worklist_digest(items)
@@ -380,14 +306,14 @@ def _run(
     known = _known_hashes(output)
     dim = int(model.config.projection_dim)
     # The fingerprint above is the PyTorch model's: an index belongs to the weights, not to how they were run.
-    encoder, embed_precision = embedding_encoder(model, processor, backend, precision, inplace=owned)
+    encoder = load_encoder(model, backend, precision, processor, inplace=owned)
     embedder = Embedder(
         encoder,
         processor,
         device=device,
         batch_size=batch_size,
         num_workers=num_workers,
-        precision=embed_precision,
+        precision=autocast_precision(backend, precision),
         cache_dir=None,
         show_progress=False,
         model_key=fingerprint,
@@ -414,7 +340,7 @@ def _run(
     if procs.rank == 0:
         finalize(
             output,
-            model_name=model_name,
+            model_name=name,
             fingerprint=fingerprint,
             processor=processor,
             dim=dim,
@@ -504,7 +430,14 @@ def finalize(
     new_manifest = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
-        "model": {"name_or_path": model_name, "fingerprint": fingerprint},
+        "model": {
+            "name_or_path": model_name,
+            "fingerprint": fingerprint,
+            # An index keeps the recipe it was made with (checked against the model above).
+            "fingerprint_version": FINGERPRINT_VERSION
+            if manifest is None
+            else manifest["model"].get("fingerprint_version", 2),
+        },
         "processor": processor_settings(processor),
         "embedding": {
             "dim": dim,

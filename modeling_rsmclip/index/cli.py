@@ -7,32 +7,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..errors import UserError
-from ..inference import add_backend_arguments
+from ..errors import UserError, cli_type
+from ..geo.options import parse_bands, parse_bbox
+from ..inference.options import add_backend_arguments
 
 DEFAULT_DEMO = "the bundled demo model"
-
-
-def _bands(value: str) -> list[int]:
-    try:
-        bands = [int(v) for v in value.split(",")]
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(
-            f"expected three comma-separated band indices, got {value!r}"
-        ) from err
-    if len(bands) != 3:
-        raise argparse.ArgumentTypeError(f"expected three band indices (red,green,blue), got {value!r}")
-    return bands
-
-
-def _bbox(value: str) -> list[float]:
-    try:
-        box = [float(v) for v in value.split(",")]
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(f"expected west,south,east,north in degrees, got {value!r}") from err
-    if len(box) != 4:
-        raise argparse.ArgumentTypeError(f"expected four numbers west,south,east,north, got {value!r}")
-    return box
 
 
 def _add_source_arguments(parser: argparse.ArgumentParser) -> None:
@@ -53,7 +32,10 @@ def _add_source_arguments(parser: argparse.ArgumentParser) -> None:
         "--preset", default=None, help="band preset of the scenes (see `rsmclip map --list-presets`)"
     )
     data.add_argument(
-        "--bands", type=_bands, default=None, help="0-based band indices used as R,G,B, e.g. 3,2,1"
+        "--bands",
+        type=cli_type(parse_bands),
+        default=None,
+        help="bands used as R,G,B: 0-based indices (3,2,1) or, for GeoTIFFs, band names (B4,B3,B2)",
     )
     data.add_argument(
         "--min-valid", type=float, default=0.5, help="skip (and report) tiles with less valid data than this"
@@ -64,10 +46,7 @@ def _add_source_arguments(parser: argparse.ArgumentParser) -> None:
         "--num-workers", type=int, default=None, help="decoding workers (default: half the CPU cores, 1-4)"
     )
     run.add_argument("--shard-size", type=int, default=4096, help="items per Parquet shard (the resume unit)")
-    run.add_argument(
-        "--device", default=None, help="torch device (default: the process's accelerator, else cpu)"
-    )
-    add_backend_arguments(run, autocast=True)
+    add_backend_arguments(run)
     run.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -111,12 +90,9 @@ def _run_build(args: argparse.Namespace) -> int:
 
     if not args.sources and not args.dataset:
         raise ValueError("nothing to index: give SOURCE folders/files or --dataset")
-    model = args.model
-    if model is None:
-        from ..demo import DEMO_MODEL_DIR
-
-        model = str(DEMO_MODEL_DIR)
-    index = build_index(model, args.output, args.sources, index_type=args.index_type, **_common_kwargs(args))
+    index = build_index(
+        args.model or "demo", args.output, args.sources, index_type=args.index_type, **_common_kwargs(args)
+    )
     print(_summary(index))
     return 0
 
@@ -228,7 +204,9 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
     search.add_argument("--top-k", type=int, default=10, help="number of results (default 10)")
     search.add_argument("--image", action="store_true", help="QUERY is an image file")
     search.add_argument("--where", default=None, help="metadata filter, e.g. \"label == 'airplane'\"")
-    search.add_argument("--bbox", type=_bbox, default=None, help="lon/lat box west,south,east,north")
+    search.add_argument(
+        "--bbox", type=cli_type(parse_bbox), default=None, help="lon/lat box west,south,east,north"
+    )
     search.add_argument("--json", action="store_true", help="print the results as a JSON list")
     search.add_argument(
         "--geojson", type=Path, default=None, help="also write the footprints as GeoJSON here"
@@ -237,6 +215,6 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
         "--model", default=None, help="query model (default: the one in the index's manifest)"
     )
     add_backend_arguments(
-        search.add_argument_group("query embedding (any backend fits any index)"), autocast=True
+        search.add_argument_group("query embedding (any backend fits any index)"), device=False
     )
     search.set_defaults(func=_guarded(_run_search))

@@ -26,7 +26,7 @@ def bundled_sample_index(
     RSSCN7-mini by class folder) made with the bundled demo model. Without ``path`` it lives in the user cache,
     in a folder named after the sample and model files, so a changed checkout gets a fresh index. ``model`` /
     ``processor``: the bundled demo model already loaded (saves loading it again; its fingerprint is checked)."""
-    from ..demo import DEMO_MODEL_DIR
+    from ..inference.loading import DEMO_MODEL_DIR
     from ..testing import sample_dir
     from .build import build_index
     from .search import IndexModelMismatchError, RSMCLIPIndex

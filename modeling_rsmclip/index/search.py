@@ -17,14 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from .build import (
-    apply_search_params,
-    check_backend,
-    embedding_encoder,
-    index_fingerprint,
-    require_index_dependencies,
-    resolve_model,
-)
+from ..inference import autocast_precision, check_backend, load_encoder, load_model, model_name
+from .common import apply_search_params, index_fingerprint, require_index_dependencies
 
 
 class IndexModelMismatchError(ValueError):
@@ -217,8 +211,9 @@ class RSMCLIPIndex:
         backend = backend or self._backend
         precision = precision or self._precision
         wrapped = check_backend(backend, precision)
-        model, processor, name = resolve_model(model, processor, "cpu" if wrapped else None)
-        fingerprint = index_fingerprint(model, processor)
+        name = model_name(model) if not isinstance(model, str | os.PathLike) else str(model)
+        model, processor = load_model(model, processor, device="cpu" if wrapped else None)
+        fingerprint = index_fingerprint(model, processor, self.manifest)
         expected = self.manifest["model"]["fingerprint"]
         if fingerprint != expected:
             raise IndexModelMismatchError(
@@ -226,10 +221,10 @@ class RSMCLIPIndex:
                 f"(fingerprint {expected[:12]}); the query model {name!r} has fingerprint {fingerprint[:12]}: "
                 "query it with the same model and processor, or rebuild the index with this one"
             )
-        encoder, embed_precision = embedding_encoder(model, processor, backend, precision)
+        encoder = load_encoder(model, backend, precision, processor)
         self._model, self._processor = model, processor
         self._backend, self._precision = backend, precision
-        self._use(encoder, fingerprint, "cpu" if wrapped else None, embed_precision)
+        self._use(encoder, fingerprint, "cpu" if wrapped else None, autocast_precision(backend, precision))
 
     def adopt(self, model: Any, processor: Any, encoder: Any, fingerprint: str) -> None:
         """Query with ``encoder`` (an `inference.load_encoder` encoder of ``model``), given the model's

@@ -1,39 +1,43 @@
-"""CPU inference backends: ONNX export (`rsmclip export --to-onnx`), ONNX Runtime and PyTorch int8 encoders.
+"""The model front door: load a model by name, choose how it runs, build zero-shot class embeddings.
 
-`load_encoder(model, backend="torch"|"onnx", precision="fp32"|"int8")` returns an object used in place of the
-model by `evaluation.embed.Embedder`. ONNX Runtime is imported only when an ONNX backend is used
-(`pip install "rsmclip[onnx]"`).
+- `load_model(name_or_model)`: the one resolver (a folder, a Hub id, ``"demo"``, or a loaded model).
+- `load_encoder(model, backend, precision, device=...)`: the one encoder factory; `check_backend` is the one check
+  of the backend / precision / device vocabulary (`options`), which the command-line options share.
+- `class_embeddings(encoder, processor, labels, language)`: the one class-embedding builder.
+- ONNX export (`rsmclip export --to-onnx`), ONNX Runtime and PyTorch int8 encoders.
+
+Names are imported on first use; ONNX Runtime only when an ONNX backend is used (`pip install "rsmclip[onnx]"`).
 """
 
-from .encoders import (
-    BACKENDS,
-    PRECISIONS,
-    OnnxEncoder,
-    TorchInt8Encoder,
-    add_backend_arguments,
-    default_onnx_cache_dir,
-    load_encoder,
-    onnx_folder_for,
-    quantize_model,
-)
+from __future__ import annotations
 
+from .._lazy import lazy_exports
 
-def export_onnx(*args, **kwargs):
-    """See `modeling_rsmclip.inference.onnx_export.export_onnx` (imported on first use: it needs onnx)."""
-    from .onnx_export import export_onnx as _export_onnx
-
-    return _export_onnx(*args, **kwargs)
-
-
-__all__ = [
-    "BACKENDS",
-    "PRECISIONS",
-    "OnnxEncoder",
-    "TorchInt8Encoder",
-    "add_backend_arguments",
-    "default_onnx_cache_dir",
-    "export_onnx",
-    "load_encoder",
-    "onnx_folder_for",
-    "quantize_model",
-]
+_EXPORTS = {
+    "AUTOCAST_PRECISIONS": ".options",
+    "BACKENDS": ".options",
+    "PRECISIONS": ".options",
+    "add_backend_arguments": ".options",
+    "autocast": ".options",
+    "autocast_precision": ".options",
+    "check_backend": ".options",
+    "resolve_device": ".options",
+    "DEMO_MODEL_DIR": ".loading",
+    "load_model": ".loading",
+    "model_name": ".loading",
+    "portable_config_json": ".loading",
+    "resolve_model_source": ".loading",
+    "average_prompt_embeddings": ".classes",
+    "class_embeddings": ".classes",
+    "class_prompts": ".classes",
+    "OnnxEncoder": ".encoders",
+    "TorchInt8Encoder": ".encoders",
+    "default_onnx_cache_dir": ".encoders",
+    "load_encoder": ".encoders",
+    "onnx_folder_for": ".encoders",
+    "quantize_model": ".encoders",
+    "weights_digest": ".encoders",
+    "export_onnx": ".onnx_export",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

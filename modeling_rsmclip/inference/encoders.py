@@ -6,7 +6,7 @@ reads `.pooler_output`) uses in place of an `RSMCLIPModel`:
 
 | backend | precision | what runs |
 |---|---|---|
-| torch | fp32 | the `RSMCLIPModel` itself |
+| torch | fp32, bf16, fp16 | the model itself (bf16/fp16: autocast, applied by the `Embedder`) |
 | torch | int8 | a copy with every `nn.Linear` of both towers dynamically quantised (`torch.ao`, CPU only) |
 | onnx | fp32 | the exported graphs in ONNX Runtime |
 | onnx | int8 | the fused, dynamically quantised graphs in ONNX Runtime |
@@ -30,12 +30,11 @@ from torch import nn
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from ..cache_dirs import user_cache_dir
+from .loading import load_model, portable_config_json
+from .options import check_backend
 from .runtime import MANIFEST_FILE
 
 logger = logging.getLogger(__name__)
-
-BACKENDS = ("torch", "onnx")
-PRECISIONS = ("fp32", "int8")
 
 
 def default_onnx_cache_dir() -> Path:
@@ -45,10 +44,10 @@ def default_onnx_cache_dir() -> Path:
 
 def weights_digest(model: nn.Module) -> bytes:
     """SHA-256 over the model's parameters and buffers (name, dtype, shape, bytes) and its config."""
-    h = hashlib.sha256(b"rsmclip-weights-v1")
+    h = hashlib.sha256(b"rsmclip-weights-v2")
     config = getattr(model, "config", None)
     if config is not None and hasattr(config, "to_json_string"):
-        h.update(config.to_json_string(use_diff=False).encode())
+        h.update(portable_config_json(config).encode())
     for name, tensor in sorted(model.state_dict().items()):
         t = tensor.detach().contiguous().cpu()
         h.update(f"{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
@@ -197,14 +196,11 @@ def is_onnx_folder(path: str | os.PathLike) -> bool:
     return (Path(path) / MANIFEST_FILE).is_file()
 
 
-def _load_torch_model(model: Any) -> tuple[nn.Module, Any]:
-    from ..modeling_rsmclip import RSMCLIPModel
-
+def _load_torch_model(model: Any, processor: Any = None) -> tuple[nn.Module, Any]:
+    """The PyTorch model and its processor (a model object is returned with the processor given, maybe None)."""
     if isinstance(model, nn.Module):
-        return model, None
-    from transformers import AutoProcessor
-
-    return RSMCLIPModel.from_pretrained(str(model)).eval(), AutoProcessor.from_pretrained(str(model))
+        return model, processor
+    return load_model(model, processor)
 
 
 def onnx_folder_for(model: Any, processor: Any = None, cache_dir: str | os.PathLike | None = None) -> Path:
@@ -214,8 +210,7 @@ def onnx_folder_for(model: Any, processor: Any = None, cache_dir: str | os.PathL
         return Path(model)
     from .onnx_export import export_onnx
 
-    net, loaded_processor = _load_torch_model(model)
-    processor = processor if processor is not None else loaded_processor
+    net, processor = _load_torch_model(model, processor)
     folder = Path(cache_dir or default_onnx_cache_dir()) / weights_digest(net).hex()[:24]
     if not is_onnx_folder(folder):
         tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
@@ -235,32 +230,35 @@ def load_encoder(
     precision: str = "fp32",
     processor: Any = None,
     *,
+    device: Any = None,
     threads: int | None = None,
     cache_dir: str | os.PathLike | None = None,
     inplace: bool = False,
 ) -> nn.Module:
-    """An encoder usable in place of the model by `evaluation.embed.Embedder`.
+    """The one encoder factory: what embeds images and texts for a backend / precision / device choice, usable in
+    place of the model by `evaluation.embed.Embedder` (``get_image_features`` / ``get_text_features``).
 
     Args:
-        model: an `RSMCLIPModel`, a model folder or Hub id, or (backend "onnx") an `rsmclip export --to-onnx`
-            folder.
+        model: a loaded model, a name `load_model` resolves (folder, Hub id, ``"demo"``), or (backend "onnx") an
+            `rsmclip export --to-onnx` folder.
         backend: "torch" or "onnx" (ONNX Runtime; a model that is not yet an ONNX folder is exported once and
             cached).
-        precision: "fp32" or "int8" (dynamic quantisation: PyTorch's for "torch", ONNX Runtime's for "onnx").
+        precision: "fp32"; "bf16"/"fp16" (PyTorch autocast, applied by the `Embedder`: the model itself is
+            returned); or "int8" (dynamic quantisation: PyTorch's for "torch", ONNX Runtime's for "onnx").
         processor: the model's processor, needed to export a model object that was not loaded from a folder.
+        device: where a PyTorch model runs (moved there); the CPU encoders (ONNX, int8) refuse any other device.
         threads: ONNX Runtime intra-op threads (default: all cores).
         cache_dir: where ONNX exports of model folders are cached.
         inplace: torch int8 only: quantise the given model object itself instead of a copy (it is then int8 and
             no longer usable as the fp32 model; saves the copy's memory). A model loaded here from a path is
             always quantised in place.
 
-    The processor to use with the encoder is the model's own (`AutoProcessor.from_pretrained(...)`; an ONNX
-    folder holds a copy).
+    The choice is checked once, here (`options.check_backend`). The processor to use with the encoder is the
+    model's own (an ONNX folder holds a copy).
     """
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    cpu_encoder = check_backend(backend, precision, device)
+    if isinstance(model, _Encoder) and (model.backend, model.precision) == (backend, precision):
+        return model  # made once and shared (the web app's encoder)
     if backend == "onnx":
         scale = getattr(model, "logit_scale", None) if isinstance(model, nn.Module) else None
         return OnnxEncoder(
@@ -271,38 +269,25 @@ def load_encoder(
         )
     if not isinstance(model, nn.Module) and is_onnx_folder(model):
         raise ValueError(f"{model} is an ONNX export folder: use backend='onnx'")
-    net, _ = _load_torch_model(model)
-    if precision == "int8":
+    net, _ = _load_torch_model(model, processor)
+    if cpu_encoder:
+        if not isinstance(net, _Encoder) and next(net.parameters()).device.type != "cpu":
+            raise ValueError(
+                f"the {backend} {precision} backend runs on the CPU; the model is on {next(net.parameters()).device}"
+            )
+        if isinstance(net, TorchInt8Encoder):
+            return net
         return TorchInt8Encoder(net, inplace=inplace or not isinstance(model, nn.Module))
+    if isinstance(net, _Encoder):
+        raise ValueError(f"{net.backend} {net.precision} encoder given where a PyTorch model is needed")
+    if device is not None:
+        net.to(device)
     return net.eval()
 
 
-def add_backend_arguments(parser: Any, *, autocast: bool = False) -> None:
-    """Add `--backend torch|onnx` and `--precision fp32|int8` (CPU inference) to an argparse parser or group;
-    with `autocast=True` the precision also takes `bf16` / `fp16` (PyTorch autocast on a GPU), for commands whose
-    PyTorch path runs on accelerators too."""
-    parser.add_argument(
-        "--backend",
-        choices=BACKENDS,
-        default="torch",
-        help="inference backend: PyTorch, or ONNX Runtime (CPU; the model is exported once and cached)",
-    )
-    parser.add_argument(
-        "--precision",
-        choices=("fp32", "bf16", "fp16", "int8") if autocast else PRECISIONS,
-        default="fp32",
-        help="fp32, bf16/fp16 autocast (PyTorch, GPU), or int8 weights (dynamic quantisation, CPU)"
-        if autocast
-        else "fp32, or int8 weights (dynamic quantisation; CPU)",
-    )
-
-
 __all__ = [
-    "BACKENDS",
-    "PRECISIONS",
     "OnnxEncoder",
     "TorchInt8Encoder",
-    "add_backend_arguments",
     "default_onnx_cache_dir",
     "load_encoder",
     "onnx_folder_for",

@@ -241,9 +241,10 @@ def export_onnx(
     Returns the folder. Raises `ValueError` when a fp32 graph differs from PyTorch by more than 1e-3.
     """
     onnx, _ = _import_onnx()
-    from ..conversion.export import _load_model_and_processor
+    from .loading import load_model, model_name
 
-    net, processor, source = _load_model_and_processor(model, processor)
+    source = model_name(model) if isinstance(model, nn.Module) else str(model)
+    net, processor = load_model(model, processor)
     net = net.float().eval()
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -1,25 +1,21 @@
-"""The RS-M-CLIP training recipe: CLIP loss with cross-process negatives + DINO-style self-distillation."""
+"""The RS-M-CLIP training recipe: CLIP loss with cross-process negatives + DINO-style self-distillation.
 
-from .config import TrainingConfig
-from .losses import ClipLoss, DINOLoss, gather_with_grad
-from .teacher import EMATeacher, cosine_momentum, teacher_temperature
+Names are imported on first use (`modeling_rsmclip._lazy`).
+"""
 
-__all__ = [
-    "ClipLoss",
-    "DINOLoss",
-    "EMATeacher",
-    "TrainingConfig",
-    "cosine_momentum",
-    "gather_with_grad",
-    "teacher_temperature",
-    "train",
-]
+from __future__ import annotations
 
+from .._lazy import lazy_exports
 
-def __getattr__(name: str):
-    # The loop pulls in accelerate and the data stack: import it on first use.
-    if name == "train":
-        from .loop import train
-
-        return train
-    raise AttributeError(name)
+_EXPORTS = {
+    "TrainingConfig": ".config",
+    "ClipLoss": ".losses",
+    "DINOLoss": ".losses",
+    "gather_with_grad": ".losses",
+    "EMATeacher": ".teacher",
+    "cosine_momentum": ".teacher",
+    "teacher_temperature": ".teacher",
+    "train": ".loop",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -1,0 +1,146 @@
+"""The one model resolver: a name (a model folder, a Hub id, ``"demo"``) or a loaded model -> (model, processor).
+
+Every command, the web app, the index and the evaluation load models through `load_model`, so the same name means
+the same model everywhere and a damaged or missing file gets the same clear error.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+DEMO_MODEL_DIR = Path(__file__).resolve().parents[1] / "demo_model"
+DEMO_NAME = "demo"
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
+
+
+def resolve_model_source(model: str | os.PathLike) -> str:
+    """Where `load_model` reads ``model`` from: the bundled demo model's folder for ``"demo"``, a local folder
+    (checked), or a Hub id as given.
+
+    A name that can only be a local path (absolute, starting with ``.`` or ``~``, or with more than one ``/``) and
+    does not exist raises `FileNotFoundError`; a folder without ``config.json`` raises `ValueError`.
+    """
+    name = os.fspath(model)
+    if name == DEMO_NAME:
+        return str(DEMO_MODEL_DIR)
+    path = Path(name).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise ValueError(
+                f"{path} is a file; give the model folder that holds config.json and the weights"
+            )
+        if not (path / "config.json").is_file():
+            raise ValueError(f"{path} is not a model folder: it has no config.json")
+        return str(path)
+    if path.is_absolute() or name.startswith((".", "~")) or name.count("/") > 1 or "\\" in name:
+        raise FileNotFoundError(
+            f"model folder not found: {name} (give a model folder, a Hub id org/name or 'demo')"
+        )
+    return name
+
+
+def model_name(model: Any) -> str:
+    """A loaded model's folder or Hub id, as recorded by ``from_pretrained`` (empty when unknown)."""
+    return str(
+        getattr(model, "name_or_path", None)
+        or getattr(getattr(model, "config", None), "_name_or_path", "")
+        or ""
+    )
+
+
+def portable_config_json(config: Any) -> str:
+    """The config as JSON without what depends on where or by which version it was loaded (``_name_or_path``,
+    ``transformers_version``, other ``_`` fields), so copies of one model in two folders compare equal."""
+
+    def clean(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {
+                k: clean(v)
+                for k, v in value.items()
+                if not str(k).startswith("_") and k != "transformers_version"
+            }
+        if isinstance(value, list):
+            return [clean(v) for v in value]
+        return value
+
+    data = json.loads(config.to_json_string(use_diff=False))
+    return json.dumps(clean(data), sort_keys=True, ensure_ascii=False)
+
+
+def _weights_error(source: str, error: BaseException) -> ValueError:
+    folder = Path(source)
+    names = [name for name in WEIGHT_FILES if (folder / name).exists()] if folder.is_dir() else []
+    where = folder / names[0] if names else source
+    return ValueError(f"{where}: cannot read the model weights ({type(error).__name__}: {error})")
+
+
+def load_model(model: Any, processor: Any = None, *, device: Any = None) -> tuple[Any, Any]:
+    """``(model, processor)`` in eval mode, from:
+
+    - a loaded model (a `PreTrainedModel`), with its ``processor`` (when None, the processor is read from the
+      folder the model was loaded from, if that is a local folder);
+    - a model folder or Hub id (the processor is read from the same place unless given);
+    - ``"demo"``: the bundled demo model (`DEMO_MODEL_DIR`).
+
+    ``device`` moves the model there. Errors name the folder or file: a missing folder (`FileNotFoundError`), a
+    folder that is not a model, or damaged weights (`ValueError`).
+    """
+    import torch
+
+    if isinstance(model, torch.nn.Module):
+        if processor is None:
+            source = model_name(model)
+            if not source or not Path(source).is_dir():
+                raise ValueError("a loaded model needs its processor: pass processor=...")
+            processor = _load_processor(source)
+        net = model
+    else:
+        import modeling_rsmclip  # noqa: F401  (registers the "rsmclip" model type with the Auto classes)
+
+        source = resolve_model_source(model)
+        net = _load_weights(source)
+        if processor is None:
+            processor = _load_processor(source)
+    if device is not None:
+        net.to(device)
+    return net.eval(), processor
+
+
+def _load_weights(source: str) -> Any:
+    from safetensors import SafetensorError
+    from transformers import AutoModel
+
+    try:
+        return AutoModel.from_pretrained(source)
+    except SafetensorError as error:
+        raise _weights_error(source, error) from error
+    except (OSError, ValueError) as error:
+        if isinstance(error.__cause__, SafetensorError) or "safetensors" in str(error).lower():
+            raise _weights_error(source, error) from error
+        raise
+
+
+def _load_processor(source: str) -> Any:
+    from transformers import AutoProcessor
+
+    try:
+        return AutoProcessor.from_pretrained(source)
+    except (OSError, ValueError):
+        raise
+    except Exception as error:  # tokenizers/sentencepiece raise plain exceptions on damaged files
+        raise ValueError(
+            f"{source}: cannot read the processor files ({type(error).__name__}: {error})"
+        ) from error
+
+
+__all__ = [
+    "DEMO_MODEL_DIR",
+    "DEMO_NAME",
+    "load_model",
+    "model_name",
+    "portable_config_json",
+    "resolve_model_source",
+]
