@@ -71,17 +71,23 @@ def write_tile_geotiff(
     crs: Any,
     labels: Sequence[str],
     language: str,
+    valid_fraction: np.ndarray | None = None,
 ) -> Path:
-    """Two float32 bands at tile resolution: 1 = class id, 2 = top-1 probability; nodata -1 (skipped tiles)."""
+    """Float32 bands at tile resolution: 1 = class id, 2 = top-1 probability (both nodata -1 on skipped tiles),
+    3 = valid fraction of the tile (skipped tiles included; -1 where unknown)."""
     rasterio = require_rasterio()
+    if valid_fraction is None:
+        valid_fraction = np.full(class_ids.shape, np.nan, dtype=np.float32)
     data = np.stack([class_ids.astype(np.float32), np.nan_to_num(top1, nan=TILE_NODATA).astype(np.float32)])
     data[:, class_ids < 0] = TILE_NODATA
+    fraction = np.nan_to_num(valid_fraction, nan=TILE_NODATA).astype(np.float32)
+    data = np.concatenate([data, fraction[None]])
     profile = {
         "driver": "GTiff",
         "compress": "deflate",
         "width": class_ids.shape[1],
         "height": class_ids.shape[0],
-        "count": 2,
+        "count": 3,
         "dtype": "float32",
         "crs": crs,
         "transform": transform,
@@ -91,6 +97,7 @@ def write_tile_geotiff(
         out.write(data)
         out.set_band_description(1, "class_id")
         out.set_band_description(2, "top1_probability")
+        out.set_band_description(3, "valid_fraction")
         out.update_tags(**_tags(labels, language))
     return path
 
@@ -249,6 +256,7 @@ def write_classification(result: Any, reader: RasterReader, out_dir: Path) -> di
             result.crs,
             result.labels,
             result.language,
+            result.valid_fraction,
         ),
         "geojson": write_geojson(out_dir / "tiles.geojson", result.geojson),
     }
