@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 
 from .raster import RasterReader
 from .tiling import TileGrid, length_to_pixels
-from .writer import CLASS_NODATA, ClassMapWriter, read_class_map_preview, render_overlay
+from .writer import CLASS_NODATA, ClassMapWriter, legend_path, read_class_map_preview, render_overlay
 from .zero_shot import (
     class_embeddings,
     inference_model,
@@ -348,6 +348,8 @@ def segment_scene(
         if out_dir is not None:
             result.files["geotiff"] = out_dir / "segmentation.tif"
             result.files["overlay"] = _write_overlay(result, reader, out_dir, list(pixel_counts))
+            if legend_path(result.files["overlay"]).exists():
+                result.files["legend"] = legend_path(result.files["overlay"])
     return result
 
 
