@@ -125,12 +125,14 @@ def test_written_geotiff_geojson_and_overlay(mosaic, classified):
         assert src.transform.almost_equals(
             Affine(TILE * PIXEL, 0.0, ORIGIN[0], 0.0, -TILE * PIXEL, ORIGIN[1])
         )
-        assert (src.width, src.height, src.count, src.nodata) == (5, 3, 2, -1.0)
-        ids, top1 = src.read()
+        assert (src.width, src.height, src.count, src.nodata) == (5, 3, 3, -1.0)
+        assert src.descriptions == ("class_id", "top1_probability", "valid_fraction")
+        ids, top1, fraction = src.read()
         assert json.loads(src.tags()["LABELS"]) == LABELS["en"]
     assert np.array_equal(ids.astype(int), result.class_ids)
     kept = truth >= 0
     assert np.allclose(top1[kept], result.probabilities[kept].max(-1), atol=1e-6)
+    assert np.array_equal(fraction, np.where(kept, 1.0, 0.0))  # the last three cells are transparent
 
     collection = json.loads((out / "tiles.geojson").read_text())
     features = collection["features"]
@@ -141,6 +143,7 @@ def test_written_geotiff_geojson_and_overlay(mosaic, classified):
     ring = np.array(first["geometry"]["coordinates"][0])
     assert np.allclose(ring[:3], np.array(lonlat).T, atol=1e-9)
     assert first["properties"]["label"] == LABELS["en"][first["properties"]["class_id"]]
+    assert [f["properties"]["valid_fraction"] for f in features] == [1.0] * int(kept.sum())
     assert sum(first["properties"]["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
     png = Image.open(out / "overlay.png")
     assert png.size[0] > 300 and png.mode in ("RGB", "RGBA")
@@ -176,3 +179,64 @@ def test_cli_map_classify_and_user_errors(mosaic, tmp_path, capsys):
     assert "error: raster not found" in capsys.readouterr().err
     assert main(["map", "classify", str(path), "--labels", "a", "--output", str(out)]) == 2
     assert "at least two labels" in capsys.readouterr().err
+
+
+def _rgb_scene(path: Path, rgb: np.ndarray, transform: Affine) -> Path:
+    profile = dict(driver="GTiff", width=rgb.shape[1], height=rgb.shape[0], count=3, dtype="uint8",
+                   crs="EPSG:32611", transform=transform)  # fmt: skip
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(np.moveaxis(rgb, -1, 0))
+    return path
+
+
+def test_edge_tiles_of_a_scene_without_nodata_are_classified_with_their_valid_fraction(demo, tmp_path):
+    """512 px scene, 224 px tiles: all 9 tiles are classified (5 used to be skipped as "mostly nodata"). An edge
+    tile is classified from the whole tile moved inside the scene: its probabilities equal those of that 224 px
+    crop classified on its own; a block of real nodata is still skipped and counted."""
+    from modeling_rsmclip.geo import classify_scene
+
+    model, processor = demo
+    root = shared_data_dir() / "ucm-captions"
+    if not (root / "labels.csv").exists():
+        pytest.skip(f"UCM-Captions not found at {root}: set RSMCLIP_SHARED_DATA to the shared/data folder")
+    chosen = _ucm_images(root)
+    cells = [chosen[c][0] for c in ("forest", "beach", "river", "storagetanks")]
+    rgb = np.zeros((512, 512, 3), dtype=np.uint8)
+    for i, path in enumerate(cells):
+        r, c = divmod(i, 2)
+        rgb[r * 256 : (r + 1) * 256, c * 256 : (c + 1) * 256] = np.asarray(Image.open(path).convert("RGB"))
+    rgb = np.maximum(rgb, 1)  # 0 is kept for nodata below
+    transform = Affine(PIXEL, 0.0, ORIGIN[0], 0.0, -PIXEL, ORIGIN[1])
+    scene = _rgb_scene(tmp_path / "scene.tif", rgb, transform)
+    kwargs = dict(model=model, processor=processor, tile_size=224, progress=False)
+    result = classify_scene(scene, LABELS["en"], output_dir=tmp_path / "out", **kwargs)
+    assert len(result.grid) == 9 and result.skipped == [] and (result.class_ids >= 0).all()
+    assert result.summary()["classified"] == 9 and result.summary()["skipped_mostly_nodata"] == 0
+    assert np.array_equal(result.valid_fraction, np.ones((3, 3), dtype=np.float32))
+    with rasterio.open(tmp_path / "out" / "classes.tif") as src:
+        ids, _, fraction = src.read()
+    assert np.array_equal(ids, result.class_ids) and np.array_equal(fraction, np.ones((3, 3)))
+    features = json.loads((tmp_path / "out" / "tiles.geojson").read_text())["features"]
+    assert len(features) == 9 and all(f["properties"]["valid_fraction"] == 1.0 for f in features)
+    corner = features[-1]["properties"]
+    assert corner["window"] == [448, 448, 224, 224] and corner["read_window"] == [288, 288, 224, 224]
+
+    crop = _rgb_scene(tmp_path / "crop.tif", rgb[288:512, 288:512], transform @ Affine.translation(288, 288))
+    alone = classify_scene(crop, LABELS["en"], **kwargs)
+    assert alone.class_ids.shape == (1, 1)
+    assert np.allclose(result.probabilities[2, 2], alone.probabilities[0, 0], atol=1e-5)
+
+    # Real nodata in the last column's cells (x >= 448) from row 112 down. Their tiles are read from x = 288 (the
+    # part of the scene the model sees), and their valid fraction is that of the cells: 112 / 224 valid rows in
+    # the top one (kept: at the threshold), none below (skipped).
+    holed = rgb.copy()
+    holed[112:, 448:] = 0
+    path = _rgb_scene(tmp_path / "holed.tif", holed, transform)
+    with rasterio.open(path, "r+") as dst:
+        dst.nodata = 0
+    holed_result = classify_scene(path, LABELS["en"], **kwargs)
+    expected = np.ones((3, 3))
+    expected[:, 2] = [112 / 224, 0.0, 0.0]
+    assert np.allclose(holed_result.valid_fraction, expected)
+    assert holed_result.skipped == [5, 8] and (holed_result.class_ids[:, :2] >= 0).all()
+    assert holed_result.class_ids[0, 2] >= 0 and holed_result.summary()["skipped_mostly_nodata"] == 2

@@ -279,21 +279,79 @@ def test_lengths_in_metres(geo):
 
 
 def test_mostly_nodata_tiles_are_skipped_and_counted(geo):
-    path = geo / "landsat" / "rasterio_RGB.byte.tif"
+    path = geo / "landsat" / "rasterio_RGB.byte.tif"  # 791 x 718, nodata 0 around the scene's footprint
     with rasterio.open(path) as src:
         valid = (src.read() != 0).all(axis=0)
     with RasterReader(path) as reader:
         tiles = iter_tiles(reader, 128, min_valid=0.5)
-        read = [t.index for t in tiles]
+        read = {t.index: t for t in tiles}
         grid = tiles.grid
-    expected_skipped = []
+    expected_skipped, fractions = [], {}
     for i, (col, row, w, h) in enumerate(grid.windows()):
-        fraction = valid[row : row + h, col : col + w].sum() / (w * h)  # outside the raster counts as nodata
-        if fraction < 0.5:
+        area = valid[row : row + h, col : col + w]  # numpy cuts at the edge: the tile's part inside the scene
+        fractions[i] = area.sum() / area.size  # the edge is not nodata
+        if fractions[i] < 0.5:
             expected_skipped.append(i)
     assert tiles.skipped == expected_skipped and 0 < tiles.n_skipped < len(grid)
-    assert read == [i for i in range(len(grid)) if i not in expected_skipped]
+    assert list(read) == [i for i in range(len(grid)) if i not in expected_skipped]
     assert tiles.report()["skipped_mostly_nodata"] == len(expected_skipped)
+    assert tiles.valid_fractions == pytest.approx(fractions)
+    # Edge tiles are read moved back inside the scene (791 - 128 = 663, 718 - 128 = 590).
+    assert {t.read_window[:2] for t in read.values() if t.window[0] + 128 > 791} <= {
+        (663, r) for r in range(719)
+    }
+    assert all(t.read_window[0] + 128 <= 791 and t.read_window[1] + 128 <= 718 for t in read.values())
+
+
+def test_edge_tiles_are_whole_tiles_of_the_scene_and_not_skipped(geo):
+    """A 512 px scene without nodata cut into 224 px tiles: 3 x 3 tiles, all kept (the grid's last column and row
+    reach 160 px past the edge; they are read moved back inside the scene, at 288 = 512 - 224)."""
+    path = geo / "sentinel" / "spain_7370579_s2_l1c_13band.tif"
+    with rasterio.open(path) as src:
+        assert (src.read([4, 3, 2]) != 0).all()  # no nodata pixel in the picture's bands
+    with RasterReader(path) as reader:
+        full, _ = reader.read_rgb()
+        tiles = iter_tiles(reader, 224, min_valid=0.5)
+        got = list(tiles)
+    assert len(tiles.grid) == 9 and len(got) == 9 and tiles.skipped == []
+    assert [t.window[:2] for t in got] == [(c, r) for r in (0, 224, 448) for c in (0, 224, 448)]
+    assert [t.read_window[:2] for t in got] == [(c, r) for r in (0, 224, 288) for c in (0, 224, 288)]
+    assert all(t.valid_fraction == 1.0 and t.valid.all() for t in got)
+    corner = got[-1]
+    assert np.array_equal(corner.rgb, full[288:512, 288:512])  # the scene's pixels, no black padding
+    assert corner.transform == reader.transform @ Affine.translation(288, 288)
+    # The footprint is the tile's cell inside the scene: 448..512.
+    t = reader.transform
+    assert corner.bounds == pytest.approx(
+        (t.c + 448 * t.a, t.f + 512 * t.e, t.c + 512 * t.a, t.f + 448 * t.e)
+    )
+    assert corner.geojson_feature()["properties"]["read_window"] == [288, 288, 224, 224]
+
+
+def test_edge_rule_helpers_against_hand_computation(geo):
+    from modeling_rsmclip.geo.tiling import clamp_window, keep_tile, read_tile_pixels
+
+    assert clamp_window((448, 448, 224, 224), 512, 512) == (288, 288, 224, 224)
+    assert clamp_window((0, 224, 224, 224), 512, 300) == (0, 76, 224, 224)
+    assert clamp_window((0, 0, 224, 224), 100, 512) == (0, 0, 224, 224)  # narrower than a tile: padded
+    grid = TileGrid(450, 230, 224, overlap=0)
+    assert grid.read_windows() == [(0, 0, 224, 224), (224, 0, 224, 224), (226, 0, 224, 224),
+                                   (0, 6, 224, 224), (224, 6, 224, 224), (226, 6, 224, 224)]  # fmt: skip
+    assert keep_tile(0.5, 0.5) and not keep_tile(0.49, 0.5) and not keep_tile(0.0, 0.0)
+
+    path = geo / "landsat" / "rasterio_RGB.byte.tif"  # 791 x 718, nodata 0
+    with rasterio.open(path) as src:
+        valid = (src.read() != 0).all(axis=0)
+    with RasterReader(path) as reader:
+        edge = read_tile_pixels(reader, (700, 600, 200, 200))  # 91 x 118 of it inside the scene
+        small = read_tile_pixels(reader, (0, 0, 1000, 1000))  # larger than the scene: padded
+        outside = read_tile_pixels(reader, (800, 0, 100, 100))
+    assert edge.read_window == (591, 518, 200, 200)
+    assert np.array_equal(edge.valid, valid[518:718, 591:791])
+    assert edge.valid_fraction == pytest.approx(valid[600:718, 700:791].mean())
+    assert small.read_window == (0, 0, 1000, 1000) and small.valid_fraction == pytest.approx(valid.mean())
+    assert not small.valid[718:].any() and not small.valid[:, 791:].any()
+    assert outside.valid_fraction == 0.0
 
 
 def test_raster_georeferenced_by_gcps_only_is_refused_clearly(tmp_path):

@@ -130,36 +130,48 @@ def demo():
 LABELS = ["water", "farmland", "town", "forest"]
 
 
+def _raised_cosine(size: int) -> np.ndarray:
+    """The blending weight by hand: sin^2(pi (x + 0.5) / size) per axis, floored at 1e-3, outer product."""
+    ramp = np.maximum(np.sin(np.pi * (np.arange(size) + 0.5) / size) ** 2, 1e-3)
+    return np.outer(ramp, ramp)
+
+
+def _offsets(extent: int, size: int, stride: int) -> list[int]:
+    """Window offsets along one axis: every stride, the last one ending at the scene's edge."""
+    offsets = list(range(0, max(extent - size, 0) + stride, stride))
+    return sorted({min(o, extent - size) for o in offsets})
+
+
 def _reference_segmentation(path, model, processor, window, stride, labels=LABELS, **reader_kwargs):
-    """Whole-scene accumulation in memory (no strips): the straightforward version of the sliding window."""
+    """Whole-scene accumulation in memory (no strips): the straightforward version of the sliding window, with the
+    windows inside the scene and their logits averaged with the raised-cosine weight."""
     import torch.nn.functional as F
 
     from modeling_rsmclip.geo.naclip import dense_logits
     from modeling_rsmclip.geo.raster import RasterReader
-    from modeling_rsmclip.geo.tiling import TileGrid
     from modeling_rsmclip.geo.zero_shot import pixel_values
     from modeling_rsmclip.inference import class_embeddings
 
     text = torch.from_numpy(class_embeddings(model, processor, labels, "en")).float()
+    weight = torch.from_numpy(_raised_cosine(window)).float()
     with RasterReader(path, **reader_kwargs) as reader:
-        grid = TileGrid(reader.width, reader.height, window, overlap=window - stride)
-        height = (grid.n_rows - 1) * stride + window
-        width = (grid.n_cols - 1) * stride + window
+        height, width = reader.height, reader.width
         total = torch.zeros(len(labels), height, width)
-        count = torch.zeros(height, width)
+        weights = torch.zeros(height, width)
         valid = np.zeros((height, width), dtype=bool)
-        for col, row, w, h in grid.windows():
-            rgb, ok = reader.read_rgb((col, row, w, h))
-            valid[row : row + h, col : col + w] |= ok
-            if not ok.any():
-                continue
-            with torch.no_grad():
-                logits = dense_logits(model, pixel_values(processor, [rgb]), text)
-            total[:, row : row + h, col : col + w] += F.interpolate(logits, size=(h, w), mode="bilinear")[0]
-            count[row : row + h, col : col + w] += 1
-        best = total.argmax(0).numpy()[: reader.height, : reader.width]
-        ok = valid[: reader.height, : reader.width] & (count.numpy()[: reader.height, : reader.width] > 0)
-        return np.where(ok, best, 255).astype(np.uint8)
+        for row in _offsets(height, window, stride):
+            for col in _offsets(width, window, stride):
+                rgb, ok = reader.read_rgb((col, row, window, window))
+                valid[row : row + window, col : col + window] |= ok
+                if not ok.any():
+                    continue
+                with torch.no_grad():
+                    logits = dense_logits(model, pixel_values(processor, [rgb]), text)
+                fine = F.interpolate(logits, size=(window, window), mode="bilinear")[0]
+                total[:, row : row + window, col : col + window] += fine * weight
+                weights[row : row + window, col : col + window] += weight
+        best = (total / weights.clamp_min(1e-12)).argmax(0).numpy()
+        return np.where(valid & (weights.numpy() > 0), best, 255).astype(np.uint8)
 
 
 def _crop(src_path, dst, col, row, width, height):
@@ -178,15 +190,16 @@ def test_segmentation_with_overlap_equals_whole_scene_blending_and_keeps_georefe
     from modeling_rsmclip.geo import segment_scene
 
     model, processor = demo
-    # A corner of the drone orthomosaic: its alpha band marks the area outside the flight as nodata.
-    path = _crop(geo / "aerial" / "drone_orthomosaic_rgba.tif", tmp_path / "drone.tif", 0, 0, 448, 320)
+    # A corner of the drone orthomosaic: its alpha band marks the area outside the flight as nodata. 450 x 330 px
+    # with 192 px windows every 128 px: the last column and row of windows are moved inside (x 258, y 138).
+    path = _crop(geo / "aerial" / "drone_orthomosaic_rgba.tif", tmp_path / "drone.tif", 0, 0, 450, 330)
     out = tmp_path / "seg"
     result = segment_scene(
         path, LABELS, model=model, processor=processor, window=192, stride=128, batch_size=8, output_dir=out,
         progress=False,
     )  # fmt: skip
     expected = _reference_segmentation(path, model, processor, 192, 128)
-    assert result.class_map.shape == (320, 448) and result.windows == 3 * 2
+    assert result.class_map.shape == (330, 450) and result.windows == 4 * 3
     assert np.array_equal(result.class_map, expected)
     with rasterio.open(path) as src:
         alpha = src.read(4)
@@ -255,3 +268,178 @@ def test_cli_map_segment_matches_python(geo, demo, tmp_path, capsys):
         assert np.array_equal(seg.read(1), result.class_map)
     assert main([*args, "--window", "256", "--stride", "300", "--no-progress"]) == 2
     assert "stride must be between" in capsys.readouterr().err
+
+
+def _uniform_scene(path, width, height, colour):
+    from affine import Affine
+
+    data = np.broadcast_to(np.array(colour, dtype=np.uint8)[:, None, None], (3, height, width))
+    profile = dict(driver="GTiff", width=width, height=height, count=3, dtype="uint8", crs="EPSG:32630",
+                   transform=Affine(0.5, 0.0, 500000.0, 0.0, -0.5, 4500000.0))  # fmt: skip
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(data)
+    return path
+
+
+def test_uniform_scene_is_one_class_up_to_its_last_row_and_column(demo, tmp_path):
+    """Every pixel the same colour: every window sees the same picture, so the whole map is one class, the last
+    rows and columns included (windows past the edge used to see black padding there and paint a rim)."""
+    from modeling_rsmclip.geo import segment_scene
+    from modeling_rsmclip.geo.naclip import dense_logits
+    from modeling_rsmclip.geo.zero_shot import pixel_values
+    from modeling_rsmclip.inference import class_embeddings
+
+    model, processor = demo
+    colour = (40, 90, 160)
+    path = _uniform_scene(tmp_path / "uniform.tif", 500, 420, colour)  # 224 px windows: 4 x 3, 2 clamped
+    result = segment_scene(path, LABELS, model=model, processor=processor, window=224, progress=False)
+    # The class of one 224 px window of that colour, on its own.
+    window = np.broadcast_to(np.array(colour, dtype=np.uint8), (224, 224, 3)).copy()
+    with torch.no_grad():
+        alone = dense_logits(
+            model,
+            pixel_values(processor, [window]),
+            torch.from_numpy(class_embeddings(model, processor, LABELS)).float(),
+        )
+    expected = int(alone[0].mean(dim=(1, 2)).argmax())
+    assert result.windows == 4 * 3 and result.skipped_windows == 0
+    assert (result.class_map == expected).all()
+    assert (result.class_map[-1] == expected).all() and (result.class_map[:, -1] == expected).all()
+    assert result.pixels_per_class[LABELS[expected]] == 500 * 420
+
+    # A scene smaller than the window: the window shrinks to the scene's shorter side (and the stride with it).
+    small = _uniform_scene(tmp_path / "small.tif", 150, 100, colour)
+    result = segment_scene(small, LABELS, model=model, processor=processor, window=224, progress=False)
+    assert (result.window, result.stride, result.windows) == (100, 50, 2)
+    assert result.class_map.shape == (100, 150) and (result.class_map == expected).all()
+
+
+def _seam_metrics(logits, valid, xs, ys):
+    """Mean absolute logit step and share of class changes between neighbouring pixels that straddle a window
+    border (columns ``xs``, rows ``ys``), each divided by the same figure between the other neighbours: 1 = no
+    seam."""
+    classes = logits.argmax(0)
+    sums = {"logit_step": np.zeros(4), "class_change": np.zeros(4)}  # border sum, count, other sum, count
+    for axis, borders in ((1, xs), (0, ys)):
+        both = (valid[:, 1:] & valid[:, :-1]) if axis == 1 else (valid[1:] & valid[:-1])
+        at = np.zeros(valid.shape[axis] - 1, dtype=bool)
+        at[[b - 1 for b in borders if 0 < b < valid.shape[axis]]] = True
+        at = at[None, :] if axis == 1 else at[:, None]
+        steps = {
+            "logit_step": np.abs(np.diff(logits, axis=axis + 1)).mean(0),
+            "class_change": (np.diff(classes, axis=axis) != 0).astype(np.float64),
+        }
+        for name, step in steps.items():
+            sums[name] += [
+                step[both & at].sum(),
+                (both & at).sum(),
+                step[both & ~at].sum(),
+                (both & ~at).sum(),
+            ]
+    return {name: (v[0] / v[1]) / (v[2] / v[3]) for name, v in sums.items()}
+
+
+def test_window_seams_disappear_on_the_drone_scene(geo, demo):
+    """The drone orthomosaic (686 x 758 px), 224 px windows every 112 px. Before: a regular grid padded past the
+    edge and a plain average of the windows' logits; the logits jump where a window starts or ends (22.7x the
+    step elsewhere; class changes 17x as frequent). After: windows inside the scene and raised-cosine blending:
+    the steps at window borders are those elsewhere (ratio about 1)."""
+    import torch.nn.functional as F
+
+    from modeling_rsmclip.geo.naclip import WindowStitcher, dense_logits
+    from modeling_rsmclip.geo.raster import RasterReader
+    from modeling_rsmclip.geo.tiling import TileGrid
+    from modeling_rsmclip.geo.zero_shot import pixel_values
+    from modeling_rsmclip.inference import class_embeddings
+
+    model, processor = demo
+    labels = ["rice field", "road", "building", "trees", "water"]
+    text = torch.from_numpy(class_embeddings(model, processor, labels)).float()
+    with RasterReader(geo / "aerial" / "drone_orthomosaic_rgba.tif") as reader:
+        height, width = reader.height, reader.width
+        stitcher = WindowStitcher(reader, model, processor, text, 224, 112, batch_size=16)
+        strips = list(stitcher)
+        after = torch.cat([s.logits for s in strips], dim=1).numpy()
+        valid = np.concatenate([s.valid for s in strips])
+        borders_after = (
+            {x for left in stitcher.lefts for x in (left, left + 224)},
+            {y for top in stitcher.tops for y in (top, top + 224)},
+        )
+        # Before, as the scene was stitched: the grid's windows padded past the edge, averaged with equal weight.
+        grid = TileGrid(width, height, 224, overlap=112)
+        reads = [reader.read_rgb(w) for w in grid.windows()]
+        with torch.no_grad():
+            dense = dense_logits(model, pixel_values(processor, [rgb for rgb, _ in reads]), text)
+    total = torch.zeros(len(labels), grid.n_rows * 112 + 112, grid.n_cols * 112 + 112)
+    count = torch.zeros(total.shape[1:])
+    for (col, row, _, _), (_, ok), coarse in zip(grid.windows(), reads, dense):
+        if ok.any():
+            total[:, row : row + 224, col : col + 224] += F.interpolate(
+                coarse[None], size=(224, 224), mode="bilinear"
+            )[0]
+            count[row : row + 224, col : col + 224] += 1
+    before = (total / count.clamp_min(1))[:, :height, :width].numpy()
+    borders_before = ({c for c, *_ in grid.windows()} | {c + 224 for c, *_ in grid.windows()},
+                      {r for _, r, *_ in grid.windows()} | {r + 224 for _, r, *_ in grid.windows()})  # fmt: skip
+
+    seams_before = _seam_metrics(before, valid, *borders_before)
+    seams_after = _seam_metrics(after, valid, *borders_after)
+    assert stitcher.skipped == 0 and valid.sum() == int((_alpha(geo) > 0).sum())
+    assert seams_before["logit_step"] > 10 and seams_before["class_change"] > 5
+    assert seams_after["logit_step"] < 1.2 and seams_after["class_change"] < 1.2
+
+
+def _alpha(geo):
+    with rasterio.open(geo / "aerial" / "drone_orthomosaic_rgba.tif") as src:
+        return src.read(4)
+
+
+def test_logits_of_a_scene_that_fits_one_window_equal_naclip_by_hand(geo, demo, tmp_path):
+    """A 224 px crop of the Colorado aerial photo, one 224 px window: the stitched per-pixel logits are NACLIP's
+    patch-label cosines upsampled bilinearly, computed here from the model's hidden states and text features."""
+    import torch.nn.functional as F
+
+    from modeling_rsmclip.geo.naclip import WindowStitcher
+    from modeling_rsmclip.geo.raster import RasterReader
+    from modeling_rsmclip.templates import PROMPT_TEMPLATES
+
+    model, processor = demo
+    path = _crop(geo / "aerial" / "colorado_0.15m.tif", tmp_path / "colorado.tif", 100, 4, 224, 224)
+    with rasterio.open(path) as src:
+        rgb = np.moveaxis(src.read(), 0, -1)  # uint8 RGB, no nodata: the picture as is
+    with torch.no_grad():
+        # Class embeddings: every English template, normalised, averaged, normalised.
+        classes = []
+        for label in LABELS:
+            prompts = [t.format(label) for t in PROMPT_TEMPLATES["en"]]
+            tokens = processor(text=prompts, padding=True, return_tensors="pt")
+            embeds = model.get_text_features(
+                input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"]
+            ).pooler_output
+            classes.append(F.normalize(F.normalize(embeds, dim=-1).mean(0), dim=0))
+        text = torch.stack(classes)
+        # NACLIP's last block on the hidden states entering it: key-key attention plus the Gaussian neighbourhood
+        # (std 5 patches, nothing for the CLS token), no residual, no feed-forward.
+        pixels = processor.image_processor(images=[rgb], return_tensors="pt")["pixel_values"]
+        vision = model.vision_model
+        hidden = vision(pixel_values=pixels, output_hidden_states=True).hidden_states[-2]
+        layer = vision.encoder.layers[-1]
+        heads = layer.self_attn.num_heads
+        x = layer.layer_norm1(hidden)
+        tokens, dim = x.shape[1], x.shape[2]
+        side = math.isqrt(tokens - 1)
+        keys = layer.self_attn.k_proj(x).view(1, tokens, heads, dim // heads).transpose(1, 2)
+        values = layer.self_attn.v_proj(x).view(1, tokens, heads, dim // heads).transpose(1, 2)
+        ij = torch.tensor([divmod(p, side) for p in range(side * side)], dtype=torch.float32)
+        gauss = torch.zeros(tokens, tokens)
+        gauss[1:, 1:] = torch.exp(-((ij[:, None] - ij[None]) ** 2).sum(-1) / (2 * 5.0**2))
+        attention = torch.softmax(keys @ keys.transpose(-1, -2) / math.sqrt(dim // heads) + gauss, dim=-1)
+        out = layer.self_attn.out_proj((attention @ values).transpose(1, 2).reshape(1, tokens, dim))
+        patches = F.normalize(model.visual_projection(vision.post_layernorm(out[0, 1:])), dim=-1)
+        coarse = (patches @ text.T).T.reshape(1, len(LABELS), side, side)
+        expected = F.interpolate(coarse, size=(224, 224), mode="bilinear", align_corners=False)[0]
+        with RasterReader(path) as reader:
+            strips = list(WindowStitcher(reader, model, processor, text, 224))
+    got = torch.cat([s.logits for s in strips], dim=1)
+    assert got.shape == (len(LABELS), 224, 224) and np.concatenate([s.valid for s in strips]).all()
+    assert torch.allclose(got, expected, atol=1e-5), float((got - expected).abs().max())

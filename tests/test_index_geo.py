@@ -146,3 +146,42 @@ def test_search_bbox_filter_and_geojson(scene_index, tmp_path, capsys) -> None:
     assert all(
         f["geometry"]["coordinates"][0][0] == f["geometry"]["coordinates"][0][-1] for f in written["features"]
     )
+
+
+def test_index_tiles_follow_the_maps_rule_for_the_edge(tmp_path) -> None:
+    """The index reads a scene's tiles as `rsmclip map` does (one rule, `geo.tiling`): the same pixels (edge tiles
+    moved back inside the scene), the same valid fraction (counted inside the scene) and the same skips. A 700 x
+    500 px scene of random pixels, cut into 224 px tiles, has edge tiles in its last column and row, and a block
+    of nodata in its bottom-right corner."""
+    from modeling_rsmclip.geo.raster import RasterReader
+    from modeling_rsmclip.geo.tiling import iter_tiles
+    from modeling_rsmclip.index.sources import SourceOptions, list_scene_tiles, read_item
+
+    rng = np.random.default_rng(0)
+    data = rng.integers(1, 256, size=(3, 500, 700), dtype=np.uint8)
+    data[:, 300:, 500:] = 0  # nodata
+    path = tmp_path / "scene.tif"
+    profile = {"driver": "GTiff", "width": 700, "height": 500, "count": 3, "dtype": "uint8", "nodata": 0,
+               "crs": "EPSG:4326", "transform": rasterio.transform.Affine(STEP, 0, WEST, 0, -STEP, NORTH)}  # fmt: skip
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(data)
+    options = SourceOptions(tile_size=224, min_valid=0.5)
+    items = list_scene_tiles(path, options, scene_id="scene")
+    results = [read_item(item, options) for item in items]
+    with RasterReader(path) as reader:
+        tiles = iter_tiles(reader, 224, min_valid=0.5)
+        kept = {t.index: t for t in tiles}
+    assert len(items) == len(tiles.grid) == 4 * 3
+    assert [item.window for item in items] == list(tiles.grid.windows())
+    # Hand computation: the valid share of each tile's part inside the scene.
+    valid = (data != 0).all(axis=0)
+    expected = [valid[r : r + 224, c : c + 224].mean() for c, r, _, _ in tiles.grid.windows()]
+    assert [r.valid_fraction for r in results] == pytest.approx(expected)
+    assert [r.valid_fraction for r in results] == pytest.approx([tiles.valid_fractions[i] for i in range(12)])
+    skipped = [i for i, r in enumerate(results) if r.error == "nodata"]
+    assert skipped == tiles.skipped == [i for i, f in enumerate(expected) if f < 0.5] == [6, 7, 10, 11]
+    for index, tile in kept.items():
+        np.testing.assert_array_equal(results[index].image, tile.rgb)
+    # The bottom-left tile's grid window reaches 172 rows past the edge; it is read from row 500 - 224 = 276.
+    np.testing.assert_array_equal(results[8].image, np.moveaxis(data[:, 276:500, 0:224], 0, -1))
+    assert results[8].valid_fraction == 1.0

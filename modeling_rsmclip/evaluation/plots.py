@@ -1,18 +1,17 @@
 """PNG plots of evaluation results (matplotlib, Agg backend).
 
 Texts in scripts that the installed fonts cannot draw (e.g. Chinese or Korean on a machine with only DejaVu fonts)
-do not break a plot: the fonts that have the glyphs are used as fallbacks when they exist, and characters that no
-installed font has are drawn as a placeholder box, with a warning naming the languages affected.
+do not break a plot: the fonts that have the glyphs are used as fallbacks when they exist (`fonts.check_glyphs`),
+and characters that no installed font has are drawn as a placeholder box, with a warning naming the texts affected.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import textwrap
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,57 +21,17 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from matplotlib import font_manager  # noqa: E402
 
 from .embed import ImageSource  # noqa: E402
+from .fonts import (  # noqa: E402, F401  (font_plan, displayable, PLACEHOLDER, _font_coverage: re-exported)
+    PLACEHOLDER,
+    _font_coverage,
+    check_glyphs,
+    displayable,
+    font_plan,
+)
 
 logger = logging.getLogger(__name__)
-
-BASE_FONT = "DejaVu Sans"
-PLACEHOLDER = "\u25a1"  # white square, present in DejaVu Sans
-
-
-# ------------------------------------------------------------------------------------------------------- fonts
-@functools.lru_cache(maxsize=1)
-def _font_coverage() -> tuple[tuple[str, frozenset[int]], ...]:
-    """(family name, code points) of every font matplotlib knows, base font first."""
-    from fontTools.ttLib import TTFont
-
-    fonts: dict[str, frozenset[int]] = {}
-    for entry in font_manager.fontManager.ttflist:
-        # "Last Resort" fonts map every code point to a generic block symbol: they do not draw the text.
-        if entry.name in fonts or entry.name.startswith("Last Resort"):
-            continue
-        try:
-            with TTFont(entry.fname, fontNumber=0, lazy=True) as font:
-                cmap = font.getBestCmap() or {}
-        except Exception as err:  # an unreadable font file must not break plotting
-            logger.debug("skipping font %s: %s", entry.fname, err)
-            continue
-        fonts[entry.name] = frozenset(cmap)
-    ordered = sorted(fonts.items(), key=lambda item: item[0] != BASE_FONT)
-    return tuple(ordered)
-
-
-def font_plan(texts: Iterable[str]) -> tuple[list[str], set[str]]:
-    """Font families (base first, then fallbacks) for ``texts``, and the characters no installed font has."""
-    needed = {ord(c) for text in texts for c in text if not c.isspace()}
-    coverage = _font_coverage()
-    base = dict(coverage).get(BASE_FONT, frozenset())
-    families = [BASE_FONT]
-    uncovered = needed - base
-    for name, points in coverage:
-        if not uncovered:
-            break
-        if name != BASE_FONT and uncovered & points:
-            families.append(name)
-            uncovered -= points
-    return families, {chr(p) for p in uncovered}
-
-
-def displayable(text: str, missing: set[str]) -> str:
-    """``text`` with the characters no font can draw replaced by a placeholder."""
-    return "".join(PLACEHOLDER if c in missing else c for c in text)
 
 
 def _save(fig: Any, path: str | os.PathLike) -> Path:
@@ -122,7 +81,8 @@ def plot_confusion_matrix(
     support = counts.sum(axis=1, keepdims=True)
     shares = np.divide(counts, support, out=np.zeros(counts.shape, dtype=np.float64), where=support > 0)
     n = len(class_names)
-    families, missing = font_plan(list(class_names) + [title])
+    glyphs = check_glyphs([*class_names, title], what="class names", where=path)
+    families, missing = glyphs.families, glyphs.missing
     size = max(4.5, 0.42 * n + 2.5)
     with plt.rc_context({"font.family": families}), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Glyph .* missing from")
@@ -159,17 +119,8 @@ def plot_retrieval_grid(
     if not queries:
         raise ValueError("no queries to plot")
     top_k = max(len(q["top_indices"]) for q in queries)
-    families, missing = font_plan([q["text"] for q in queries] + [title])
-    if missing:
-        langs = sorted({q["language"] for q in queries if set(q["text"]) & missing})
-        logger.warning(
-            "no installed font has %d character(s) of the %s queries; they are drawn as %s in %s "
-            "(install e.g. Noto Sans CJK to see them)",
-            len(missing),
-            ", ".join(langs),
-            PLACEHOLDER,
-            path,
-        )
+    glyphs = check_glyphs([q["text"] for q in queries] + [title], what="queries", where=path)
+    families, missing = glyphs.families, glyphs.missing
     thumbs: dict[int, Any] = {}
     with plt.rc_context({"font.family": families}), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Glyph .* missing from")

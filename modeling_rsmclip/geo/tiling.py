@@ -1,11 +1,22 @@
 """Tiling of a raster: a regular grid of square windows with overlap, in a fixed order.
 
 `TileGrid` knows its length up front and its windows in row-major order, so a tile index is a stable key (for
-resuming, sharding, and the cells of a tile-resolution output grid). The last row and column may reach past the
-raster's edge: those pixels are read as invalid (see `RasterReader.read_bands`), which keeps the grid regular.
+resuming, sharding, and the cells of a tile-resolution output grid). The last row and column of the grid may reach
+past the raster's edge, which keeps the grid regular.
 
-`iter_tiles` reads the tiles of a `RasterReader` one at a time (memory = one tile), skips tiles whose valid fraction
-is below ``min_valid`` and lists them in ``skipped``, and gives each tile its footprint in the raster CRS and lon/lat.
+One rule for the edge, used by the maps and the archive index alike (`read_tile_pixels`, `keep_tile`):
+
+- A tile is its grid window; its **area** is the part of that window inside the raster (its footprint, the cell
+  it stands for).
+- Its pixels are read from its **read window**: the grid window moved back inside the raster at the right and
+  bottom edges (`clamp_window`), so the model sees a whole tile of the scene, not a sliver padded with black. Only
+  a raster smaller than the tile is padded (with invalid pixels).
+- Its **valid fraction** is the share of valid pixels (GDAL mask: nodata, alpha, internal masks; finite values)
+  in its area: the raster's edge is not nodata.
+- A tile is kept when that fraction is at least ``min_valid`` and above zero; the others are skipped and counted.
+
+`iter_tiles` reads the tiles of a `RasterReader` one at a time (memory = one tile), skips tiles by that rule and
+lists them in ``skipped``, and gives each tile its footprint in the raster CRS and lon/lat.
 """
 
 from __future__ import annotations
@@ -14,7 +25,7 @@ import math
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -50,6 +61,46 @@ def length_to_pixels(value: int | float | str, reader: RasterReader | None = Non
         )
     pixel_metres = reader.pixel_size[0] * factor
     return max(1, int(round(amount / pixel_metres)))
+
+
+def clamp_window(window: tuple[int, int, int, int], width: int, height: int) -> tuple[int, int, int, int]:
+    """``window`` (col_off, row_off, width, height) moved back inside a ``width`` x ``height`` raster, same size
+    (so it still contains the window's part inside the raster):
+    along an axis where the raster is at least as long as the window, the window ends at the raster's edge at the
+    latest; along a shorter axis it starts at 0 (and reaches past the edge)."""
+    col, row, w, h = window
+
+    def inside(offset: int, size: int, extent: int) -> int:
+        return max(0, min(offset, extent - size)) if extent >= size else 0
+
+    return inside(col, w, width), inside(row, h, height), w, h
+
+
+def keep_tile(fraction: float, min_valid: float) -> bool:
+    """The one skip rule: a tile is used when its valid fraction is at least ``min_valid`` and above zero."""
+    return fraction > 0.0 and fraction >= min_valid
+
+
+class TilePixels(NamedTuple):
+    """A tile as read: ``rgb`` (uint8 HxWx3) and ``valid`` (HxW) of ``read_window``, and the tile's valid
+    fraction (share of valid pixels in the part of its grid window inside the raster)."""
+
+    rgb: np.ndarray
+    valid: np.ndarray
+    valid_fraction: float
+    read_window: tuple[int, int, int, int]
+
+
+def read_tile_pixels(reader: RasterReader, window: tuple[int, int, int, int]) -> TilePixels:
+    """The pixels of the tile with grid window ``window``, by the module's rule for the edge."""
+    read = clamp_window(tuple(int(v) for v in window), reader.width, reader.height)
+    rgb, valid = reader.read_rgb(read)
+    inside = reader.clip_window(window)
+    if inside is None:
+        return TilePixels(rgb, valid, 0.0, read)
+    col, row, width, height = inside
+    area = valid[row - read[1] : row - read[1] + height, col - read[0] : col - read[0] + width]
+    return TilePixels(rgb, valid, float(area.mean()), read)
 
 
 @dataclass(frozen=True)
@@ -105,6 +156,13 @@ class TileGrid:
     def windows(self) -> list[tuple[int, int, int, int]]:
         return [self.window(i) for i in range(len(self))]
 
+    def read_window(self, index: int) -> tuple[int, int, int, int]:
+        """The pixels tile ``index`` is read from: its window moved back inside the raster (`clamp_window`)."""
+        return clamp_window(self.window(index), self.width, self.height)
+
+    def read_windows(self) -> list[tuple[int, int, int, int]]:
+        return [self.read_window(i) for i in range(len(self))]
+
     def __iter__(self) -> Iterator[tuple[int, int, int, int]]:
         return (self.window(i) for i in range(len(self)))
 
@@ -119,13 +177,16 @@ class TileGrid:
 
 @dataclass
 class Tile:
-    """One tile read from a raster (see module doc). ``window`` is the grid window; ``bounds`` and the footprints
-    cover its part inside the raster."""
+    """One tile read from a raster (see module doc). ``window`` is the grid window (the tile's cell); ``bounds`` and
+    the footprints cover its part inside the raster, and ``valid_fraction`` is measured there. ``rgb`` and ``valid``
+    are the pixels of ``read_window`` (the grid window moved inside the raster at the right and bottom edges), and
+    ``transform`` is that window's geotransform."""
 
     index: int
     row: int
     col: int
     window: tuple[int, int, int, int]
+    read_window: tuple[int, int, int, int]
     rgb: np.ndarray
     valid: np.ndarray
     valid_fraction: float
@@ -138,6 +199,7 @@ class Tile:
     def geojson_feature(self, properties: dict[str, Any] | None = None) -> dict[str, Any]:
         """A GeoJSON Feature (lon/lat, RFC 7946) of the tile's footprint."""
         props = {"tile": self.index, "row": self.row, "col": self.col, "window": list(self.window)}
+        props["read_window"] = list(self.read_window)
         props["valid_fraction"] = round(self.valid_fraction, 4)
         props.update(properties or {})
         geometry = (
@@ -151,7 +213,9 @@ class Tile:
 
 @dataclass
 class TileIterator:
-    """Iterates the tiles of a grid over a reader; ``skipped`` lists the indices of mostly-nodata tiles."""
+    """Iterates the tiles of a grid over a reader; ``skipped`` lists the indices of mostly-nodata tiles (valid
+    fraction below ``min_valid``, see `keep_tile`) and ``valid_fractions`` the valid fraction of every tile read,
+    skipped or not."""
 
     reader: RasterReader
     grid: TileGrid
@@ -159,6 +223,7 @@ class TileIterator:
     progress: bool = False
     indices: Sequence[int] | None = None
     skipped: list[int] = field(default_factory=list)
+    valid_fractions: dict[int, float] = field(default_factory=dict)
     n_yielded: int = 0
 
     def __len__(self) -> int:
@@ -179,24 +244,30 @@ class TileIterator:
 
     def __iter__(self) -> Iterator[Tile]:
         self.skipped.clear()
+        self.valid_fractions.clear()
         self.n_yielded = 0
         indices = self.indices if self.indices is not None else range(len(self.grid))
         for index in tqdm(indices, desc="tiles", unit="tile", disable=not self.progress):
-            tile = read_tile(self.reader, self.grid, index, self.min_valid)
-            if tile is None:
+            pixels = read_tile_pixels(self.reader, self.grid.window(index))
+            self.valid_fractions[index] = pixels.valid_fraction
+            if not keep_tile(pixels.valid_fraction, self.min_valid):
                 self.skipped.append(index)
                 continue
             self.n_yielded += 1
-            yield tile
+            yield _tile(self.reader, self.grid, index, pixels)
 
 
 def read_tile(reader: RasterReader, grid: TileGrid, index: int, min_valid: float = 0.0) -> Tile | None:
-    """Tile ``index`` of ``grid``, or None when its valid fraction is below ``min_valid`` (or zero)."""
-    window = grid.window(index)
-    rgb, valid = reader.read_rgb(window)
-    fraction = float(valid.mean())
-    if fraction == 0.0 or fraction < min_valid:
+    """Tile ``index`` of ``grid``, or None when its valid fraction is below ``min_valid`` (or zero): the module's
+    rule for the edge."""
+    pixels = read_tile_pixels(reader, grid.window(index))
+    if not keep_tile(pixels.valid_fraction, min_valid):
         return None
+    return _tile(reader, grid, index, pixels)
+
+
+def _tile(reader: RasterReader, grid: TileGrid, index: int, pixels: TilePixels) -> Tile:
+    window = grid.window(index)
     inside = reader.clip_window(window) or window
     ring = reader.window_footprint(inside)
     bounds = reader.window_bounds(inside)
@@ -206,14 +277,15 @@ def read_tile(reader: RasterReader, grid: TileGrid, index: int, min_valid: float
         row=row,
         col=col,
         window=window,
-        rgb=rgb,
-        valid=valid,
-        valid_fraction=fraction,
+        read_window=pixels.read_window,
+        rgb=pixels.rgb,
+        valid=pixels.valid,
+        valid_fraction=pixels.valid_fraction,
         bounds=bounds,
         footprint=ring,
         footprint_lonlat=reader.to_lonlat_polygon(ring),
         bbox_lonlat=reader.to_lonlat_bounds(bounds),
-        transform=reader.window_transform(window),
+        transform=reader.window_transform(pixels.read_window),
     )
 
 
@@ -236,4 +308,16 @@ def iter_tiles(
     return TileIterator(reader, grid, min_valid, progress, indices)
 
 
-__all__ = ["Tile", "TileGrid", "TileIterator", "iter_tiles", "length_to_pixels", "parse_length", "read_tile"]
+__all__ = [
+    "Tile",
+    "TileGrid",
+    "TileIterator",
+    "TilePixels",
+    "clamp_window",
+    "iter_tiles",
+    "keep_tile",
+    "length_to_pixels",
+    "parse_length",
+    "read_tile",
+    "read_tile_pixels",
+]

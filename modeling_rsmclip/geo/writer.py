@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -71,17 +71,23 @@ def write_tile_geotiff(
     crs: Any,
     labels: Sequence[str],
     language: str,
+    valid_fraction: np.ndarray | None = None,
 ) -> Path:
-    """Two float32 bands at tile resolution: 1 = class id, 2 = top-1 probability; nodata -1 (skipped tiles)."""
+    """Float32 bands at tile resolution: 1 = class id, 2 = top-1 probability (both nodata -1 on skipped tiles),
+    3 = valid fraction of the tile (skipped tiles included; -1 where unknown)."""
     rasterio = require_rasterio()
+    if valid_fraction is None:
+        valid_fraction = np.full(class_ids.shape, np.nan, dtype=np.float32)
     data = np.stack([class_ids.astype(np.float32), np.nan_to_num(top1, nan=TILE_NODATA).astype(np.float32)])
     data[:, class_ids < 0] = TILE_NODATA
+    fraction = np.nan_to_num(valid_fraction, nan=TILE_NODATA).astype(np.float32)
+    data = np.concatenate([data, fraction[None]])
     profile = {
         "driver": "GTiff",
         "compress": "deflate",
         "width": class_ids.shape[1],
         "height": class_ids.shape[0],
-        "count": 2,
+        "count": 3,
         "dtype": "float32",
         "crs": crs,
         "transform": transform,
@@ -91,6 +97,7 @@ def write_tile_geotiff(
         out.write(data)
         out.set_band_description(1, "class_id")
         out.set_band_description(2, "top1_probability")
+        out.set_band_description(3, "valid_fraction")
         out.update_tags(**_tags(labels, language))
     return path
 
@@ -167,6 +174,30 @@ def write_geojson(path: Path, collection: dict[str, Any]) -> Path:
     return path
 
 
+def legend_path(png: Path) -> Path:
+    """Where `render_overlay` writes the id -> label table beside ``png`` when the labels cannot be drawn."""
+    return png.with_name(f"{png.stem}.legend.json")
+
+
+def legend_entries(
+    labels: Sequence[str], counts: Sequence[int], can_draw: Callable[[str], bool]
+) -> tuple[list[str], bool]:
+    """The overlay's legend texts, and whether they fall back to class ids.
+
+    Each entry is ``label (share%)``. When a label cannot be drawn (no installed font has its characters), every
+    entry starts with its class id (the value in the GeoTIFF, ``CLASS_<id>`` in its tags) and the undrawable labels
+    are left out: ``"0 (45.0%)"``, ``"1 forest (30.0%)"``; the id -> label table is written beside the PNG."""
+    total = max(1, sum(counts))
+    shares = [f"({100.0 * n / total:.1f}%)" for n in counts]
+    if all(can_draw(label) for label in labels):
+        return [f"{label} {share}" for label, share in zip(labels, shares)], False
+    entries = [
+        f"{i} {label} {share}" if can_draw(label) else f"{i} {share}"
+        for i, (label, share) in enumerate(zip(labels, shares))
+    ]
+    return entries, True
+
+
 def render_overlay(
     path: Path,
     preview: np.ndarray,
@@ -176,15 +207,21 @@ def render_overlay(
     title: str,
     alpha: float = 0.45,
     counts: Sequence[int] | None = None,
+    fonts: Sequence[str] | None = None,
 ) -> Path:
-    """The scene preview with each class's colour blended over it and a legend (label, share of the map)."""
+    """The scene preview with each class's colour blended over it and a legend (label, share of the map).
+
+    Labels are drawn with an installed font that has their characters (`evaluation.fonts.check_glyphs`). When no
+    font has them (Chinese or Korean labels on a machine without a CJK font), a warning names them, the legend gives
+    class ids instead (`legend_entries`) and ``<png stem>.legend.json`` beside the PNG maps each id to its label and
+    colour. ``fonts`` restricts the font families to choose from (default: every installed font)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch
 
-    from ..evaluation.plots import displayable, font_plan
+    from ..evaluation.fonts import check_glyphs, displayable, font_plan
 
     if classes.shape != preview.shape[:2]:
         raise ValueError(f"class map {classes.shape} and preview {preview.shape[:2]} differ in size")
@@ -194,10 +231,18 @@ def render_overlay(
     blended = image.copy()
     blended[has_class] = (1 - alpha) * image[has_class] + alpha * colours[classes[has_class]]
     blended[~preview_valid] = 255.0  # nodata shown white
-    families, missing = font_plan([*labels, title])
+    legend_file = legend_path(path)
+    glyphs = check_glyphs(
+        labels,
+        what="class labels",
+        where=path,
+        fonts=fonts,
+        fallback=f"the legend gives class ids instead, and {legend_file.name} maps them to the labels",
+    )
     if counts is None:
         counts = [int((classes == i).sum()) for i in range(len(labels))]
-    total = max(1, sum(counts))
+    entries, by_id = legend_entries(labels, counts, glyphs.can_draw)
+    families, missing = font_plan([*labels, title], fonts)
     height, width = classes.shape
     fig_w = 8.0
     fig_h = max(3.0, fig_w * height / width * 0.8 + 0.6)
@@ -205,24 +250,29 @@ def render_overlay(
     ax.imshow(blended.astype(np.uint8), interpolation="nearest")
     ax.set_axis_off()
     ax.set_title(displayable(title, missing), fontfamily=families, fontsize=10)
-    handles = [
-        Patch(
-            facecolor=np.array(class_colour(i)) / 255.0,
-            label=f"{displayable(label, missing)} ({100.0 * counts[i] / total:.1f}%)",
-        )
-        for i, label in enumerate(labels)
-    ]
+    handles = [Patch(facecolor=np.array(class_colour(i)) / 255.0, label=e) for i, e in enumerate(entries)]
     ax.legend(
         handles=handles,
         loc="upper left",
         bbox_to_anchor=(1.01, 1.0),
         frameon=False,
         prop={"family": families, "size": 9},
+        title=f"class id: see {legend_file.name}" if by_id else None,
+        title_fontsize=8,
     )
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
+    if by_id:
+        total = max(1, sum(counts))
+        table = [
+            {"id": i, "label": label, "colour": "#" + bytes(class_colour(i)).hex(), "share": n / total}
+            for i, (label, n) in enumerate(zip(labels, counts))
+        ]
+        legend_file.write_text(json.dumps(table, ensure_ascii=False, indent=2), encoding="utf-8")
+    else:  # a table from an earlier run in the same folder: this PNG has the labels
+        legend_file.unlink(missing_ok=True)
     return path
 
 
@@ -249,6 +299,7 @@ def write_classification(result: Any, reader: RasterReader, out_dir: Path) -> di
             result.crs,
             result.labels,
             result.language,
+            result.valid_fraction,
         ),
         "geojson": write_geojson(out_dir / "tiles.geojson", result.geojson),
     }
@@ -264,6 +315,8 @@ def write_classification(result: Any, reader: RasterReader, out_dir: Path) -> di
         f"{Path(result.scene).name}: zero-shot class per {result.grid.size}px tile ({result.language})",
         counts=counts,
     )
+    if legend_path(files["overlay"]).exists():
+        files["legend"] = legend_path(files["overlay"])
     summary = out_dir / "summary.json"
     files["summary"] = summary
     data = result.summary()
@@ -286,6 +339,8 @@ __all__ = [
     "PALETTE",
     "TILE_NODATA",
     "class_colour",
+    "legend_entries",
+    "legend_path",
     "read_class_map_preview",
     "render_overlay",
     "write_classification",

@@ -57,8 +57,10 @@ class SceneClassification:
     """Zero-shot class per tile of a scene.
 
     ``class_ids`` ``(n_rows, n_cols)`` int (-1 = tile skipped as mostly nodata), ``probabilities``
-    ``(n_rows, n_cols, n_labels)`` float32 (NaN when skipped), ``transform`` the geotransform of that tile-resolution
-    grid in ``crs``, ``geojson`` a FeatureCollection (lon/lat) of the classified tiles, ``files`` the written outputs.
+    ``(n_rows, n_cols, n_labels)`` float32 (NaN when skipped), ``valid_fraction`` ``(n_rows, n_cols)`` float32 (the
+    share of valid pixels of each tile inside the scene, skipped tiles included: see `geo.tiling`'s rule for the
+    edge), ``transform`` the geotransform of that tile-resolution grid in ``crs``, ``geojson`` a FeatureCollection
+    (lon/lat) of the classified tiles, ``files`` the written outputs.
     """
 
     scene: Path
@@ -72,6 +74,8 @@ class SceneClassification:
     geojson: dict[str, Any]
     skipped: list[int]
     bands: str
+    valid_fraction: np.ndarray | None = None
+    min_valid: float = 0.5
     files: dict[str, Path] = field(default_factory=dict)
 
     @property
@@ -89,11 +93,22 @@ class SceneClassification:
             "tiles": len(self.grid),
             "tile_size": self.grid.size,
             "overlap": self.grid.overlap,
+            "classified": int((self.class_ids >= 0).sum()),
             "skipped_mostly_nodata": len(self.skipped),
+            "min_valid": self.min_valid,
+            "skipped_tiles": list(self.skipped),
             "tiles_per_class": counts,
             "bands": self.bands,
             "files": {k: str(v) for k, v in self.files.items()},
         }
+
+
+def _tile_values(grid: TileGrid, values: dict[int, float]) -> np.ndarray:
+    """``(n_rows, n_cols)`` float32 of per-tile values by tile index (NaN for tiles without one)."""
+    out = np.full((grid.n_rows, grid.n_cols), np.nan, dtype=np.float32)
+    for index, value in values.items():
+        out[grid.position(index)] = value
+    return out
 
 
 def _batched(iterable: Iterable[Any], size: int) -> Iterable[list[Any]]:
@@ -135,9 +150,11 @@ def classify_scene(
         model: a loaded `RSMCLIPModel` (then give ``processor``), a path / Hub id, or ``"demo"``.
         tile_size, overlap: pixels, or metres as ``"500m"``.
         preset, bands, stretch: band choice (see `geo.bands.resolve_preset`).
-        min_valid: tiles with a smaller valid fraction are skipped (and listed in ``skipped``).
-        output_dir: when given, writes ``classes.tif`` (band 1 class id, band 2 top-1 probability, nodata -1, the
-            scene's CRS, one pixel per tile), ``tiles.geojson`` and ``overlay.png`` there.
+        min_valid: tiles with a smaller valid fraction are skipped (and listed in ``skipped``). The fraction counts
+            the pixels inside the scene only, and edge tiles are read moved back inside the scene, so a scene with no
+            nodata has every tile classified (`geo.tiling`).
+        output_dir: when given, writes ``classes.tif`` (band 1 class id, band 2 top-1 probability, band 3 valid
+            fraction; nodata -1, the scene's CRS, one pixel per tile), ``tiles.geojson`` and ``overlay.png`` there.
         backend, precision: CPU inference backend, ``"torch"`` or ``"onnx"`` (ONNX Runtime) and ``"fp32"`` or
             ``"int8"`` (see `modeling_rsmclip.inference.load_encoder`).
     """
@@ -194,6 +211,8 @@ def classify_scene(
             geojson={"type": "FeatureCollection", "features": features},
             skipped=list(tiles.skipped),
             bands=reader.selection.describe(),
+            valid_fraction=_tile_values(grid, tiles.valid_fractions),
+            min_valid=min_valid,
         )
         if output_dir is not None:
             from .writer import write_classification

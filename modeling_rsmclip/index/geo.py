@@ -1,8 +1,8 @@
 """GeoTIFF scenes for the index: the tile grid, reading a tile as RGB with its valid mask, and its footprint.
 
 Everything goes through `modeling_rsmclip.geo` (`raster.RasterReader`: band presets, stretch, nodata/alpha masks,
-footprints from the geotransform; `tiling.TileGrid`: the fixed window order), so a tile of the index is the same
-tile as in `rsmclip map`.
+footprints from the geotransform; `tiling`: the fixed window order and the rule for the edge), so a tile of the
+index is the same tile as in `rsmclip map`: the same pixels, the same valid fraction, the same skip rule.
 """
 
 from __future__ import annotations
@@ -39,7 +39,8 @@ def open_scene(
 
 
 def tile_windows(width: int, height: int, size: int, overlap: int = 0) -> list[Window]:
-    """The tile windows of a ``width`` x ``height`` raster, in `geo.tiling.TileGrid`'s fixed order."""
+    """The tile windows of a ``width`` x ``height`` raster, in `geo.tiling.TileGrid`'s fixed order (a tile's key
+    and footprint; `read_window` reads an edge tile moved back inside the raster)."""
     if size is None or size < 1:
         raise ValueError(f"tile size must be a positive number of pixels, got {size}")
     if not 0 <= overlap < size:
@@ -70,10 +71,10 @@ def window_footprint(reader: Any, window: Window) -> tuple[Any, Any, Any, Any]:
 _READERS: dict[tuple[str, str | None, tuple[int, ...] | None], Any] = {}
 
 
-def read_window(
-    path: str, window: Window, preset: str | None = None, bands: list[int] | None = None
-) -> tuple[Any, Any]:
-    """``(rgb uint8 HxWx3, valid HxW bool)`` of one window; readers stay open per process (data-loader worker)."""
+def read_window(path: str, window: Window, preset: str | None = None, bands: list[int] | None = None) -> Any:
+    """The tile with grid window ``window`` as a `geo.tiling.TilePixels` (``rgb``, ``valid``, ``valid_fraction``,
+    ``read_window``), by `geo.tiling`'s rule for the edge: read moved back inside the raster, the fraction counted
+    on the tile's part inside it. Readers stay open per process (data-loader worker)."""
     key = (str(path), preset, tuple(bands) if bands is not None else None)
     reader = _READERS.get(key)
     if reader is None:
@@ -82,4 +83,6 @@ def read_window(
 
         reader = RasterReader(path, preset=preset, bands=bands).__enter__()
         _READERS[key] = reader
-    return reader.read_rgb(tuple(window))
+    from ..geo.tiling import read_tile_pixels
+
+    return read_tile_pixels(reader, _as_window(window))

@@ -199,8 +199,8 @@ def worklist_digest(items: Sequence[WorkItem]) -> str:
 def list_scene_tiles(path: Path, options: SourceOptions, scene_id: str) -> list[WorkItem]:
     """One item per tile of a GeoTIFF scene (fixed grid order), each with its footprint: ``bounds`` and
     ``footprint`` (closed ring of the corners, JSON) in the raster's CRS (``crs``), ``footprint_lonlat`` (GeoJSON
-    Polygon coordinates, JSON) and ``bbox`` (west, south, east, north) in lon/lat. Mostly-nodata tiles are found
-    when the tile is read."""
+    Polygon coordinates, JSON) and ``bbox`` (west, south, east, north) in lon/lat, of the part of the tile inside
+    the raster. Mostly-nodata tiles are found when the tile is read (`geo.tiling`'s rule for the edge)."""
     from .geo import open_scene, tile_windows, window_footprint
 
     scene_hash = file_sha256(path)
@@ -254,14 +254,18 @@ def read_item(
             content_hash = file_sha256(item.path)
             return ReadResult(_to_rgb(load_image_file(item.path), bands=options.bands), content_hash)
         if item.kind == "tile":
+            from ..geo.tiling import keep_tile
             from .geo import read_window
 
-            rgb, valid = read_window(item.path, item.window, preset=options.preset, bands=options.bands)
-            fraction = float(valid.mean()) if valid.size else 0.0
-            content_hash = hashlib.sha256(f"{item.scene_hash}@{item.window}".encode()).hexdigest()
-            if fraction < options.min_valid or fraction == 0.0:
+            pixels = read_window(item.path, item.window, preset=options.preset, bands=options.bands)
+            key = f"{item.scene_hash}@{item.window}"
+            if pixels.read_window != tuple(item.window):  # an edge tile, read moved inside the raster
+                key += f"<-{pixels.read_window}"
+            content_hash = hashlib.sha256(key.encode()).hexdigest()
+            fraction = pixels.valid_fraction
+            if not keep_tile(fraction, options.min_valid):
                 return ReadResult(None, content_hash, error="nodata", valid_fraction=fraction)
-            return ReadResult(rgb, content_hash, valid_fraction=fraction)
+            return ReadResult(pixels.rgb, content_hash, valid_fraction=fraction)
         if item.kind == "dataset":
             return _read_dataset_row(item, options, dataset_cache if dataset_cache is not None else {})
         raise ValueError(f"unknown item kind {item.kind!r}")
