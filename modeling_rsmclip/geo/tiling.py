@@ -6,6 +6,9 @@ raster's edge: those pixels are read as invalid (see `RasterReader.read_bands`),
 
 `iter_tiles` reads the tiles of a `RasterReader` one at a time (memory = one tile), skips tiles whose valid fraction
 is below ``min_valid`` and lists them in ``skipped``, and gives each tile its footprint in the raster CRS and lon/lat.
+With ``read_size`` (e.g. the model's 224 pixels), a tile larger than that is read at that size: from a COG, GDAL
+takes it from the overview whose resolution matches the tile's ground size, so a coarse tiling of a remote scene
+moves the overview's bytes, not the full-resolution ones.
 """
 
 from __future__ import annotations
@@ -158,6 +161,7 @@ class TileIterator:
     min_valid: float = 0.5
     progress: bool = False
     indices: Sequence[int] | None = None
+    read_size: int | None = None
     skipped: list[int] = field(default_factory=list)
     n_yielded: int = 0
 
@@ -182,7 +186,7 @@ class TileIterator:
         self.n_yielded = 0
         indices = self.indices if self.indices is not None else range(len(self.grid))
         for index in tqdm(indices, desc="tiles", unit="tile", disable=not self.progress):
-            tile = read_tile(self.reader, self.grid, index, self.min_valid)
+            tile = read_tile(self.reader, self.grid, index, self.min_valid, read_size=self.read_size)
             if tile is None:
                 self.skipped.append(index)
                 continue
@@ -190,10 +194,15 @@ class TileIterator:
             yield tile
 
 
-def read_tile(reader: RasterReader, grid: TileGrid, index: int, min_valid: float = 0.0) -> Tile | None:
-    """Tile ``index`` of ``grid``, or None when its valid fraction is below ``min_valid`` (or zero)."""
+def read_tile(
+    reader: RasterReader, grid: TileGrid, index: int, min_valid: float = 0.0, *, read_size: int | None = None
+) -> Tile | None:
+    """Tile ``index`` of ``grid``, or None when its valid fraction is below ``min_valid`` (or zero). With
+    ``read_size`` smaller than the tile, the tile is read at ``read_size`` x ``read_size`` pixels (from the matching
+    overview; ``transform`` is then that of the smaller pixels)."""
     window = grid.window(index)
-    rgb, valid = reader.read_rgb(window)
+    out_shape = (read_size, read_size) if read_size is not None and read_size < grid.size else None
+    rgb, valid = reader.read_rgb(window, out_shape)
     fraction = float(valid.mean())
     if fraction == 0.0 or fraction < min_valid:
         return None
@@ -213,7 +222,7 @@ def read_tile(reader: RasterReader, grid: TileGrid, index: int, min_valid: float
         footprint=ring,
         footprint_lonlat=reader.to_lonlat_polygon(ring),
         bbox_lonlat=reader.to_lonlat_bounds(bounds),
-        transform=reader.window_transform(window),
+        transform=reader.window_transform(window, out_shape),
     )
 
 
@@ -225,15 +234,19 @@ def iter_tiles(
     *,
     progress: bool = False,
     indices: Sequence[int] | None = None,
+    read_size: int | None = None,
 ) -> TileIterator:
     """Tiles of ``size`` (pixels, or ``"500m"``) with ``overlap`` over a reader, skipping tiles with a valid
-    fraction below ``min_valid``. The returned iterator's ``skipped`` / ``report()`` count the skipped tiles."""
+    fraction below ``min_valid``; each read at most ``read_size`` pixels a side (see the module doc). The returned
+    iterator's ``skipped`` / ``report()`` count the skipped tiles."""
     if not 0.0 <= min_valid <= 1.0:
         raise ValueError(f"min_valid is a fraction in 0..1, got {min_valid}")
+    if read_size is not None and read_size < 1:
+        raise ValueError(f"read_size must be a positive number of pixels, got {read_size}")
     grid = TileGrid(
         reader.width, reader.height, length_to_pixels(size, reader), length_to_pixels(overlap, reader)
     )
-    return TileIterator(reader, grid, min_valid, progress, indices)
+    return TileIterator(reader, grid, min_valid, progress, indices, read_size)
 
 
 __all__ = ["Tile", "TileGrid", "TileIterator", "iter_tiles", "length_to_pixels", "parse_length", "read_tile"]
