@@ -18,8 +18,10 @@ The fixtures are imported by ``conftest.py`` so that every test module shares on
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -38,6 +40,16 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: ask Linux to stop it when the test process dies (no orphaned web server)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
 
 
 def stac_api_missing() -> str | None:
@@ -149,6 +161,7 @@ class PgstacApi:
             "DB_MAX_CONN_SIZE": "4",
         }
         log = open(self.dir / "uvicorn.log", "wb")
+        atexit.register(self.stop)  # a session that dies without its teardown still stops PostgreSQL
         self.uvicorn = subprocess.Popen(
             [sys.executable, "-m", "uvicorn", "stac_fastapi.pgstac.app:create_app", "--factory"]
             + ["--host", "127.0.0.1", "--port", str(self.api_port), "--log-level", "warning"],
@@ -156,6 +169,7 @@ class PgstacApi:
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
+            preexec_fn=_die_with_parent,
         )
         log.close()
         deadline = time.monotonic() + 90
@@ -186,6 +200,7 @@ class PgstacApi:
         self.uvicorn = None
 
     def stop(self) -> None:
+        """Stop the web server and PostgreSQL and remove the cluster (idempotent)."""
         self.stop_api()
         if self._pg_started:
             subprocess.run(
@@ -204,6 +219,7 @@ class PgstacApi:
             )
             self._pg_started = False
         shutil.rmtree(self.dir, ignore_errors=True)
+        atexit.unregister(self.stop)
 
 
 # ------------------------------------------------------------------------------------------------- fixtures

@@ -141,7 +141,8 @@ class BandPreset:
     matches a layout by band count). ``rgb``: the band names shown as red, green, blue (for ``composite="sentinel1"``:
     the VV and VH bands). ``stretch=None``: uint8 as is, other types a 2-98 percentile stretch.
     ``common_names``: the same bands by their STAC (eo extension) common names, how catalogs label them whatever
-    their asset keys. ``scaling``: ``(scale, offset)`` from the digital numbers ``stretch`` is written for to
+    their asset keys; ``band_common_names`` the common name of each of the sensor's bands (for bands chosen by id,
+    e.g. ``B8`` = ``nir``, in a catalog that names them by common name). ``scaling``: ``(scale, offset)`` from the digital numbers ``stretch`` is written for to
     physical values (reflectance), so that a catalog declaring other ones gets the same picture (`rescale_stretch`).
     """
 
@@ -154,6 +155,7 @@ class BandPreset:
     aliases: dict[str, str] = field(default_factory=dict)
     common_names: tuple[str, ...] = ("red", "green", "blue")
     scaling: tuple[float, float] | None = None
+    band_common_names: dict[str, str] = field(default_factory=dict)
 
 
 _S2_L1C = ("B1", "B2", "B3", "B4", "B5", "B6", "B7", "B8", "B8A", "B9", "B10", "B11", "B12")
@@ -167,6 +169,32 @@ SENTINEL2_OFFSET = 1000.0
 SENTINEL2_STRETCH = Stretch.fixed(0.0, 3000.0)
 _LANDSAT_STRETCH = Stretch.fixed(7273.0, 18182.0)
 _LANDSAT_SCALING = (2.75e-5, -0.2)  # Collection 2 Level-2 surface reflectance
+# STAC eo common names of the bands (B5, B6, B7 of Sentinel-2 share "rededge": chosen by name only).
+_S2_COMMON = {
+    "B1": "coastal",
+    "B2": "blue",
+    "B3": "green",
+    "B4": "red",
+    "B8": "nir",
+    "B8A": "nir08",
+    "B9": "nir09",
+    "B10": "cirrus",
+    "B11": "swir16",
+    "B12": "swir22",
+}
+_LANDSAT_COMMON = {
+    "B1": "coastal",
+    "B2": "blue",
+    "B3": "green",
+    "B4": "red",
+    "B5": "nir08",
+    "B6": "swir16",
+    "B7": "swir22",
+    "B8": "pan",
+    "B9": "cirrus",
+    "B10": "lwir11",
+    "B11": "lwir12",
+}
 
 BAND_PRESETS: dict[str, BandPreset] = {
     "sentinel2": BandPreset(
@@ -176,6 +204,7 @@ BAND_PRESETS: dict[str, BandPreset] = {
         ("B4", "B3", "B2"),
         SENTINEL2_STRETCH,
         scaling=(1e-4, 0.0),
+        band_common_names=_S2_COMMON,
     ),
     "landsat8": BandPreset(
         "landsat8",
@@ -184,6 +213,7 @@ BAND_PRESETS: dict[str, BandPreset] = {
         ("B4", "B3", "B2"),
         _LANDSAT_STRETCH,
         scaling=_LANDSAT_SCALING,
+        band_common_names=_LANDSAT_COMMON,
     ),
     "landsat9": BandPreset(
         "landsat9",
@@ -192,6 +222,7 @@ BAND_PRESETS: dict[str, BandPreset] = {
         ("B4", "B3", "B2"),
         _LANDSAT_STRETCH,
         scaling=_LANDSAT_SCALING,
+        band_common_names=_LANDSAT_COMMON,
     ),
     "naip": BandPreset(
         "naip",
@@ -353,7 +384,9 @@ def rescale_stretch(
         raise ValueError(f"a band declares scale 0; scales: {list(scales)}")
     new_low = (low * nominal_scale + nominal_offset - offset) / scale
     new_high = (high * nominal_scale + nominal_offset - offset) / scale
-    lo, hi = np.minimum(new_low, new_high), np.maximum(new_low, new_high)
+    # Rounded: a catalog declaring the preset's own scaling gets the preset's limits exactly (1e-4 / 1e-4 != 1).
+    lo = np.round(np.minimum(new_low, new_high), 6)
+    hi = np.round(np.maximum(new_low, new_high), 6)
     return Stretch.fixed(tuple(float(v) for v in lo), tuple(float(v) for v in hi))
 
 

@@ -293,7 +293,6 @@ class RasterReader:
         dtypes = [files[s.href].dtypes[s.band - 1] for s in sources]
         self._facts = _Bands(names, dtypes)
         self._dtype = np.result_type(*[np.dtype(d) for d in dtypes])
-        self._band_sources = sources
         explicit = None if len(sources) == 2 else list(range(len(sources)))
         selection = resolve_preset(self._facts, preset, explicit, stretch)
         chosen = get_band_preset(preset) if preset else None

@@ -212,15 +212,17 @@ def _footprint(crs: Any, transform: Any, width: int, height: int) -> tuple[dict[
 
 def build_sample_archive(shared_data: str | os.PathLike, out: str | os.PathLike) -> SampleArchive:
     """Write the archive (see module doc) under ``out`` from ``shared_data`` (the ``shared/data`` folder)."""
-    import rasterio
     from affine import Affine
+
+    from .raster import RasterReader
 
     shared, root = Path(shared_data), Path(out)
     geo = shared / "geo"
     scenes: list[SampleScene] = []
 
     # Sentinel-2: quadrants, one COG per band at the band's own resolution.
-    with rasterio.open(geo / "sentinel" / "spain_7370579_s2_l1c_13band.tif") as src:
+    with RasterReader(geo / "sentinel" / "spain_7370579_s2_l1c_13band.tif") as reader:
+        src = reader.dataset
         chip, crs, transform, nodata = src.read(), src.crs, src.transform, src.nodata
     half = chip.shape[1] // 2
     for item_id, (qrow, qcol, when, cloud) in SENTINEL2_ITEMS.items():
@@ -251,7 +253,8 @@ def build_sample_archive(shared_data: str | os.PathLike, out: str | os.PathLike)
         )
 
     # Sentinel-1: the whole chip, one COG per polarisation.
-    with rasterio.open(geo / "sentinel" / "spain_7370579_s1_vv_vh_db.tif") as src:
+    with RasterReader(geo / "sentinel" / "spain_7370579_s1_vv_vh_db.tif") as reader:
+        src = reader.dataset
         sar, crs, transform = src.read(), src.crs, src.transform
     assets = {}
     for i, pol in enumerate(("vv", "vh")):
@@ -275,7 +278,8 @@ def build_sample_archive(shared_data: str | os.PathLike, out: str | os.PathLike)
 
     # Landsat: two overlapping scenes, one three-band COG each.
     for item_id, (name, when, cloud) in LANDSAT_ITEMS.items():
-        with rasterio.open(geo / name) as src:
+        with RasterReader(geo / name) as reader:
+            src = reader.dataset
             data, crs, transform, nodata = src.read(), src.crs, src.transform, src.nodata
         rel = f"landsat/{item_id}/scene.tif"
         write_cog(root / rel, data, crs=crs, transform=transform, nodata=nodata, blocksize=256)

@@ -30,6 +30,7 @@ import logging
 import math
 import re
 import urllib.parse
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -48,6 +49,7 @@ RETRY_STATUS = (429, 500, 502, 503, 504)
 SKIPPED_ROLES = {"thumbnail", "overview", "metadata", "snow-ice", "cloud", "water-mask", "data-mask"}
 RASTER_MEDIA = ("image/tiff", "image/jp2", "image/vnd.stac.geotiff", "application/x-geotiff")
 RASTER_SUFFIXES = (".tif", ".tiff", ".jp2", ".vrt")
+_SCHEME = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 
 
 def require_stac() -> tuple[Any, Any]:
@@ -233,8 +235,8 @@ def _stac_io(retry: RetryPolicy, timeout: float) -> Any:
         connect=retry.attempts - 1,
         read=retry.attempts - 1,
         status=retry.attempts - 1,
-        backoff_factor=retry.delay
-        / 2,  # urllib3 waits backoff_factor * 2 ** (n - 1): delay, 2 delay, 4 delay, ...
+        # urllib3 waits backoff_factor * 2 ** (n - 1) before retry n: delay, 2 delay, 4 delay, ...
+        backoff_factor=retry.delay / 2,
         status_forcelist=RETRY_STATUS,
         allowed_methods=None,  # searches are POSTs: retry them too (they change nothing)
         raise_on_status=False,
@@ -253,9 +255,9 @@ def _is_api(root: dict) -> bool:
 
 
 def _absolute(href: str, base: str) -> str:
-    if re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", href) or href.startswith("/"):
+    if _SCHEME.match(href) or href.startswith("/"):
         return href
-    if re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", base):
+    if _SCHEME.match(base):
         return urllib.parse.urljoin(base, href)
     return str((Path(base).parent / href).resolve())
 
@@ -275,7 +277,7 @@ def search_items(
     pystac, pystac_client = require_stac()
     stac_io = _stac_io(retry, timeout)
     url = query.url
-    if not re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", url):
+    if not _SCHEME.match(url):
         path = Path(url)
         if path.is_dir():
             path = next((path / n for n in ("catalog.json", "collection.json") if (path / n).is_file()), path)
@@ -298,8 +300,11 @@ def search_items(
         items = [_absolute_assets(pystac.Item.from_dict(root, href=url), url)]
     elif kind in ("Catalog", "Collection"):
         try:
-            catalog = pystac.read_dict(root, href=url, stac_io=stac_io)
-            items = [_absolute_assets(item, None) for item in catalog.get_items(recursive=True)]
+            # pystac-client warns that it "falls back to pystac" for a static catalog: walking it is the point.
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", pystac_client.warnings.FallbackToPystac)
+                catalog = pystac.read_dict(root, href=url, stac_io=stac_io)
+                items = [_absolute_assets(item, None) for item in catalog.get_items(recursive=True)]
         except Exception as err:
             raise StacError(
                 f"cannot walk the static STAC catalog at {query.url}: {error_reason(err)}"
@@ -339,7 +344,8 @@ def _search_api(
         "bbox": list(query.bbox) if query.bbox else None,
         "datetime": query.datetime or None,
         "sortby": sortby,
-        "max_items": query.max_items if (can_filter and sortby) else None,
+        # Without server-side filtering the first max_items would not be the first matching ones.
+        "max_items": query.max_items if can_filter else None,
     }
     if cql is not None and can_filter:
         kwargs.update(filter=cql, filter_lang="cql2-json")
@@ -506,9 +512,13 @@ def guess_preset(item: Any) -> str:
 
 def _wanted(preset: str, bands: Sequence[str] | None) -> list[tuple[str | None, str | None]]:
     """(band id, common name) of each band to show."""
-    if bands is not None:
-        return [(normalise_band_name(str(b)), str(b).strip().lower()) for b in bands]
     chosen = get_band_preset(preset)
+    if bands is not None:
+        wanted = []
+        for band in bands:
+            band_id = normalise_band_name(str(band))
+            wanted.append((band_id, chosen.band_common_names.get(band_id, str(band).strip().lower())))
+        return wanted
     if chosen.rgb:
         names = [chosen.aliases.get(n, n) for n in chosen.rgb]
         commons = list(chosen.common_names) or [None] * len(names)
@@ -523,9 +533,9 @@ def select_bands(
     keys, band names or common names, e.g. ``["nir", "red", "green"]``), as `BandSource`s in display order.
 
     A band matches by its common name, its band name, or (for an asset of one band) its asset key. Among several
-    matches the one whose name is the preset's own band id (``B4`` of Sentinel-2) wins, then one not meant for
-    display only (role or key ``visual``; for the ``rgb`` preset the display asset wins instead), then the first in
-    the item's asset order.
+    matches one not meant for display only wins (role or key ``visual``: an 8-bit rendering; for the ``rgb`` preset
+    the display asset wins instead), then the one whose name is the preset's own band id (``B4`` of Sentinel-2),
+    then the first in the item's asset order.
     """
     if bands is not None:
         bands = [str(b) for b in bands]
@@ -556,7 +566,7 @@ def select_bands(
                 continue
             display = "visual" in band.roles or band.key.lower() in ("visual", "tci")
             display_penalty = (0 if display else 1) if chosen.name == "rgb" else (1 if display else 0)
-            score = (0 if by_id else 1, display_penalty, order)
+            score = (display_penalty, 0 if by_id else 1, order)
             if best_score is None or score < best_score:
                 best, best_score = band, score
         if best is None:
