@@ -59,3 +59,14 @@ def pytest_configure(config):
         "torch_compile_test",
     ):
         config.addinivalue_line("markers", f"{marker}: used by transformers' common model tests")
+
+
+# Servers and data for the cloud-archive tests (shared by every module that asks for them).
+from _cloud_fixtures import (  # noqa: E402, F401
+    cloud_archive,
+    cloud_server,
+    range_server,
+    stac_api,
+    stac_item_dicts,
+    static_catalog,
+)

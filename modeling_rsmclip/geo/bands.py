@@ -140,6 +140,10 @@ class BandPreset:
     ``layouts``: the band orders the sensor is distributed in (normalised names; a raster without band descriptions
     matches a layout by band count). ``rgb``: the band names shown as red, green, blue (for ``composite="sentinel1"``:
     the VV and VH bands). ``stretch=None``: uint8 as is, other types a 2-98 percentile stretch.
+    ``common_names``: the same bands by their STAC (eo extension) common names, how catalogs label them whatever
+    their asset keys; ``band_common_names`` the common name of each of the sensor's bands (for bands chosen by id,
+    e.g. ``B8`` = ``nir``, in a catalog that names them by common name). ``scaling``: ``(scale, offset)`` from the digital numbers ``stretch`` is written for to
+    physical values (reflectance), so that a catalog declaring other ones gets the same picture (`rescale_stretch`).
     """
 
     name: str
@@ -149,6 +153,9 @@ class BandPreset:
     stretch: Stretch | None
     composite: str = "rgb"
     aliases: dict[str, str] = field(default_factory=dict)
+    common_names: tuple[str, ...] = ("red", "green", "blue")
+    scaling: tuple[float, float] | None = None
+    band_common_names: dict[str, str] = field(default_factory=dict)
 
 
 _S2_L1C = ("B1", "B2", "B3", "B4", "B5", "B6", "B7", "B8", "B8A", "B9", "B10", "B11", "B12")
@@ -161,6 +168,33 @@ _COLOUR_ALIASES = {"R": "RED", "G": "GREEN", "B": "BLUE", "N": "NIR", "NEARINFRA
 SENTINEL2_OFFSET = 1000.0
 SENTINEL2_STRETCH = Stretch.fixed(0.0, 3000.0)
 _LANDSAT_STRETCH = Stretch.fixed(7273.0, 18182.0)
+_LANDSAT_SCALING = (2.75e-5, -0.2)  # Collection 2 Level-2 surface reflectance
+# STAC eo common names of the bands (B5, B6, B7 of Sentinel-2 share "rededge": chosen by name only).
+_S2_COMMON = {
+    "B1": "coastal",
+    "B2": "blue",
+    "B3": "green",
+    "B4": "red",
+    "B8": "nir",
+    "B8A": "nir08",
+    "B9": "nir09",
+    "B10": "cirrus",
+    "B11": "swir16",
+    "B12": "swir22",
+}
+_LANDSAT_COMMON = {
+    "B1": "coastal",
+    "B2": "blue",
+    "B3": "green",
+    "B4": "red",
+    "B5": "nir08",
+    "B6": "swir16",
+    "B7": "swir22",
+    "B8": "pan",
+    "B9": "cirrus",
+    "B10": "lwir11",
+    "B11": "lwir12",
+}
 
 BAND_PRESETS: dict[str, BandPreset] = {
     "sentinel2": BandPreset(
@@ -169,6 +203,8 @@ BAND_PRESETS: dict[str, BandPreset] = {
         (_S2_L1C, _S2_L2A),
         ("B4", "B3", "B2"),
         SENTINEL2_STRETCH,
+        scaling=(1e-4, 0.0),
+        band_common_names=_S2_COMMON,
     ),
     "landsat8": BandPreset(
         "landsat8",
@@ -176,6 +212,8 @@ BAND_PRESETS: dict[str, BandPreset] = {
         (_LANDSAT_L2, _LANDSAT_L1),
         ("B4", "B3", "B2"),
         _LANDSAT_STRETCH,
+        scaling=_LANDSAT_SCALING,
+        band_common_names=_LANDSAT_COMMON,
     ),
     "landsat9": BandPreset(
         "landsat9",
@@ -183,6 +221,8 @@ BAND_PRESETS: dict[str, BandPreset] = {
         (_LANDSAT_L2, _LANDSAT_L1),
         ("B4", "B3", "B2"),
         _LANDSAT_STRETCH,
+        scaling=_LANDSAT_SCALING,
+        band_common_names=_LANDSAT_COMMON,
     ),
     "naip": BandPreset(
         "naip",
@@ -199,6 +239,7 @@ BAND_PRESETS: dict[str, BandPreset] = {
         ("VV", "VH"),
         Stretch.fixed((-25.0, -30.0, 0.0), (0.0, -5.0, 15.0)),
         composite="sentinel1",
+        common_names=(),
     ),
     "rgb": BandPreset(
         "rgb",
@@ -312,6 +353,41 @@ def sentinel2_offset(tags: dict) -> float:
                 except ValueError:
                     continue
     return 0.0
+
+
+def rescale_stretch(
+    preset: BandPreset,
+    stretch: Stretch,
+    scales: Sequence[float | None],
+    offsets: Sequence[float | None],
+) -> Stretch:
+    """A preset's fixed ``stretch`` for bands whose digital numbers become physical values as ``x * scale +
+    offset`` (one scale and offset per selected band, None = 1 and 0), instead of the preset's own `scaling`.
+
+    The limits keep their physical meaning: Sentinel-2's 0..3000 (reflectance 0..0.3 at scale 1e-4) becomes
+    1000..4000 for a catalog declaring offset -0.1 (processing baseline 04.00's +1000). A preset without a
+    `scaling` (uint8 NAIP, Sentinel-1 in dB), a percentile stretch, or a composite of other channels is returned
+    unchanged.
+    """
+    if preset.scaling is None or stretch.kind != "fixed" or preset.composite != "rgb":
+        return stretch
+    nominal_scale, nominal_offset = preset.scaling
+    n = len(scales)
+    channels = 3 if n in (1, 3) else n
+    if n == 1:
+        scales, offsets = list(scales) * 3, list(offsets) * 3
+    low = np.broadcast_to(np.asarray(stretch.low, np.float64), (channels,))
+    high = np.broadcast_to(np.asarray(stretch.high, np.float64), (channels,))
+    scale = np.array([1.0 if s is None else float(s) for s in scales])
+    offset = np.array([0.0 if o is None else float(o) for o in offsets])
+    if np.any(scale == 0):
+        raise ValueError(f"a band declares scale 0; scales: {list(scales)}")
+    new_low = (low * nominal_scale + nominal_offset - offset) / scale
+    new_high = (high * nominal_scale + nominal_offset - offset) / scale
+    # Rounded: a catalog declaring the preset's own scaling gets the preset's limits exactly (1e-4 / 1e-4 != 1).
+    lo = np.round(np.minimum(new_low, new_high), 6)
+    hi = np.round(np.maximum(new_low, new_high), 6)
+    return Stretch.fixed(tuple(float(v) for v in lo), tuple(float(v) for v in hi))
 
 
 def _default_stretch(dtypes: Sequence[str] | None, indices: Sequence[int]) -> Stretch:
@@ -483,6 +559,7 @@ __all__ = [
     "get_band_preset",
     "list_band_presets",
     "normalise_band_name",
+    "rescale_stretch",
     "resolve_preset",
     "sentinel2_offset",
 ]

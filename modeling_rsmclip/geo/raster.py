@@ -1,9 +1,19 @@
-"""`RasterReader`: windowed reading of any GeoTIFF / COG into 8-bit RGB plus a validity mask.
+"""`RasterReader`: windowed reading of any GeoTIFF / COG, local or remote, into 8-bit RGB plus a validity mask.
 
 This is the package's only ``rasterio.open`` for scenes. A window is read on its own (memory follows the window, not
 the scene); windows reaching past the raster's edge are padded with invalid pixels, so a tile grid stays regular.
 A pixel is valid when every selected band says so in its GDAL mask (which carries nodata values, alpha bands and
 internal masks) and its value is finite. Complex bands (SAR) are read as amplitude ``|z|``.
+
+Remote rasters (``https://``, ``s3://``, ``gs://``, ``az://`` URLs of cloud-optimised GeoTIFFs) are read through GDAL
+with the settings of `geo.cloud` (only the byte ranges of the blocks a window needs move; opens and window reads are
+retried, then fail with a `geo.cloud.RemoteReadError` naming the file and window). ``read_bands(window,
+out_shape=...)`` reads a window at a lower resolution, which GDAL takes from the overview whose resolution matches.
+
+The bands may also come from several files: a list of `BandSource` (what a STAC item gives, e.g. one single-band COG
+per band, or some bands of a multi-band COG). They are read together on one grid, the finest of them: bands on a
+coarser grid of the same CRS (Sentinel-2's 20 m bands beside its 10 m ones) are resampled onto it with
+``resampling`` (bilinear by default; ``"nearest"`` keeps the values).
 
 Rotated or sheared geotransforms are supported: footprints are computed from the four corners through the affine
 transform, and output grids keep the rotation.
@@ -14,18 +24,28 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .bands import BandSelection, Stretch, resolve_preset
+from .bands import BandSelection, Stretch, get_band_preset, rescale_stretch, resolve_preset
+from .cloud import (
+    DEFAULT_GDAL_CACHE_MB,
+    DEFAULT_RETRY,
+    RetryPolicy,
+    Signer,
+    cloud_env,
+    is_remote,
+    uncached,
+    with_retries,
+)
 
 INSTALL_HINT = 'pip install "rsmclip[geo]"'
 LONLAT = "EPSG:4326"
-# GDAL's block cache defaults to 5% of the machine's RAM; a scene read window by window needs far less.
-DEFAULT_GDAL_CACHE_MB = 256
 WindowLike = Any  # rasterio.windows.Window or (col_off, row_off, width, height)
+RESAMPLING = ("nearest", "bilinear", "cubic", "average")
 
 
 def require_rasterio():
@@ -40,14 +60,11 @@ def require_rasterio():
 
 
 def gdal_env() -> contextlib.AbstractContextManager:
-    """GDAL settings for reading and writing scenes: the block cache capped at `DEFAULT_GDAL_CACHE_MB` unless the
-    user chose a size (``GDAL_CACHEMAX`` in the environment or an enclosing ``rasterio.Env``)."""
-    rasterio = require_rasterio()
-    if "GDAL_CACHEMAX" in os.environ:
-        return contextlib.nullcontext()
-    if rasterio.env.hasenv() and "GDAL_CACHEMAX" in rasterio.env.getenv():
-        return contextlib.nullcontext()
-    return rasterio.Env(GDAL_CACHEMAX=DEFAULT_GDAL_CACHE_MB * 2**20)
+    """GDAL settings for reading and writing local scenes: the block cache capped at `DEFAULT_GDAL_CACHE_MB` unless
+    the user chose a size (``GDAL_CACHEMAX`` in the environment or an enclosing ``rasterio.Env``). Remote reads add
+    the settings of `geo.cloud.cloud_env`."""
+    require_rasterio()
+    return cloud_env(remote=False)
 
 
 def as_window_tuple(window: WindowLike) -> tuple[int, int, int, int]:
@@ -64,14 +81,63 @@ def as_window_tuple(window: WindowLike) -> tuple[int, int, int, int]:
     return col, row, width, height
 
 
+@dataclass(frozen=True)
+class BandSource:
+    """One band of a raster file as a catalog describes it: ``href`` (path or URL), ``band`` (counted from 1 in that
+    file), ``name`` (what the band is called, e.g. ``"B4"`` or ``"red"``), and the catalog's ``scale``, ``offset``
+    (physical value = digital number x scale + offset) and ``nodata``. ``key``: the catalog's asset key."""
+
+    href: str
+    band: int = 1
+    name: str | None = None
+    scale: float | None = None
+    offset: float | None = None
+    nodata: float | None = None
+    key: str | None = None
+
+
+@dataclass
+class _Group:
+    """Bands read from one dataset (or a warped view of it on the reader's grid) in one call."""
+
+    reader: Any
+    href: str
+    indexes: list[int]  # 1-based bands of ``reader``
+    positions: list[int]  # where they go among the selected bands
+    nodata: list[float | None]  # catalog nodata per band (None: the file's own mask only)
+
+
+class _Bands:
+    """What `bands.resolve_preset` needs to know of bands gathered from several files."""
+
+    def __init__(self, names: Sequence[str | None], dtypes: Sequence[str]) -> None:
+        from rasterio.enums import ColorInterp
+
+        self.descriptions = tuple(names)
+        self.dtypes = tuple(dtypes)
+        self.count = len(self.descriptions)
+        self.colorinterp = [ColorInterp.undefined] * self.count
+
+    def tags(self, band: int = 0) -> dict[str, str]:
+        return {}
+
+
 class RasterReader:
     """Open a raster and read windows of it as RGB (context manager).
 
     Args:
-        path: GeoTIFF / COG (or any GDAL raster) path.
-        preset, bands, stretch: band choice and stretch, see `geo.bands.resolve_preset`.
+        path: GeoTIFF / COG (or any GDAL raster) path or URL, or a list of `BandSource` (the bands to show, in
+            R, G, B order: or VV, VH for the ``sentinel1`` preset).
+        preset, bands, stretch: band choice and stretch, see `geo.bands.resolve_preset` (``bands`` only with a
+            single file: a `BandSource` list is the band choice). With `BandSource`s that declare ``scale`` and
+            ``offset``, a preset's fixed stretch is converted to their digital numbers (`bands.rescale_stretch`).
         sample_size: longest side of the decimated whole-scene read used to resolve a percentile stretch into
             fixed limits (so that every window of the scene is stretched alike).
+        resampling: how bands on a coarser grid are brought onto the finest one (`BandSource` lists).
+        signer: for remote files, ``href -> href to open`` (short-lived tokens), called before each open attempt.
+        retry: how often a remote open or window read is tried (`geo.cloud.RetryPolicy`).
+        gdal_options: GDAL settings for this reader, over the package's (`geo.cloud.gdal_options`).
+        name: what messages call the raster (default: its path, or the first band's href).
 
     Attributes:
         crs, transform, width, height, count, dtypes, band_descriptions, selection (`BandSelection`).
@@ -79,37 +145,163 @@ class RasterReader:
 
     def __init__(
         self,
-        path: str | os.PathLike,
+        path: str | os.PathLike | Sequence[BandSource],
         preset: str | None = None,
         bands: Sequence[int | str] | None = None,
         stretch: Any = None,
         *,
         sample_size: int = 1024,
+        resampling: str = "bilinear",
+        signer: Signer | None = None,
+        retry: RetryPolicy | None = None,
+        gdal_options: dict[str, Any] | None = None,
+        name: str | None = None,
     ) -> None:
-        rasterio = require_rasterio()
-        self.path = Path(path)
-        if not self.path.exists():
-            raise FileNotFoundError(f"raster not found: {self.path}")
-        try:
-            with gdal_env():
-                self._src = rasterio.open(self.path)
-        except rasterio.errors.RasterioIOError as err:
-            raise ValueError(f"cannot read raster {self.path}: {err}") from err
-        try:
-            if self._src.transform.is_identity and self._src.gcps[0]:
+        require_rasterio()
+        from rasterio.enums import Resampling
+
+        if resampling not in RESAMPLING:
+            raise ValueError(f"resampling must be one of {RESAMPLING}, got {resampling!r}")
+        self._resampling = Resampling[resampling]
+        self._signer = signer
+        self._retry = retry or DEFAULT_RETRY
+        self._options = dict(gdal_options or {})
+        self._opened: list[Any] = []
+        if isinstance(path, str | os.PathLike):
+            sources = None
+            self.path: Path | str = str(path) if is_remote(str(path)) else Path(path)
+            self._remote = is_remote(str(path))
+        else:
+            sources = list(path)
+            if not sources or not all(isinstance(s, BandSource) for s in sources):
+                raise ValueError("a raster is a path, a URL or a non-empty list of BandSource")
+            if bands is not None:
                 raise ValueError(
-                    "georeferenced by ground control points only (no geotransform): warp it to a grid first, "
-                    "e.g. `gdalwarp -r bilinear IN.tif OUT.tif`"
+                    "bands=... chooses bands of one file; with BandSource lists the list is the choice"
                 )
-            selection = resolve_preset(self._src, preset, bands, stretch)
+            self.path = name or sources[0].href
+            self._remote = any(is_remote(s.href) for s in sources)
+        self.name = name or str(self.path)
+        try:
+            if sources is None:
+                selection = self._open_file(preset, bands, stretch)
+            else:
+                selection = self._open_sources(sources, preset, stretch)
+            self.selection: BandSelection = selection
             if selection.stretch.kind == "percentile":
-                selection = selection.with_stretch(self._percentile_limits(selection, sample_size))
+                self.selection = selection.with_stretch(self._percentile_limits(selection, sample_size))
         except ValueError as err:
-            self._src.close()
-            raise ValueError(f"{self.path}: {err}") from None
-        self.selection: BandSelection = selection
-        self._indexes = [i + 1 for i in selection.indices]
+            self.close()
+            message = str(err)
+            raise ValueError(message if self.name in message else f"{self.name}: {message}") from None
+        except BaseException:
+            self.close()
+            raise
         self._is_lonlat = self.crs is not None and self.crs.to_epsg() == 4326
+
+    # ------------------------------------------------------------------------------------------------- opening
+    def _env(self, extra: dict[str, Any] | None = None) -> contextlib.AbstractContextManager:
+        return cloud_env({**self._options, **(extra or {})}, remote=self._remote)
+
+    def _open(self, href: str) -> Any:
+        """Open one file: a local path at once, a remote one through the signer with retries."""
+        rasterio = require_rasterio()
+        if not is_remote(href):
+            if not Path(href).exists():
+                raise FileNotFoundError(f"raster not found: {href}")
+            try:
+                with self._env():
+                    src = rasterio.open(href)
+            except rasterio.errors.RasterioIOError as err:
+                raise ValueError(f"cannot read raster {href}: {err}") from err
+        else:
+
+            def attempt(number: int) -> Any:
+                target = self._signer(href) if self._signer is not None else href
+                # After a failure GDAL would answer from its cache of that failure: fetch again.
+                with self._env(uncached(target) if number else None):
+                    return rasterio.open(target)
+
+            src = with_retries(attempt, href, retry=self._retry, retry_on=(rasterio.errors.RasterioIOError,))
+        self._opened.append(src)
+        if src.transform.is_identity and src.gcps[0]:
+            raise ValueError(
+                f"{href}: georeferenced by ground control points only (no geotransform): warp it to a grid "
+                "first, e.g. `gdalwarp -r bilinear IN.tif OUT.tif`"
+            )
+        return src
+
+    def _open_file(self, preset: str | None, bands: Any, stretch: Any) -> BandSelection:
+        self._src = self._open(str(self.path))
+        self._facts: Any = self._src
+        selection = resolve_preset(self._src, preset, bands, stretch)
+        indexes = [i + 1 for i in selection.indices]
+        self._groups = [
+            _Group(self._src, str(self.path), indexes, list(range(len(indexes))), [None] * len(indexes))
+        ]
+        self._dtype = np.dtype(self._src.dtypes[indexes[0] - 1])
+        return selection
+
+    def _open_sources(self, sources: list[BandSource], preset: str | None, stretch: Any) -> BandSelection:
+        from rasterio.vrt import WarpedVRT
+
+        files: dict[str, Any] = {}
+        for source in sources:
+            if source.href not in files:
+                files[source.href] = self._open(source.href)
+            src = files[source.href]
+            if not 1 <= source.band <= src.count:
+                raise ValueError(f"{source.href} has {src.count} band(s), no band {source.band}")
+        crs = {href: src.crs for href, src in files.items()}
+        first_href, first_crs = next(iter(crs.items()))
+        for href, other in crs.items():
+            if other != first_crs:
+                raise ValueError(
+                    f"the bands are in different CRSs ({first_href}: {first_crs}, {href}: {other}): "
+                    "reading them on one grid would need a warp; choose bands of one CRS"
+                )
+        # The finest grid of the chosen bands is the reader's grid (first file on ties).
+        self._src = min(
+            files.values(), key=lambda s: abs(s.transform.a * s.transform.e - s.transform.b * s.transform.d)
+        )
+        ref = self._src
+        self._groups = []
+        for href, src in files.items():
+            positions = [i for i, s in enumerate(sources) if s.href == href]
+            same_grid = src.transform == ref.transform and (src.width, src.height) == (ref.width, ref.height)
+            view = src
+            if not same_grid:
+                view = WarpedVRT(
+                    src,
+                    crs=ref.crs,
+                    transform=ref.transform,
+                    width=ref.width,
+                    height=ref.height,
+                    resampling=self._resampling,
+                )
+                self._opened.append(view)
+            self._groups.append(
+                _Group(
+                    view,
+                    href,
+                    [sources[i].band for i in positions],
+                    positions,
+                    [sources[i].nodata for i in positions],
+                )
+            )
+        names = [s.name or s.key or f"band {i + 1}" for i, s in enumerate(sources)]
+        dtypes = [files[s.href].dtypes[s.band - 1] for s in sources]
+        self._facts = _Bands(names, dtypes)
+        self._dtype = np.result_type(*[np.dtype(d) for d in dtypes])
+        explicit = None if len(sources) == 2 else list(range(len(sources)))
+        selection = resolve_preset(self._facts, preset, explicit, stretch)
+        chosen = get_band_preset(preset) if preset else None
+        scales = [s.scale for s in sources]
+        offsets = [s.offset for s in sources]
+        declared = any(v is not None for v in scales + offsets)
+        if stretch is None and chosen is not None and declared and selection.stretch.kind == "fixed":
+            selection = selection.with_stretch(rescale_stretch(chosen, selection.stretch, scales, offsets))
+        return selection
 
     # ------------------------------------------------------------------------------------------------ lifecycle
     def __enter__(self) -> RasterReader:
@@ -119,10 +311,12 @@ class RasterReader:
         self.close()
 
     def close(self) -> None:
-        self._src.close()
+        for dataset in reversed(self._opened):
+            dataset.close()
+        self._opened.clear()
 
     def __repr__(self) -> str:
-        return f"RasterReader({str(self.path)!r}, {self.width}x{self.height}, {self.selection.describe()})"
+        return f"RasterReader({self.name!r}, {self.width}x{self.height}, {self.selection.describe()})"
 
     # ----------------------------------------------------------------------------------------------- properties
     @property
@@ -143,19 +337,33 @@ class RasterReader:
 
     @property
     def count(self) -> int:
-        return self._src.count
+        return self._facts.count
 
     @property
     def dtypes(self) -> tuple[str, ...]:
-        return tuple(self._src.dtypes)
+        return tuple(self._facts.dtypes)
 
     @property
     def band_descriptions(self) -> tuple[str | None, ...]:
-        return tuple(self._src.descriptions)
+        return tuple(self._facts.descriptions)
 
     @property
     def nodata(self) -> float | None:
         return self._src.nodata
+
+    @property
+    def is_remote(self) -> bool:
+        return self._remote
+
+    @property
+    def hrefs(self) -> tuple[str, ...]:
+        """The files the selected bands are read from."""
+        return tuple(group.href for group in self._groups)
+
+    @property
+    def overview_factors(self) -> list[int]:
+        """Decimation factors of the overviews of the reader's grid (its finest file), e.g. ``[2, 4, 8]``."""
+        return list(self._src.overviews(1))
 
     @property
     def is_rotated(self) -> bool:
@@ -170,39 +378,88 @@ class RasterReader:
 
     @property
     def dataset(self):
-        """The underlying rasterio dataset (read-only use)."""
+        """The underlying rasterio dataset (read-only use): the finest file of a `BandSource` list."""
         return self._src
 
     # -------------------------------------------------------------------------------------------------- reading
-    def read_bands(self, window: WindowLike | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """The selected bands of a window, ``(n_bands, H, W)`` in the file's dtype, and the valid mask ``(H, W)``.
+    def read_bands(
+        self,
+        window: WindowLike | None = None,
+        out_shape: tuple[int, int] | None = None,
+        resampling: str = "nearest",
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The selected bands of a window, ``(n_bands, H, W)``, and the valid mask ``(H, W)``.
 
-        Pixels outside the raster (a window past its edge) are 0 and invalid.
+        Values keep the file's dtype. Pixels outside the raster (a window past its edge) are 0 and invalid. With
+        ``out_shape=(H, W)`` the window is read at that size (``resampling``; masks always nearest): GDAL reads it
+        from the overview whose resolution matches, so a coarse read of a COG moves only that overview's bytes.
         """
+        from rasterio.enums import Resampling
         from rasterio.windows import Window
 
+        if resampling not in RESAMPLING:
+            raise ValueError(f"resampling must be one of {RESAMPLING}, got {resampling!r}")
         col, row, width, height = as_window_tuple(window or (0, 0, self.width, self.height))
-        dtype = np.dtype(self.dtypes[self._indexes[0] - 1])
-        data = np.zeros((len(self._indexes), height, width), dtype=dtype)
-        valid = np.zeros((height, width), dtype=bool)
+        out_h, out_w = (height, width) if out_shape is None else (int(out_shape[0]), int(out_shape[1]))
+        if out_h < 1 or out_w < 1:
+            raise ValueError(f"out_shape must be positive, got {out_shape}")
+        n = len(self.selection.indices)
+        data = np.zeros((n, out_h, out_w), dtype=self._dtype)
+        valid = np.zeros((out_h, out_w), dtype=bool)
         c0, r0 = max(col, 0), max(row, 0)
         c1, r1 = min(col + width, self.width), min(row + height, self.height)
         if c1 <= c0 or r1 <= r0:
             return data, valid
+        sx, sy = out_w / width, out_h / height
+        oc0, oc1 = round((c0 - col) * sx), round((c1 - col) * sx)
+        or0, or1 = round((r0 - row) * sy), round((r1 - row) * sy)
+        if oc1 <= oc0 or or1 <= or0:
+            return data, valid
         inner = Window(c0, r0, c1 - c0, r1 - r0)
-        with gdal_env():
-            part = self._src.read(self._indexes, window=inner)
-            masks = self._src.read_masks(self._indexes, window=inner)
-        ok = (masks > 0).all(axis=0)
-        if part.dtype.kind in "fc":
-            ok &= np.isfinite(part).all(axis=0)
-        data[:, r0 - row : r1 - row, c0 - col : c1 - col] = part
-        valid[r0 - row : r1 - row, c0 - col : c1 - col] = ok
+        shape = (or1 - or0, oc1 - oc0)
+        resized = shape != (r1 - r0, c1 - c0)
+        ok = np.ones(shape, dtype=bool)
+        for group in self._groups:
+            part, masks = self._read_group(group, inner, shape if resized else None, Resampling[resampling])
+            ok &= (masks > 0).all(axis=0)
+            if part.dtype.kind in "fc":
+                ok &= np.isfinite(part).all(axis=0)
+            for k, nodata in enumerate(group.nodata):
+                if nodata is not None:
+                    ok &= ~np.isnan(part[k]) if np.isnan(nodata) else part[k] != nodata
+            data[group.positions, or0:or1, oc0:oc1] = part
+        valid[or0:or1, oc0:oc1] = ok
         return data, valid
 
-    def read_rgb(self, window: WindowLike | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """A window as ``(rgb uint8 HxWx3, valid bool HxW)``; invalid pixels are black."""
-        data, valid = self.read_bands(window)
+    def _read_group(self, group: _Group, inner: Any, shape: tuple[int, int] | None, resampling: Any) -> tuple:
+        from rasterio.enums import Resampling
+
+        def read(attempt: int = 0) -> tuple[np.ndarray, np.ndarray]:
+            sized: dict[str, Any] = {}
+            if shape is not None:
+                sized = {"out_shape": (len(group.indexes), *shape)}
+            with self._env():
+                part = group.reader.read(group.indexes, window=inner, resampling=resampling, **sized)
+                masks = group.reader.read_masks(
+                    group.indexes, window=inner, resampling=Resampling.nearest, **sized
+                )
+            return part, masks
+
+        if not is_remote(group.href):
+            return read()
+        from rasterio.errors import RasterioIOError
+
+        window = (int(inner.col_off), int(inner.row_off), int(inner.width), int(inner.height))
+        return with_retries(read, group.href, retry=self._retry, window=window, retry_on=(RasterioIOError,))
+
+    def read_rgb(
+        self, window: WindowLike | None = None, out_shape: tuple[int, int] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """A window as ``(rgb uint8 HxWx3, valid bool HxW)``; invalid pixels are black. ``out_shape``: read at that
+        size (from the matching overview; averaged), see `read_bands`."""
+        data, valid = self.read_bands(
+            window, out_shape, resampling="nearest" if out_shape is None else "average"
+        )
         return self.selection.to_rgb(data, valid), valid
 
     def preview(self, max_size: int = 1024) -> tuple[np.ndarray, np.ndarray, float]:
@@ -212,18 +469,9 @@ class RasterReader:
         return self.selection.to_rgb(data, valid), valid, factor
 
     def _decimated(self, max_size: int) -> tuple[np.ndarray, np.ndarray, float]:
-        from rasterio.enums import Resampling
-
         factor = max(1.0, max(self.width, self.height) / max_size)
         shape = (max(1, round(self.height / factor)), max(1, round(self.width / factor)))
-        indexes = [i + 1 for i in self.selection.indices]
-        out_shape = (len(indexes), *shape)
-        with gdal_env():
-            data = self._src.read(indexes, out_shape=out_shape, resampling=Resampling.nearest)
-            masks = self._src.read_masks(indexes, out_shape=out_shape, resampling=Resampling.nearest)
-        valid = (masks > 0).all(axis=0)
-        if data.dtype.kind in "fc":
-            valid &= np.isfinite(data).all(axis=0)
+        data, valid = self.read_bands(None, out_shape=shape, resampling="nearest")
         return data, valid, factor
 
     def _percentile_limits(self, selection: BandSelection, sample_size: int) -> Stretch:
@@ -238,12 +486,16 @@ class RasterReader:
         return Stretch.fixed(tuple(low), tuple(high))
 
     # ------------------------------------------------------------------------------------------------ geometry
-    def window_transform(self, window: WindowLike):
-        """The geotransform of a window (its top-left pixel corner, same pixel size and rotation)."""
+    def window_transform(self, window: WindowLike, out_shape: tuple[int, int] | None = None):
+        """The geotransform of a window (its top-left pixel corner, same pixel size and rotation), or of the window
+        read at ``out_shape`` (pixels scaled accordingly)."""
         from affine import Affine
 
-        col, row, _, _ = as_window_tuple(window)
-        return self.transform @ Affine.translation(col, row)
+        col, row, width, height = as_window_tuple(window)
+        transform = self.transform @ Affine.translation(col, row)
+        if out_shape is not None:
+            transform = transform @ Affine.scale(width / out_shape[1], height / out_shape[0])
+        return transform
 
     def clip_window(self, window: WindowLike) -> tuple[int, int, int, int] | None:
         """The part of a window inside the raster, or None."""
@@ -295,6 +547,7 @@ class RasterReader:
 __all__ = [
     "DEFAULT_GDAL_CACHE_MB",
     "INSTALL_HINT",
+    "BandSource",
     "RasterReader",
     "as_window_tuple",
     "gdal_env",

@@ -17,6 +17,9 @@ One rule for the edge, used by the maps and the archive index alike (`read_tile_
 
 `iter_tiles` reads the tiles of a `RasterReader` one at a time (memory = one tile), skips tiles by that rule and
 lists them in ``skipped``, and gives each tile its footprint in the raster CRS and lon/lat.
+With ``read_size`` (e.g. the model's 224 pixels), a tile larger than that is read at that size: from a COG, GDAL
+takes it from the overview whose resolution matches the tile's ground size, so a coarse tiling of a remote scene
+moves the overview's bytes, not the full-resolution ones.
 """
 
 from __future__ import annotations
@@ -82,25 +85,34 @@ def keep_tile(fraction: float, min_valid: float) -> bool:
 
 
 class TilePixels(NamedTuple):
-    """A tile as read: ``rgb`` (uint8 HxWx3) and ``valid`` (HxW) of ``read_window``, and the tile's valid
-    fraction (share of valid pixels in the part of its grid window inside the raster)."""
+    """A tile as read: ``rgb`` (uint8 HxWx3) and ``valid`` (HxW) of ``read_window`` (at ``out_shape`` when read
+    smaller), and the tile's valid fraction (share of valid pixels in the part of its grid window inside the
+    raster)."""
 
     rgb: np.ndarray
     valid: np.ndarray
     valid_fraction: float
     read_window: tuple[int, int, int, int]
+    out_shape: tuple[int, int] | None = None
 
 
-def read_tile_pixels(reader: RasterReader, window: tuple[int, int, int, int]) -> TilePixels:
-    """The pixels of the tile with grid window ``window``, by the module's rule for the edge."""
+def read_tile_pixels(
+    reader: RasterReader, window: tuple[int, int, int, int], out_shape: tuple[int, int] | None = None
+) -> TilePixels:
+    """The pixels of the tile with grid window ``window``, by the module's rule for the edge; ``out_shape``: read
+    at that size (from the matching overview of a COG)."""
     read = clamp_window(tuple(int(v) for v in window), reader.width, reader.height)
-    rgb, valid = reader.read_rgb(read)
+    rgb, valid = reader.read_rgb(read, out_shape)
     inside = reader.clip_window(window)
     if inside is None:
-        return TilePixels(rgb, valid, 0.0, read)
+        return TilePixels(rgb, valid, 0.0, read, out_shape)
     col, row, width, height = inside
-    area = valid[row - read[1] : row - read[1] + height, col - read[0] : col - read[0] + width]
-    return TilePixels(rgb, valid, float(area.mean()), read)
+    # The tile's area inside the raster, in the pixels as read (scaled when read at out_shape).
+    sy, sx = valid.shape[0] / read[3], valid.shape[1] / read[2]
+    top, left = round((row - read[1]) * sy), round((col - read[0]) * sx)
+    bottom = max(top + 1, round((row - read[1] + height) * sy))
+    right = max(left + 1, round((col - read[0] + width) * sx))
+    return TilePixels(rgb, valid, float(valid[top:bottom, left:right].mean()), read, out_shape)
 
 
 @dataclass(frozen=True)
@@ -222,6 +234,7 @@ class TileIterator:
     min_valid: float = 0.5
     progress: bool = False
     indices: Sequence[int] | None = None
+    read_size: int | None = None
     skipped: list[int] = field(default_factory=list)
     valid_fractions: dict[int, float] = field(default_factory=dict)
     n_yielded: int = 0
@@ -248,7 +261,9 @@ class TileIterator:
         self.n_yielded = 0
         indices = self.indices if self.indices is not None else range(len(self.grid))
         for index in tqdm(indices, desc="tiles", unit="tile", disable=not self.progress):
-            pixels = read_tile_pixels(self.reader, self.grid.window(index))
+            pixels = read_tile_pixels(
+                self.reader, self.grid.window(index), _out_shape(self.grid, self.read_size)
+            )
             self.valid_fractions[index] = pixels.valid_fraction
             if not keep_tile(pixels.valid_fraction, self.min_valid):
                 self.skipped.append(index)
@@ -257,10 +272,17 @@ class TileIterator:
             yield _tile(self.reader, self.grid, index, pixels)
 
 
-def read_tile(reader: RasterReader, grid: TileGrid, index: int, min_valid: float = 0.0) -> Tile | None:
+def _out_shape(grid: TileGrid, read_size: int | None) -> tuple[int, int] | None:
+    return (read_size, read_size) if read_size is not None and read_size < grid.size else None
+
+
+def read_tile(
+    reader: RasterReader, grid: TileGrid, index: int, min_valid: float = 0.0, *, read_size: int | None = None
+) -> Tile | None:
     """Tile ``index`` of ``grid``, or None when its valid fraction is below ``min_valid`` (or zero): the module's
-    rule for the edge."""
-    pixels = read_tile_pixels(reader, grid.window(index))
+    rule for the edge. With ``read_size`` smaller than the tile, the tile is read at ``read_size`` x ``read_size``
+    pixels (from the matching overview; ``transform`` is then that of the smaller pixels)."""
+    pixels = read_tile_pixels(reader, grid.window(index), _out_shape(grid, read_size))
     if not keep_tile(pixels.valid_fraction, min_valid):
         return None
     return _tile(reader, grid, index, pixels)
@@ -285,7 +307,7 @@ def _tile(reader: RasterReader, grid: TileGrid, index: int, pixels: TilePixels) 
         footprint=ring,
         footprint_lonlat=reader.to_lonlat_polygon(ring),
         bbox_lonlat=reader.to_lonlat_bounds(bounds),
-        transform=reader.window_transform(pixels.read_window),
+        transform=reader.window_transform(pixels.read_window, pixels.out_shape),
     )
 
 
@@ -297,15 +319,19 @@ def iter_tiles(
     *,
     progress: bool = False,
     indices: Sequence[int] | None = None,
+    read_size: int | None = None,
 ) -> TileIterator:
     """Tiles of ``size`` (pixels, or ``"500m"``) with ``overlap`` over a reader, skipping tiles with a valid
-    fraction below ``min_valid``. The returned iterator's ``skipped`` / ``report()`` count the skipped tiles."""
+    fraction below ``min_valid``; each read at most ``read_size`` pixels a side (see the module doc). The returned
+    iterator's ``skipped`` / ``report()`` count the skipped tiles."""
     if not 0.0 <= min_valid <= 1.0:
         raise ValueError(f"min_valid is a fraction in 0..1, got {min_valid}")
+    if read_size is not None and read_size < 1:
+        raise ValueError(f"read_size must be a positive number of pixels, got {read_size}")
     grid = TileGrid(
         reader.width, reader.height, length_to_pixels(size, reader), length_to_pixels(overlap, reader)
     )
-    return TileIterator(reader, grid, min_valid, progress, indices)
+    return TileIterator(reader, grid, min_valid, progress, indices, read_size)
 
 
 __all__ = [
