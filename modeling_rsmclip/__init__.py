@@ -23,6 +23,7 @@ from .pipeline_rsmclip import (
     register_retrieval_pipeline,
 )
 from .processing_rsmclip import (
+    RSMCLIPBPETokenizer,
     RSMCLIPImageProcessor,
     RSMCLIPProcessor,
     RSMCLIPTokenizer,
@@ -38,6 +39,9 @@ AutoModel.register(RSMCLIPConfig, RSMCLIPModel, exist_ok=True)
 AutoModelForZeroShotImageClassification.register(RSMCLIPConfig, RSMCLIPModel, exist_ok=True)
 AutoImageProcessor.register(RSMCLIPConfig, fast_image_processor_class=RSMCLIPImageProcessor, exist_ok=True)
 AutoProcessor.register(RSMCLIPConfig, RSMCLIPProcessor, exist_ok=True)
+# Both tokenizers are found by the class name in tokenizer_config.json; a config maps to one, XLM-RoBERTa's (the
+# last registered), and a CLIP text tower's folder names RSMCLIPBPETokenizer.
+AutoTokenizer.register(RSMCLIPConfig, tokenizer_class=RSMCLIPBPETokenizer, exist_ok=True)
 AutoTokenizer.register(RSMCLIPConfig, fast_tokenizer_class=RSMCLIPTokenizer, exist_ok=True)
 register_retrieval_pipeline()
 
@@ -46,6 +50,7 @@ __all__ = [
     "PRESETS",
     "PROMPT_TEMPLATES",
     "RETRIEVAL_TASK",
+    "RSMCLIPBPETokenizer",
     "RSMCLIPConfig",
     "RSMCLIPDistillationHead",
     "RSMCLIPImageProcessor",
