@@ -303,7 +303,10 @@ def _find_weights(folder: Path, weights_file: str | None) -> tuple[Path, KnownMo
         return others[0], None
     names = ", ".join(str(p.relative_to(folder)) for p in others[:5])
     hint = f"; found {names}: name one with --weights FILE" if others else ""
-    raise ConversionError(f"{folder}: no weights file; expected {SAFETENSORS_FILE} or {BIN_FILE}{hint}")
+    config = "" if (folder / CONFIG_FILE).is_file() else f"no {CONFIG_FILE} and "
+    raise ConversionError(
+        f"{folder}: {config}no weights file; expected {SAFETENSORS_FILE} or {BIN_FILE}{hint}"
+    )
 
 
 def load_open_clip_checkpoint(
