@@ -26,6 +26,7 @@ _EXPORTS = {
     "RSMCLIPRetrievalPipeline": ".pipeline_rsmclip",
     "RSMCLIPZeroShotImageClassificationPipeline": ".pipeline_rsmclip",
     "register_retrieval_pipeline": ".pipeline_rsmclip",
+    "RSMCLIPBPETokenizer": ".processing_rsmclip",
     "RSMCLIPImageProcessor": ".processing_rsmclip",
     "RSMCLIPProcessor": ".processing_rsmclip",
     "RSMCLIPTokenizer": ".processing_rsmclip",
@@ -59,7 +60,12 @@ def _register_auto_classes(_module: object = None) -> None:
 
         from .configuration_rsmclip import RSMCLIPConfig
         from .modeling_rsmclip import RSMCLIPModel
-        from .processing_rsmclip import RSMCLIPImageProcessor, RSMCLIPProcessor, RSMCLIPTokenizer
+        from .processing_rsmclip import (
+            RSMCLIPBPETokenizer,
+            RSMCLIPImageProcessor,
+            RSMCLIPProcessor,
+            RSMCLIPTokenizer,
+        )
 
         AutoConfig.register("rsmclip", RSMCLIPConfig, exist_ok=True)
         AutoModel.register(RSMCLIPConfig, RSMCLIPModel, exist_ok=True)
@@ -68,6 +74,9 @@ def _register_auto_classes(_module: object = None) -> None:
             RSMCLIPConfig, fast_image_processor_class=RSMCLIPImageProcessor, exist_ok=True
         )
         AutoProcessor.register(RSMCLIPConfig, RSMCLIPProcessor, exist_ok=True)
+        # Both tokenizers are found by the class name in tokenizer_config.json; a config maps to one, XLM-RoBERTa's
+        # (the last registered), and a CLIP text tower's folder names RSMCLIPBPETokenizer.
+        AutoTokenizer.register(RSMCLIPConfig, tokenizer_class=RSMCLIPBPETokenizer, exist_ok=True)
         AutoTokenizer.register(RSMCLIPConfig, fast_tokenizer_class=RSMCLIPTokenizer, exist_ok=True)
 
 

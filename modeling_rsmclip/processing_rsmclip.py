@@ -3,7 +3,9 @@
 `RSMCLIPImageProcessor` is CLIP's image processor (resize shortest side, center crop, OpenAI CLIP mean/std) that
 first turns any remote-sensing input into correct 8-bit RGB: PIL images of every mode (1, L, LA, P, RGBA, I;16, I,
 F, CMYK, ...), TIFF or other image files given by path, numpy arrays `HxW`, `HxWxC` or `CxHxW` of any integer or
-float type, and torch tensors. `RSMCLIPProcessor` pairs it with the XLM-RoBERTa tokenizer (truncation at 77 tokens).
+float type, and torch tensors. `RSMCLIPProcessor` pairs it with the text tower's tokenizer (truncation at 77 tokens):
+the XLM-RoBERTa tokenizer (`RSMCLIPTokenizer`), or for a CLIP text tower OpenAI CLIP's byte-level BPE tokenizer
+(`RSMCLIPBPETokenizer`, transformers' `CLIPTokenizer` giving the ids of `open_clip.tokenize`).
 
 Image files are decoded in one place, `load_image_file` (PIL, with its decompression-bomb guard; every error names
 the file), and every input is turned into RGB in one place, `to_rgb` / `array_to_rgb`, by the rules documented on
@@ -15,14 +17,17 @@ This file travels to the Hub with the model (``trust_remote_code``): it imports 
 
 from __future__ import annotations
 
+import html
 import os
+import re
+import unicodedata
 import warnings
 from typing import IO, Any
 
 import numpy as np
 import PIL.Image
 import PIL.ImageOps
-from transformers import CLIPImageProcessor, ProcessorMixin, XLMRobertaTokenizer
+from transformers import CLIPImageProcessor, CLIPTokenizer, ProcessorMixin, XLMRobertaTokenizer
 from transformers.processing_utils import ImagesKwargs
 
 CONTEXT_LENGTH = 77
@@ -460,6 +465,128 @@ class RSMCLIPTokenizer(XLMRobertaTokenizer):
         return encoding
 
 
+# ----------------------------------------------------------------------------------- CLIP's byte-level BPE texts
+# OpenCLIP cleans every text before its BPE (open_clip.tokenizer: ftfy.fix_text, html.unescape twice, whitespace
+# collapsed, lower case). The table-driven fixes of ftfy.fix_text are reproduced here, in ftfy's order; its repair
+# of mojibake (text decoded with the wrong codec, e.g. "cafÃ©") is heuristic and is not.
+_LATIN_LIGATURES = str.maketrans(
+    {
+        "\u0132": "IJ",
+        "\u0133": "ij",
+        "\u0149": "\u02bcn",
+        "\u01f1": "DZ",
+        "\u01f2": "Dz",
+        "\u01f3": "dz",
+        "\u01c4": "D\u017d",
+        "\u01c5": "D\u017e",
+        "\u01c6": "d\u017e",
+        "\u01c7": "LJ",
+        "\u01c8": "Lj",
+        "\u01c9": "lj",
+        "\u01ca": "NJ",
+        "\u01cb": "Nj",
+        "\u01cc": "nj",
+        "\ufb00": "ff",
+        "\ufb01": "fi",
+        "\ufb02": "fl",
+        "\ufb03": "ffi",
+        "\ufb04": "ffl",
+        "\ufb05": "\u017ft",
+        "\ufb06": "st",
+    }
+)
+# Full-width and half-width forms to their usual width (and the ideographic space to a space), as ftfy does.
+_WIDTH_MAP = {0x3000: " "}
+_WIDTH_MAP.update(
+    (code, unicodedata.normalize("NFKC", chr(code)))
+    for code in range(0xFF01, 0xFFF0)
+    if unicodedata.normalize("NFKC", chr(code)) != chr(code)
+)
+# Control characters that ftfy removes (not tab, line feed, form feed or carriage return).
+_CONTROL_CHARS = dict.fromkeys(
+    [
+        *range(0x00, 0x09),
+        0x0B,
+        *range(0x0E, 0x20),
+        0x7F,
+        *range(0x206A, 0x2070),
+        0xFEFF,
+        *range(0xFFF9, 0xFFFD),
+    ]
+)
+_SINGLE_QUOTES = re.compile("[\u02bc\u2018-\u201b]")
+_DOUBLE_QUOTES = re.compile("[\u201c-\u201f]")
+_HTML_ENTITY = re.compile(r"&#?[0-9A-Za-z]{1,24};")
+_C1_CONTROL = re.compile(r"[\x80-\x9f]")
+_TERMINAL_ESCAPE = re.compile("\033\\[((?:\\d|;)*)([a-zA-Z])")
+
+
+def _c1_to_windows_1252(match: re.Match) -> str:
+    try:
+        return bytes([ord(match.group())]).decode("cp1252")
+    except UnicodeDecodeError:  # the five bytes Windows-1252 leaves undefined stay as they are
+        return match.group()
+
+
+def clean_clip_text(text: str) -> str:
+    """A text as OpenCLIP's tokenizer sees it before its BPE: ftfy's fixes (HTML entities when the text has no
+    "<", Windows-1252 C1 controls, Latin ligatures, full/half-width forms, curly quotes, terminal escapes, control
+    characters, NFC), then `html.unescape` twice, whitespace runs collapsed to one space, stripped, lower-cased."""
+    unescape = "<" not in text
+    while True:
+        before = text
+        if unescape:
+            text = _HTML_ENTITY.sub(lambda m: html.unescape(m.group()), text)
+        text = _C1_CONTROL.sub(_c1_to_windows_1252, text)
+        text = text.translate(_LATIN_LIGATURES).translate(_WIDTH_MAP)
+        text = _SINGLE_QUOTES.sub("'", _DOUBLE_QUOTES.sub('"', text))
+        text = _TERMINAL_ESCAPE.sub("", text).translate(_CONTROL_CHARS)
+        text = unicodedata.normalize("NFC", text)
+        if text == before:
+            break
+    text = html.unescape(html.unescape(text))
+    return " ".join(text.split()).lower()
+
+
+def _clean_clip_texts(texts: Any) -> Any:
+    if isinstance(texts, str):
+        return clean_clip_text(texts)
+    if isinstance(texts, list | tuple) and all(isinstance(t, str) for t in texts):
+        return [clean_clip_text(t) for t in texts]
+    return texts
+
+
+class RSMCLIPBPETokenizer(CLIPTokenizer):
+    """OpenAI CLIP's byte-level BPE tokenizer (transformers' `CLIPTokenizer`) for a CLIP text tower, giving the ids
+    of `open_clip.tokenize`:
+
+    - each text is cleaned as OpenCLIP cleans it (`clean_clip_text`);
+    - padding is id 0 (the token "!"), as OpenCLIP pads; the model pools at the end-of-text token, the argmax of the
+      ids, so padding never changes an embedding;
+    - the strings of special tokens typed inside a text ("!", "<|endoftext|>") are read as text
+      (`split_special_tokens=True`), so "!!!" stays an exclamation and not three padding tokens;
+    - an empty batch or an empty text is refused.
+
+    Without this class (plain `CLIPTokenizer` loading the same files) the ids differ only on texts that the
+    cleaning changes.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("pad_token", "!")
+        kwargs.setdefault("split_special_tokens", True)
+        kwargs.setdefault("model_max_length", CONTEXT_LENGTH)
+        super().__init__(*args, **kwargs)
+
+    def _encode_plus(self, text: Any, text_pair: Any = None, *args: Any, **kwargs: Any):
+        if not kwargs.get("is_split_into_words", False):
+            text, text_pair = _clean_clip_texts(text), _clean_clip_texts(text_pair)
+        return super()._encode_plus(text, text_pair, *args, **kwargs)
+
+    def __call__(self, text: Any = None, *args: Any, **kwargs: Any):
+        check_texts(text)
+        return super().__call__(text, *args, **kwargs)
+
+
 def content_free_texts(tokenizer: Any, texts: list[str]) -> list[str]:
     """The texts of `texts` that tokenize to no content token (see `RSMCLIPTokenizer`), for callers that refuse
     them (candidate labels, queries)."""
@@ -472,7 +599,8 @@ def content_free_texts(tokenizer: Any, texts: list[str]) -> list[str]:
 
 
 class RSMCLIPProcessor(ProcessorMixin):
-    """RS-M-CLIP processor: `RSMCLIPImageProcessor` + the XLM-RoBERTa tokenizer.
+    """RS-M-CLIP processor: `RSMCLIPImageProcessor` + the text tower's tokenizer (XLM-RoBERTa's `RSMCLIPTokenizer`,
+    or `RSMCLIPBPETokenizer` for a CLIP text tower).
 
     Texts are padded to the longest in the batch and truncated at 77 tokens (the model's context length); an empty
     text is refused, since it has no content tokens to pool.
@@ -495,11 +623,14 @@ class RSMCLIPProcessor(ProcessorMixin):
 RSMCLIPImageProcessor.register_for_auto_class("AutoImageProcessor")
 RSMCLIPProcessor.register_for_auto_class("AutoProcessor")
 RSMCLIPTokenizer.register_for_auto_class("AutoTokenizer")
+RSMCLIPBPETokenizer.register_for_auto_class("AutoTokenizer")
 
 __all__ = [
     "RSMCLIPImageProcessor",
     "RSMCLIPProcessor",
     "RSMCLIPTokenizer",
+    "RSMCLIPBPETokenizer",
+    "clean_clip_text",
     "to_rgb",
     "array_to_rgb",
     "pil_to_rgb",

@@ -1,7 +1,8 @@
 """Conversion between OpenCLIP checkpoints and RS-M-CLIP model folders, both directions.
 
-- `convert_open_clip(source, output_dir)` (`rsmclip convert`): an OpenCLIP checkpoint folder or Hub id, e.g. the
-  released `joaodaniel/RS-M-CLIP`, as a transformers RS-M-CLIP model folder.
+- `convert_open_clip(source, output_dir)` (`rsmclip convert`): an OpenCLIP checkpoint folder, file, Hub id or known
+  model name, e.g. the released `joaodaniel/RS-M-CLIP` or `remoteclip-vit-b-32`, as a transformers RS-M-CLIP model
+  folder. RS-M-CLIP's family (ViT + XLM-RoBERTa) and the standard CLIP (ViT + CLIP text transformer) convert.
 - `export_to_open_clip(model, output_dir)` (`rsmclip export --to-open-clip`): the reverse.
 
 Names are imported on first use (`modeling_rsmclip._lazy`).
@@ -12,9 +13,11 @@ from __future__ import annotations
 from .._lazy import lazy_exports
 
 _EXPORTS = {
+    "CheckpointNotFoundError": ".checkpoint",
     "OpenCLIPCheckpoint": ".checkpoint",
     "load_open_clip_checkpoint": ".checkpoint",
     "load_open_clip_weights": ".checkpoint",
+    "clip_bpe_tokenizer": ".clip_tokenizer",
     "convert_open_clip": ".convert",
     "export_to_open_clip": ".export",
     "image_processor_kwargs_from_preprocess_cfg": ".open_clip_config",

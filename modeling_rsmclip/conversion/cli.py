@@ -12,9 +12,9 @@ def _run_convert(args: argparse.Namespace) -> int:
     overrides = {}
     if args.dino_out_dim is not None:
         overrides["dino_out_dim"] = args.dino_out_dim
-    # A ConversionError (a ValueError) is a user error: `rsmclip` prints `error: ...` and exits 2.
     from .convert import convert_open_clip
 
+    # A ConversionError (a ValueError) is a user error: `rsmclip` prints `error: ...` and exits 2.
     out = convert_open_clip(
         args.source,
         args.output_dir,
@@ -23,6 +23,7 @@ def _run_convert(args: argparse.Namespace) -> int:
         cache_dir=args.cache_dir,
         local_files_only=args.offline,
         open_clip_model=args.open_clip_model,
+        weights_file=args.weights,
         push_to_hub=args.push_to_hub,
         private=args.private or None,
         config_overrides=overrides,
@@ -35,14 +36,23 @@ def add_convert_subparser(subparsers: argparse._SubParsersAction) -> None:
     """Register `rsmclip convert`."""
     parser = subparsers.add_parser(
         "convert",
-        help="convert an OpenCLIP checkpoint (folder or Hub id) into a transformers RS-M-CLIP model folder",
+        help="convert an OpenCLIP checkpoint (folder, file, Hub id or known model) into a transformers model folder",
         description=(
             "Convert an OpenCLIP checkpoint (open_clip_config.json + open_clip_model.safetensors or "
-            "open_clip_pytorch_model.bin) into a transformers RS-M-CLIP model folder. Example: "
-            "rsmclip convert hf-hub:joaodaniel/RS-M-CLIP rs-m-clip-hf"
+            "open_clip_pytorch_model.bin, or a bare state dict with --open-clip-model) into a transformers RS-M-CLIP "
+            "model folder: RS-M-CLIP's family (ViT + XLM-RoBERTa) and the standard CLIP (ViT-B/32, ViT-B/16, "
+            "ViT-L/14, ViT-H/14, with or without QuickGELU). Examples: "
+            "rsmclip convert hf-hub:joaodaniel/RS-M-CLIP rs-m-clip-hf; rsmclip convert remoteclip-vit-b-32 "
+            "remoteclip-hf"
         ),
     )
-    parser.add_argument("source", help="OpenCLIP checkpoint folder, or Hub id (hf-hub:org/name or org/name)")
+    parser.add_argument(
+        "source",
+        help=(
+            "OpenCLIP checkpoint folder, Hub id (hf-hub:org/name or org/name), or a known model "
+            "name (see modeling_rsmclip.known_models.list_known_models())"
+        ),
+    )
     parser.add_argument("output_dir", help="folder to write the converted model to")
     parser.add_argument(
         "--tokenizer",
@@ -54,6 +64,12 @@ def add_convert_subparser(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         metavar="NAME",
         help="OpenCLIP built-in model config to use when the checkpoint has no open_clip_config.json",
+    )
+    parser.add_argument(
+        "--weights",
+        default=None,
+        metavar="FILE",
+        help="the weights file inside the folder or Hub repository (e.g. RemoteCLIP-ViT-B-32.pt)",
     )
     parser.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit) of the source")
     parser.add_argument("--cache-dir", default=None, help="Hugging Face cache folder for the download")

@@ -6,10 +6,12 @@ uploaded) and `open_clip.get_tokenizer(...)` the same way. It holds `open_clip_c
 `open_clip_model.safetensors`, the tokenizer files and a model card. The distillation head is dropped (OpenCLIP
 has no place for it), so exporting and converting back gives a model with a new, untrained head.
 
-OpenCLIP builds the text tower from `text_cfg.hf_model_name` with `AutoConfig`. For a text tower with the exact
-XLM-RoBERTa base (or large) architecture that name is `xlm-roberta-base` (as in the original OpenCLIP configs);
-for any other architecture the folder carries the text tower's `config.json` and `hf_model_name` points at the
-folder itself (its absolute path) or, with `--push-to-hub`, at the uploaded repository.
+OpenCLIP builds an XLM-RoBERTa text tower from `text_cfg.hf_model_name` with `AutoConfig`. For a text tower with
+the exact XLM-RoBERTa base (or large) architecture that name is `xlm-roberta-base` (as in the original OpenCLIP
+configs); for any other architecture the folder carries the text tower's `config.json` and `hf_model_name` points
+at the folder itself (its absolute path) or, with `--push-to-hub`, at the uploaded repository. A CLIP text tower
+becomes OpenCLIP's standard `CLIP` (its own text transformer and tokenizer), described entirely by
+`open_clip_config.json`; the folder then carries no tokenizer files (OpenCLIP does not read them).
 """
 
 from __future__ import annotations
@@ -54,19 +56,20 @@ def _load_model_and_processor(model: Any, processor: Any) -> tuple[RSMCLIPModel,
 def _write_card(out: Path, model_cfg: dict[str, Any], source: str, load_name: str) -> None:
     from huggingface_hub import ModelCardData
 
+    clip_text = "hf_model_name" not in model_cfg["text_cfg"]
     card_data = ModelCardData(
         library_name="open_clip",
         pipeline_tag="zero-shot-image-classification",
-        tags=["rs-m-clip", "clip", "open_clip", "remote-sensing", "multilingual"],
+        tags=["rs-m-clip", "clip", "open_clip", "remote-sensing", *([] if clip_text else ["multilingual"])],
     )
     lines = [
         "---",
         card_data.to_yaml(),
         "---",
         "",
-        "# RS-M-CLIP (OpenCLIP format)",
+        "# CLIP (OpenCLIP format)" if clip_text else "# RS-M-CLIP (OpenCLIP format)",
         "",
-        f"An RS-M-CLIP model exported from `{source}` with `rsmclip export --to-open-clip`.",
+        f"A model in RS-M-CLIP's format exported from `{source}` with `rsmclip export --to-open-clip`.",
         "The self-distillation head of the RS-M-CLIP model is not part of this checkpoint (OpenCLIP has no place "
         "for it); the image and text towers, projections and temperature are complete.",
         "",
@@ -117,11 +120,15 @@ def export_to_open_clip(
     out.mkdir(parents=True, exist_ok=True)
     self_reference = push_to_hub or str(out.resolve())
     write_text_config = False
-    if hf_model_name is None:
+    if config.is_clip_text:
+        hf_model_name = hf_tokenizer_name = None  # OpenCLIP's own text transformer and tokenizer
+    elif hf_model_name is None:
         hf_model_name = known_text_architecture_name(config.text_config)
         if hf_model_name is None:
             hf_model_name, write_text_config = self_reference, True
-    model_cfg = open_clip_model_cfg_from_rsmclip(config, hf_model_name, hf_tokenizer_name or self_reference)
+    model_cfg = open_clip_model_cfg_from_rsmclip(
+        config, hf_model_name, None if config.is_clip_text else hf_tokenizer_name or self_reference
+    )
     preprocess_cfg = preprocess_cfg_from_image_processor(processor.image_processor)
     state_dict = rsmclip_to_open_clip_state_dict(net.state_dict(), config, source=source)
 
@@ -134,7 +141,8 @@ def export_to_open_clip(
         json.dumps({"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg}, indent=2) + "\n",
         encoding="utf-8",
     )
-    processor.tokenizer.save_pretrained(out)
+    if not config.is_clip_text:
+        processor.tokenizer.save_pretrained(out)
     if write_text_config:
         # OpenCLIP reads the text tower's architecture from here (AutoConfig.from_pretrained(hf_model_name)).
         config.text_config.to_json_file(str(out / "config.json"))

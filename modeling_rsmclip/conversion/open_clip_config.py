@@ -2,9 +2,12 @@
 (`RSMCLIPConfig`, `RSMCLIPImageProcessor`).
 
 Only what RS-M-CLIP can represent exactly is accepted: a plain ViT image tower (class-token pooling, learnable
-positions, pre- and post-layernorm, no layer scale / attentional pooling / custom attention) and a Hugging Face
-XLM-RoBERTa (or RoBERTa) text tower with mean or CLS pooling and an MLP or linear projection. Anything else is a
-`ConversionError` naming the field, never a silently different model.
+positions, pre- and post-layernorm, no layer scale / attentional pooling / custom attention) and either a Hugging
+Face XLM-RoBERTa (or RoBERTa) text tower with mean or CLS pooling and an MLP or linear projection (`CustomTextCLIP`,
+RS-M-CLIP's family), or OpenCLIP's own causal text transformer pooled at the end-of-text token with a linear
+projection (the standard `CLIP` of OpenAI and of RemoteCLIP, GeoRSCLIP, SkyCLIP: ViT-B-32, ViT-B-16, ViT-L-14,
+ViT-H-14, with or without QuickGELU). Anything else (a ModifiedResNet or timm image tower, a SigLIP or CoCa model) is
+a `ConversionError` naming the field and the tower, never a silently different model.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from transformers import AutoConfig, XLMRobertaConfig
+from transformers import AutoConfig, CLIPTextConfig, XLMRobertaConfig
 from transformers.image_utils import PILImageResampling
 
 from ..configuration_rsmclip import PRESETS, RSMCLIPConfig
@@ -31,6 +34,15 @@ OPEN_CLIP_TEXT_DEFAULTS: dict[str, Any] = {
     "context_length": 77,
     "hf_proj_type": "mlp",
     "hf_pooler_type": "mean_pooler",
+}
+# OpenCLIP's own text transformer (open_clip.model.CLIPTextCfg without hf_model_name): OpenAI CLIP's.
+OPEN_CLIP_CLIP_TEXT_DEFAULTS: dict[str, Any] = {
+    "context_length": 77,
+    "vocab_size": 49408,
+    "width": 512,
+    "heads": 8,
+    "layers": 12,
+    "mlp_ratio": 4.0,
 }
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -112,6 +124,39 @@ _TEXT_IGNORED_OPTIONS = (
     "scale_fc",
 )
 _MODEL_IGNORED_OPTIONS = ("custom_text", "cast_dtype", "output_dict")
+# OpenCLIP text-transformer options with the only values a CLIP text tower (transformers' CLIPTextModel, pooled at
+# the end-of-text token, linear projection without bias) can represent, and OpenCLIP's own tokenizer.
+_CLIP_TEXT_FIXED_OPTIONS: dict[str, Any] = {
+    "ls_init_value": None,
+    "embed_cls": False,
+    "no_causal_mask": False,
+    "final_ln_after_pool": False,
+    "pool_type": "argmax",
+    "proj_bias": False,
+    "proj_type": "linear",
+    "act_kwargs": None,
+    "block_type": None,
+    "qk_norm": False,
+    "scaled_cosine_attn": False,
+    "scale_heads": False,
+    "scale_attn_inner": False,
+    "scale_attn": False,
+    "scale_fc": False,
+    "hf_tokenizer_name": None,
+    "tokenizer_mode": None,
+    "tokenizer_kwargs": None,
+}
+# Options that change nothing for such a tower: pad_id / eos_id matter only to other poolings, the hf_* fields only
+# to Hugging Face text towers.
+_CLIP_TEXT_IGNORED_OPTIONS = (
+    "pad_id",
+    "eos_id",
+    "output_tokens",
+    "hf_model_name",
+    "hf_model_pretrained",
+    "hf_proj_type",
+    "hf_pooler_type",
+)
 
 # Text-tower architectures known without downloading their config (OpenCLIP names them by Hub id).
 _XLM_ROBERTA_BASE = {k: v for k, v in PRESETS["rs-m-clip"]["text_config"].items()}
@@ -187,11 +232,83 @@ def resolve_text_config(hf_model_name: str) -> XLMRobertaConfig:
 
 
 def _check_fixed_options(section: Mapping[str, Any], fixed: Mapping[str, Any], where: str) -> None:
+    # OpenCLIP's block_type "default" is its plain residual block, the same as None.
+    section = {**section, "block_type": None} if section.get("block_type") == "default" else section
     bad = [
         f"{k}={section[k]!r} (supported: {v!r})" for k, v in fixed.items() if k in section and section[k] != v
     ]
     if bad:
         raise ConversionError(f"{where}: unsupported option(s) {', '.join(bad)}")
+
+
+def image_tower_name(vision_cfg: Mapping[str, Any]) -> str:
+    """What kind of image tower an OpenCLIP `vision_cfg` builds: "ViT", "ModifiedResNet" or "timm:<model>"."""
+    if vision_cfg.get("timm_model_name"):
+        return f"timm:{vision_cfg['timm_model_name']}"
+    if isinstance(vision_cfg.get("layers"), list | tuple):
+        return "ModifiedResNet"
+    return "ViT"
+
+
+def _refuse_other_image_towers(vision: Mapping[str, Any], where: str) -> None:
+    """A `ConversionError` naming the tower for image towers that are not OpenCLIP's own ViT."""
+    tower = image_tower_name(vision)
+    if tower == "ModifiedResNet":
+        raise ConversionError(
+            f"{where}: the image tower is a ModifiedResNet (vision_cfg.layers={list(vision['layers'])!r}, the "
+            f"ResNet of OpenAI's RN50/RN101 CLIP and of RemoteCLIP-RN50); it cannot be converted: RS-M-CLIP holds "
+            f"ViT image towers only (ViT-B/32, ViT-B/16, ViT-L/14, ViT-H/14, ...)"
+        )
+    if tower.startswith("timm:"):
+        raise ConversionError(
+            f"{where}: the image tower is a timm model (vision_cfg.timm_model_name={vision['timm_model_name']!r}); "
+            f"it cannot be converted: RS-M-CLIP holds OpenCLIP's own ViT image tower only"
+        )
+
+
+def _clip_text_config(
+    text: Mapping[str, Any], quick_gelu: bool, embed_dim: int, where: str
+) -> CLIPTextConfig:
+    """The `CLIPTextConfig` of OpenCLIP's own text transformer (`text_cfg` without `hf_model_name`)."""
+    _check_fixed_options(
+        text,
+        _CLIP_TEXT_FIXED_OPTIONS,
+        f"{where} text_cfg (no hf_model_name: OpenCLIP's own CLIP text transformer)",
+    )
+    unknown = (
+        set(text)
+        - set(OPEN_CLIP_CLIP_TEXT_DEFAULTS)
+        - set(_CLIP_TEXT_FIXED_OPTIONS)
+        - {"norm_kwargs", *_CLIP_TEXT_IGNORED_OPTIONS}
+    )
+    if unknown:
+        raise ConversionError(f"{where}: unsupported text_cfg field(s) {sorted(unknown)}")
+    if int(text["context_length"]) != 77:
+        raise ConversionError(
+            f"{where}: text_cfg.context_length={text['context_length']} (RS-M-CLIP's processor truncates at 77)"
+        )
+    norm_kwargs = dict(text.get("norm_kwargs") or {})
+    eps = norm_kwargs.pop("eps", OPEN_CLIP_LAYER_NORM_EPS)
+    if norm_kwargs:
+        raise ConversionError(f"{where}: unsupported text_cfg.norm_kwargs {norm_kwargs}")
+    width, heads, vocab_size = int(text["width"]), int(text["heads"]), int(text["vocab_size"])
+    if width % heads:
+        raise ConversionError(f"{where}: text width {width} is not a multiple of its {heads} heads")
+    return CLIPTextConfig(
+        vocab_size=vocab_size,
+        hidden_size=width,
+        intermediate_size=int(width * float(text["mlp_ratio"])),
+        num_hidden_layers=int(text["layers"]),
+        num_attention_heads=heads,
+        max_position_embeddings=int(text["context_length"]),
+        hidden_act="quick_gelu" if quick_gelu else "gelu",
+        layer_norm_eps=float(eps),
+        # OpenCLIP's tokenizer: padding 0, start and end of text the last two ids of the vocabulary.
+        pad_token_id=0,
+        bos_token_id=vocab_size - 2,
+        eos_token_id=vocab_size - 1,
+        projection_dim=embed_dim,
+    )
 
 
 def rsmclip_config_from_open_clip(
@@ -204,8 +321,12 @@ def rsmclip_config_from_open_clip(
 
     Vision: `width`, `layers`, `width // head_width` heads, `int(width * mlp_ratio)` MLP size, `patch_size`,
     `image_size`, layer-norm eps (`norm_kwargs.eps`, default 1e-5), and `hidden_act` = "quick_gelu" when
-    `quick_gelu: true` else exact "gelu". Text: the architecture of `hf_model_name` (or `text_config`), the pooler
-    and the projection type. `overrides` set other top-level fields (e.g. the distillation head's size).
+    `quick_gelu: true` else exact "gelu". Text, for a Hugging Face text tower (`text_cfg.hf_model_name`): the
+    architecture of `hf_model_name` (or `text_config`), the pooler and the projection type. For OpenCLIP's own text
+    transformer (no `hf_model_name`: the standard CLIP): a `CLIPTextConfig` of its width, heads, layers, MLP ratio,
+    context length and vocabulary, with the same activation as the image tower (OpenCLIP's `quick_gelu` applies to
+    both), pooled at the end-of-text token with a linear projection. `overrides` set other top-level fields (e.g.
+    the distillation head's size).
     """
     unknown_top = set(model_cfg) - {
         "embed_dim",
@@ -230,10 +351,7 @@ def rsmclip_config_from_open_clip(
     vision = {**OPEN_CLIP_VISION_DEFAULTS, **model_cfg.get("vision_cfg", {})}
     text = {**OPEN_CLIP_TEXT_DEFAULTS, **model_cfg.get("text_cfg", {})}
 
-    if isinstance(vision["layers"], list | tuple):
-        raise ConversionError(
-            f"{where}: vision_cfg.layers={vision['layers']!r} is a ResNet; only ViTs are supported"
-        )
+    _refuse_other_image_towers(vision, where)
     _check_fixed_options(vision, _VISION_FIXED_OPTIONS, f"{where} vision_cfg")
     unknown_vision = (
         set(vision)
@@ -252,11 +370,19 @@ def rsmclip_config_from_open_clip(
     if width % head_width:
         raise ConversionError(f"{where}: vision width {width} is not a multiple of head_width {head_width}")
 
+    embed_dim = int(model_cfg["embed_dim"])
+    quick_gelu = bool(model_cfg.get("quick_gelu", False))
     if not text.get("hf_model_name"):
-        raise ConversionError(
-            f"{where}: text_cfg has no hf_model_name; only OpenCLIP models with a Hugging Face (XLM-RoBERTa) text "
-            f"tower can be converted"
+        # OpenCLIP's own text transformer: the standard CLIP.
+        clip_text = _clip_text_config(
+            {**OPEN_CLIP_CLIP_TEXT_DEFAULTS, **model_cfg.get("text_cfg", {})}, quick_gelu, embed_dim, where
         )
+        fields = {
+            "text_config": clip_text,
+            "text_pooler_type": "argmax_pooler",
+            "text_projection_type": "linear",
+        }
+        return _rsmclip_config(model_cfg, vision, eps, width, head_width, fields, overrides)
     pooler = text["hf_pooler_type"]
     if pooler not in _POOLERS:
         detail = (
@@ -286,29 +412,45 @@ def rsmclip_config_from_open_clip(
     if text_config is None:
         text_config = resolve_text_config(text["hf_model_name"])
 
-    embed_dim = int(model_cfg["embed_dim"])
-    vision_config = {
-        "hidden_size": width,
-        "intermediate_size": int(width * float(vision["mlp_ratio"])),
-        "num_hidden_layers": int(vision["layers"]),
-        "num_attention_heads": width // head_width,
-        "image_size": _single_int(vision["image_size"], "vision_cfg.image_size"),
-        "patch_size": _single_int(vision["patch_size"], "vision_cfg.patch_size"),
-        "hidden_act": "quick_gelu" if model_cfg.get("quick_gelu", False) else "gelu",
-        "layer_norm_eps": float(eps),
-        "num_channels": 3,
-        "projection_dim": embed_dim,
-    }
     text_fields = text_config.to_dict()
     text_fields.pop("model_type", None)
     fields: dict[str, Any] = {
-        "vision_config": vision_config,
         "text_config": text_fields,
-        "projection_dim": embed_dim,
         "text_pooler_type": _POOLERS[pooler],
         "text_projection_type": proj_type,
         # OpenCLIP's MLP projection width, (text width + embed_dim) // 2, is also RSMCLIPConfig's default.
         "text_projection_hidden_dim": (text_config.hidden_size + embed_dim) // 2,
+    }
+    return _rsmclip_config(model_cfg, vision, eps, width, head_width, fields, overrides)
+
+
+def _rsmclip_config(
+    model_cfg: Mapping[str, Any],
+    vision: Mapping[str, Any],
+    eps: float,
+    width: int,
+    head_width: int,
+    fields: dict[str, Any],
+    overrides: Mapping[str, Any],
+) -> RSMCLIPConfig:
+    """The `RSMCLIPConfig` of a checked `model_cfg`: the image tower and temperature from it, the text tower's
+    fields as derived by the caller, then `overrides`."""
+    embed_dim = int(model_cfg["embed_dim"])
+    fields = {
+        "vision_config": {
+            "hidden_size": width,
+            "intermediate_size": int(width * float(vision["mlp_ratio"])),
+            "num_hidden_layers": int(vision["layers"]),
+            "num_attention_heads": width // head_width,
+            "image_size": _single_int(vision["image_size"], "vision_cfg.image_size"),
+            "patch_size": _single_int(vision["patch_size"], "vision_cfg.patch_size"),
+            "hidden_act": "quick_gelu" if model_cfg.get("quick_gelu", False) else "gelu",
+            "layer_norm_eps": float(eps),
+            "num_channels": 3,
+            "projection_dim": embed_dim,
+        },
+        "projection_dim": embed_dim,
+        **fields,
     }
     if "init_logit_scale" in model_cfg:
         fields["logit_scale_init_value"] = float(model_cfg["init_logit_scale"])
@@ -316,10 +458,50 @@ def rsmclip_config_from_open_clip(
     return RSMCLIPConfig(**fields)
 
 
+def _open_clip_clip_text_cfg(config: RSMCLIPConfig) -> dict[str, Any]:
+    """OpenCLIP's `text_cfg` of a CLIP text tower (OpenCLIP's own text transformer)."""
+    text = config.text_config
+    if config.text_pooler_type != "argmax_pooler" or config.text_projection_type != "linear":
+        raise ConversionError(
+            f"text_pooler_type={config.text_pooler_type!r}, text_projection_type={config.text_projection_type!r}: "
+            f"OpenCLIP's text transformer pools at the end-of-text token (argmax_pooler) with a linear projection"
+        )
+    if text.hidden_act != config.vision_config.hidden_act:
+        raise ConversionError(
+            f"text hidden_act={text.hidden_act!r}, vision hidden_act={config.vision_config.hidden_act!r}: OpenCLIP's "
+            f"quick_gelu flag sets one activation for both towers"
+        )
+    if text.hidden_size % text.num_attention_heads:
+        raise ConversionError("text hidden_size is not a multiple of num_attention_heads")
+    mlp_ratio = text.intermediate_size / text.hidden_size
+    if int(text.hidden_size * mlp_ratio) != text.intermediate_size:
+        raise ConversionError(
+            f"text intermediate_size={text.intermediate_size} is not expressible as mlp_ratio"
+        )
+    if text.max_position_embeddings != 77:
+        raise ConversionError(
+            f"text max_position_embeddings={text.max_position_embeddings}: OpenCLIP's is 77"
+        )
+    text_cfg: dict[str, Any] = {
+        "context_length": text.max_position_embeddings,
+        "vocab_size": text.vocab_size,
+        "width": text.hidden_size,
+        "heads": text.num_attention_heads,
+        "layers": text.num_hidden_layers,
+    }
+    if mlp_ratio != 4.0:
+        text_cfg["mlp_ratio"] = mlp_ratio
+    if text.layer_norm_eps != OPEN_CLIP_LAYER_NORM_EPS:
+        text_cfg["norm_kwargs"] = {"eps": text.layer_norm_eps}
+    return text_cfg
+
+
 def open_clip_model_cfg_from_rsmclip(
-    config: RSMCLIPConfig, hf_model_name: str, hf_tokenizer_name: str
+    config: RSMCLIPConfig, hf_model_name: str | None = None, hf_tokenizer_name: str | None = None
 ) -> dict[str, Any]:
-    """The OpenCLIP `model_cfg` that rebuilds the architecture of `config` (`CustomTextCLIP` with an HF text tower)."""
+    """The OpenCLIP `model_cfg` that rebuilds the architecture of `config`: a `CustomTextCLIP` with a Hugging Face
+    text tower named `hf_model_name` / `hf_tokenizer_name` (XLM-RoBERTa), or for a CLIP text tower the standard
+    `CLIP` (OpenCLIP's own text transformer and tokenizer; the two names are not used)."""
     vision = config.vision_config
     text = config.text_config
     if vision.hidden_act not in ("gelu", "quick_gelu"):
@@ -335,7 +517,7 @@ def open_clip_model_cfg_from_rsmclip(
         raise ConversionError(
             f"vision intermediate_size={vision.intermediate_size} is not expressible as mlp_ratio"
         )
-    if config.text_projection_type == "mlp":
+    if not config.is_clip_text and config.text_projection_type == "mlp":
         open_clip_hidden = (text.hidden_size + config.projection_dim) // 2
         if config.text_projection_hidden_dim != open_clip_hidden:
             raise ConversionError(
@@ -352,16 +534,22 @@ def open_clip_model_cfg_from_rsmclip(
     }
     if vision.layer_norm_eps != OPEN_CLIP_LAYER_NORM_EPS:
         vision_cfg["norm_kwargs"] = {"eps": vision.layer_norm_eps}
-    model_cfg: dict[str, Any] = {
-        "embed_dim": config.projection_dim,
-        "vision_cfg": vision_cfg,
-        "text_cfg": {
+    if config.is_clip_text:
+        text_cfg = _open_clip_clip_text_cfg(config)
+    else:
+        if not hf_model_name:
+            raise ConversionError("an XLM-RoBERTa text tower needs OpenCLIP's hf_model_name")
+        text_cfg = {
             "hf_model_name": hf_model_name,
             "hf_tokenizer_name": hf_tokenizer_name,
             "hf_proj_type": config.text_projection_type,
             "hf_pooler_type": _POOLERS_BACK[config.text_pooler_type],
             "context_length": 77,
-        },
+        }
+    model_cfg: dict[str, Any] = {
+        "embed_dim": config.projection_dim,
+        "vision_cfg": vision_cfg,
+        "text_cfg": text_cfg,
     }
     if vision.hidden_act == "quick_gelu":
         model_cfg["quick_gelu"] = True
@@ -375,6 +563,8 @@ def text_architecture(config: XLMRobertaConfig) -> dict[str, Any]:
 
 def known_text_architecture_name(config: XLMRobertaConfig) -> str | None:
     """The Hub name of a standard text tower with exactly this architecture, if any (e.g. "xlm-roberta-base")."""
+    if not isinstance(config, XLMRobertaConfig):
+        return None
     ours = text_architecture(config)
     for name in ("xlm-roberta-base", "xlm-roberta-large"):
         if text_architecture(XLMRobertaConfig(**KNOWN_TEXT_ARCHITECTURES[name])) == ours:
@@ -466,6 +656,7 @@ def preprocess_cfg_from_image_processor(image_processor: Any) -> dict[str, Any]:
 
 __all__ = [
     "KNOWN_TEXT_ARCHITECTURES",
+    "image_tower_name",
     "image_processor_kwargs_from_preprocess_cfg",
     "known_text_architecture_name",
     "open_clip_model_cfg_from_rsmclip",

@@ -1,16 +1,27 @@
-"""Tensor-by-tensor mapping between an OpenCLIP `CustomTextCLIP` state dict and an `RSMCLIPModel` state dict.
+"""Tensor-by-tensor mapping between an OpenCLIP state dict (`CustomTextCLIP` or the standard `CLIP`) and an
+`RSMCLIPModel` state dict.
 
-OpenCLIP layout (ViT image tower + Hugging Face text tower):
+OpenCLIP layout, ViT image tower (both kinds):
 
 - `visual.conv1.weight`, `visual.class_embedding`, `visual.positional_embedding`, `visual.ln_pre.*`,
   `visual.transformer.resblocks.N.{ln_1, attn.in_proj_weight, attn.in_proj_bias, attn.out_proj, ln_2, mlp.c_fc,
   mlp.c_proj}.*`, `visual.ln_post.*`, `visual.proj` (width x embed_dim, applied as `x @ proj`);
-- `text.transformer.*`: the state dict of a transformers `XLMRobertaModel` without pooler;
-- `text.proj.0.weight`, `text.proj.2.weight` (MLP projection) or `text.proj.weight` (linear projection);
 - `logit_scale`.
 
+Text, `CustomTextCLIP` (Hugging Face text tower, RS-M-CLIP's family):
+
+- `text.transformer.*`: the state dict of a transformers `XLMRobertaModel` without pooler;
+- `text.proj.0.weight`, `text.proj.2.weight` (MLP projection) or `text.proj.weight` (linear projection).
+
+Text, standard `CLIP` (OpenCLIP's own causal text transformer; OpenAI CLIP, RemoteCLIP, GeoRSCLIP, SkyCLIP):
+
+- `token_embedding.weight`, `positional_embedding`, `transformer.resblocks.N.*` (the same block layout as the image
+  tower's), `ln_final.*`, `text_projection` (width x embed_dim, applied as `x @ text_projection`).
+
 RS-M-CLIP layout: `vision_model.*` (transformers `CLIPVisionModel`), `visual_projection.weight` (= `proj.T`),
-`text_model.*`, `text_projection.*`, `logit_scale`, plus `distillation_head.*`, which has no OpenCLIP counterpart.
+`text_model.*` (`XLMRobertaModel`, or `CLIPTextModel`: `embeddings.token_embedding`, `embeddings.position_embedding`,
+`encoder.layers.N.*`, `final_layer_norm`), `text_projection.*`, `logit_scale`, plus `distillation_head.*`, which has
+no OpenCLIP counterpart.
 
 Both directions are strict: a key that is not mapped, a key that is missing, or a tensor of the wrong shape is an
 error that lists every offending key.
@@ -31,7 +42,21 @@ class ConversionError(ValueError):
 
 
 # Position ids of the text embeddings: a buffer, not a weight. Checkpoints made with transformers < 4.31 saved it.
-_IGNORED_OPEN_CLIP_KEYS = ("text.transformer.embeddings.position_ids",)
+# OpenAI's own checkpoints carry three scalars of metadata, which OpenCLIP drops too (build_model_from_openai_state_dict).
+_IGNORED_OPEN_CLIP_KEYS = (
+    "text.transformer.embeddings.position_ids",
+    "input_resolution",
+    "context_length",
+    "vocab_size",
+)
+
+# The standard CLIP's text transformer, outside its blocks (`text_projection` is transposed separately).
+_CLIP_TEXT_FIXED = {
+    "token_embedding.weight": "text_model.embeddings.token_embedding.weight",
+    "positional_embedding": "text_model.embeddings.position_embedding.weight",
+    "ln_final.weight": "text_model.final_layer_norm.weight",
+    "ln_final.bias": "text_model.final_layer_norm.bias",
+}
 
 _VISION_FIXED = {
     "visual.conv1.weight": "vision_model.embeddings.patch_embedding.weight",
@@ -43,8 +68,8 @@ _VISION_FIXED = {
     "visual.ln_post.bias": "vision_model.post_layernorm.bias",
 }
 
-# Per-block renames (everything except the fused q/k/v projection, handled separately).
-_VISION_BLOCK = {
+# Per-block renames, both towers (everything except the fused q/k/v projection, handled separately).
+_BLOCK = {
     "ln_1.weight": "layer_norm1.weight",
     "ln_1.bias": "layer_norm1.bias",
     "attn.out_proj.weight": "self_attn.out_proj.weight",
@@ -58,8 +83,11 @@ _VISION_BLOCK = {
 }
 _IN_PROJ = {"attn.in_proj_weight": "weight", "attn.in_proj_bias": "bias"}
 
-_OPEN_CLIP_BLOCK_RE = re.compile(r"^visual\.transformer\.resblocks\.(\d+)\.(.+)$")
-_RSMCLIP_LAYER_RE = re.compile(r"^vision_model\.encoder\.layers\.(\d+)\.(.+)$")
+# The blocks of OpenCLIP's transformers (image tower; text tower of the standard CLIP) and of transformers' CLIP
+# encoders: `(OpenCLIP prefix, RS-M-CLIP prefix)` of block N, per tower.
+_OPEN_CLIP_BLOCK_RE = re.compile(r"^(visual\.)?transformer\.resblocks\.(\d+)\.(.+)$")
+_RSMCLIP_LAYER_RE = re.compile(r"^(vision|text)_model\.encoder\.layers\.(\d+)\.(.+)$")
+_BLOCK_PREFIXES = {"visual.": "vision_model.", "": "text_model."}
 
 _OPEN_CLIP_TEXT_PREFIX = "text.transformer."
 _RSMCLIP_TEXT_PREFIX = "text_model."
@@ -67,6 +95,8 @@ _RSMCLIP_DISTILLATION_PREFIX = "distillation_head."
 
 
 def _text_projection_keys(config: RSMCLIPConfig) -> dict[str, str]:
+    if config.is_clip_text:
+        return {}  # `text_projection`, a transposed matrix (see the callers)
     if config.text_projection_type == "mlp":
         return {
             "text.proj.0.weight": "text_projection.0.weight",
@@ -102,10 +132,11 @@ def open_clip_to_rsmclip_state_dict(
     """Map an OpenCLIP state dict to `RSMCLIPModel` keys (without the distillation head).
 
     The fused attention input projection `in_proj_weight` (3*width x width, rows q, k, v) is split into `q_proj`,
-    `k_proj` and `v_proj`; `visual.proj` is transposed into `visual_projection.weight`; `logit_scale` becomes a
-    scalar. Raises `ConversionError` naming every unmapped key, missing key and shape mismatch.
+    `k_proj` and `v_proj`; `visual.proj` (and a standard CLIP's `text_projection`) is transposed into
+    `visual_projection.weight` (`text_projection.weight`); `logit_scale` becomes a scalar. Raises `ConversionError` naming every unmapped key, missing key and shape mismatch.
     """
     projection_keys = _text_projection_keys(config)
+    clip_text = config.is_clip_text
     converted: dict[str, torch.Tensor] = {}
     unmapped: list[str] = []
     for key, tensor in state_dict.items():
@@ -123,13 +154,17 @@ def open_clip_to_rsmclip_state_dict(
             converted["logit_scale"] = tensor.reshape(())
         elif key in projection_keys:
             converted[projection_keys[key]] = tensor
-        elif key.startswith(_OPEN_CLIP_TEXT_PREFIX):
+        elif clip_text and key in _CLIP_TEXT_FIXED:
+            converted[_CLIP_TEXT_FIXED[key]] = tensor
+        elif clip_text and key == "text_projection":
+            converted["text_projection.weight"] = tensor.t().contiguous()
+        elif not clip_text and key.startswith(_OPEN_CLIP_TEXT_PREFIX):
             converted[_RSMCLIP_TEXT_PREFIX + key[len(_OPEN_CLIP_TEXT_PREFIX) :]] = tensor
-        elif match := _OPEN_CLIP_BLOCK_RE.match(key):
-            layer, rest = match.groups()
-            prefix = f"vision_model.encoder.layers.{layer}."
-            if rest in _VISION_BLOCK:
-                converted[prefix + _VISION_BLOCK[rest]] = tensor
+        elif (match := _OPEN_CLIP_BLOCK_RE.match(key)) and (match.group(1) or clip_text):
+            tower, layer, rest = match.groups()
+            prefix = f"{_BLOCK_PREFIXES[tower or '']}encoder.layers.{layer}."
+            if rest in _BLOCK:
+                converted[prefix + _BLOCK[rest]] = tensor
             elif rest in _IN_PROJ:
                 if tensor.shape[0] % 3:
                     raise ConversionError(
@@ -142,9 +177,10 @@ def open_clip_to_rsmclip_state_dict(
         else:
             unmapped.append(key)
     if unmapped:
+        expected = "a ViT + CLIP text transformer" if clip_text else "a ViT + XLM-RoBERTa"
         raise ConversionError(
             f"{source}: {len(unmapped)} tensor(s) have no RS-M-CLIP counterpart (the architecture differs from "
-            f"a ViT + XLM-RoBERTa OpenCLIP model): {_format_keys(unmapped)}"
+            f"{expected} OpenCLIP model): {_format_keys(unmapped)}"
         )
     _check_against_model(converted, config, source)
     return converted
@@ -175,15 +211,20 @@ def _check_against_model(converted: Mapping[str, torch.Tensor], config: RSMCLIPC
 def rsmclip_to_open_clip_state_dict(
     state_dict: Mapping[str, torch.Tensor], config: RSMCLIPConfig, source: str = "the model"
 ) -> dict[str, torch.Tensor]:
-    """Map an `RSMCLIPModel` state dict to OpenCLIP `CustomTextCLIP` keys.
+    """Map an `RSMCLIPModel` state dict to OpenCLIP keys (`CustomTextCLIP`, or the standard `CLIP` for a CLIP text
+    tower).
 
     The distillation head (`distillation_head.*`) is dropped: OpenCLIP has no place for it. The q/k/v projections
     of each vision block are concatenated into `in_proj_weight` / `in_proj_bias`. Raises `ConversionError` naming
     every key that cannot be mapped or is missing.
     """
+    clip_text = config.is_clip_text
     reverse_fixed = {v: k for k, v in _VISION_FIXED.items()}
-    reverse_block = {v: k for k, v in _VISION_BLOCK.items()}
+    if clip_text:
+        reverse_fixed.update({v: k for k, v in _CLIP_TEXT_FIXED.items()})
+    reverse_block = {v: k for k, v in _BLOCK.items()}
     reverse_projection = {v: k for k, v in _text_projection_keys(config).items()}
+    open_clip_prefixes = {v: k for k, v in _BLOCK_PREFIXES.items()}
     _check_against_model(
         {k: v for k, v in state_dict.items() if not k.startswith(_RSMCLIP_DISTILLATION_PREFIX)},
         config,
@@ -204,27 +245,29 @@ def rsmclip_to_open_clip_state_dict(
             converted["logit_scale"] = tensor.reshape(())
         elif key in reverse_projection:
             converted[reverse_projection[key]] = tensor
-        elif key.startswith(_RSMCLIP_TEXT_PREFIX):
-            converted[_OPEN_CLIP_TEXT_PREFIX + key[len(_RSMCLIP_TEXT_PREFIX) :]] = tensor
-        elif match := _RSMCLIP_LAYER_RE.match(key):
-            layer, rest = match.groups()
-            prefix = f"visual.transformer.resblocks.{layer}."
+        elif clip_text and key == "text_projection.weight":
+            converted["text_projection"] = tensor.t().contiguous()
+        elif (match := _RSMCLIP_LAYER_RE.match(key)) and (match.group(1) == "vision" or clip_text):
+            tower, layer, rest = match.groups()
+            prefix = f"{open_clip_prefixes[tower + '_model.']}transformer.resblocks.{layer}."
             attn = re.fullmatch(r"self_attn\.(q_proj|k_proj|v_proj)\.(weight|bias)", rest)
             if rest in reverse_block:
                 converted[prefix + reverse_block[rest]] = tensor
             elif attn:
-                qkv.setdefault((layer, attn.group(2)), {})[attn.group(1)] = tensor
+                qkv.setdefault((prefix, attn.group(2)), {})[attn.group(1)] = tensor
             else:
                 unmapped.append(key)
+        elif not clip_text and key.startswith(_RSMCLIP_TEXT_PREFIX):
+            converted[_OPEN_CLIP_TEXT_PREFIX + key[len(_RSMCLIP_TEXT_PREFIX) :]] = tensor
         else:
             unmapped.append(key)
     if unmapped:
         raise ConversionError(
             f"{source}: {len(unmapped)} tensor(s) have no OpenCLIP counterpart: {_format_keys(unmapped)}"
         )
-    for (layer, kind), parts in sorted(qkv.items()):
+    for (prefix, kind), parts in sorted(qkv.items()):
         name = "in_proj_weight" if kind == "weight" else "in_proj_bias"
-        converted[f"visual.transformer.resblocks.{layer}.attn.{name}"] = torch.cat(
+        converted[f"{prefix}attn.{name}"] = torch.cat(
             [parts["q_proj"], parts["k_proj"], parts["v_proj"]], dim=0
         )
     return converted

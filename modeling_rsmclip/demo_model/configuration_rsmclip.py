@@ -1,6 +1,9 @@
-"""Configuration of RS-M-CLIP: a CLIP ViT image tower, an XLM-RoBERTa text tower and a DINO distillation head.
+"""Configuration of RS-M-CLIP: a CLIP ViT image tower, a text tower and a DINO distillation head.
 
-This file travels to the Hub with the model (``trust_remote_code``): it imports only transformers.
+The text tower is XLM-RoBERTa (RS-M-CLIP itself: masked mean pooling, MLP projection) or OpenAI CLIP's causal text
+transformer (`text_config` of model_type `clip_text_model`: pooling at the end-of-text token, the argmax of the ids,
+and a linear projection without bias), the tower of the standard CLIP checkpoints (OpenAI CLIP, RemoteCLIP,
+GeoRSCLIP, SkyCLIP). This file travels to the Hub with the model (``trust_remote_code``): it imports only transformers.
 """
 
 from __future__ import annotations
@@ -8,7 +11,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from transformers import CLIPVisionConfig, PreTrainedConfig, XLMRobertaConfig
+from transformers import CLIPTextConfig, CLIPVisionConfig, PreTrainedConfig, XLMRobertaConfig
 
 # The released RS-M-CLIP architecture: OpenCLIP ``xlm-roberta-base-ViT-B-32``.
 _RS_M_CLIP_VISION = {
@@ -35,6 +38,46 @@ _RS_M_CLIP_TEXT = {
     "bos_token_id": 0,
     "eos_token_id": 2,
 }
+
+
+def _clip_preset(
+    embed_dim: int,
+    vision: tuple[int, int, int, int],
+    text: tuple[int, int, int],
+) -> dict[str, Any]:
+    """An OpenCLIP standard CLIP architecture (`model_configs/ViT-*.json`): vision (width, layers, heads, patch) at
+    224 px, text (width, layers, heads) on OpenAI's 49408-token BPE vocabulary, exact GELU (OpenCLIP's default; the
+    OpenAI-trained weights use QuickGELU: override `hidden_act` in both towers)."""
+    width, layers, heads, patch = vision
+    text_width, text_layers, text_heads = text
+    return {
+        "vision_config": {
+            "hidden_size": width,
+            "intermediate_size": 4 * width,
+            "num_hidden_layers": layers,
+            "num_attention_heads": heads,
+            "image_size": 224,
+            "patch_size": patch,
+            "hidden_act": "gelu",
+            "layer_norm_eps": 1e-5,
+        },
+        "text_config": {
+            "model_type": "clip_text_model",
+            "vocab_size": 49408,
+            "hidden_size": text_width,
+            "intermediate_size": 4 * text_width,
+            "num_hidden_layers": text_layers,
+            "num_attention_heads": text_heads,
+            "max_position_embeddings": 77,
+            "hidden_act": "gelu",
+            "layer_norm_eps": 1e-5,
+            "pad_token_id": 0,
+            "bos_token_id": 49406,
+            "eos_token_id": 49407,
+        },
+        "projection_dim": embed_dim,
+    }
+
 
 PRESETS: dict[str, dict[str, Any]] = {
     "rs-m-clip": {
@@ -138,12 +181,21 @@ PRESETS: dict[str, dict[str, Any]] = {
         "dino_hidden_dim": 48,
         "dino_bottleneck_dim": 16,
     },
+    # The standard CLIP architectures (OpenCLIP's ViT-B-32, ViT-B-16, ViT-L-14, ViT-H-14), with a CLIP text tower.
+    "clip-vit-b-32": _clip_preset(512, (768, 12, 12, 32), (512, 12, 8)),
+    "clip-vit-b-16": _clip_preset(512, (768, 12, 12, 16), (512, 12, 8)),
+    "clip-vit-l-14": _clip_preset(768, (1024, 24, 16, 14), (768, 12, 12)),
+    "clip-vit-h-14": _clip_preset(1024, (1280, 32, 16, 14), (1024, 24, 16)),
 }
 
-TEXT_POOLER_TYPES = ("mean_pooler", "cls_pooler")
+TEXT_POOLER_TYPES = ("mean_pooler", "cls_pooler", "argmax_pooler")
 TEXT_PROJECTION_TYPES = ("mlp", "linear")
+# The text towers, by `text_config.model_type`, and the poolings that each one supports (the first is the default).
+TEXT_TOWERS = {"xlm-roberta": XLMRobertaConfig, "clip_text_model": CLIPTextConfig}
+_TEXT_POOLERS = {"xlm-roberta": ("mean_pooler", "cls_pooler"), "clip_text_model": ("argmax_pooler",)}
+_TEXT_PROJECTIONS = {"xlm-roberta": "mlp", "clip_text_model": "linear"}
 
-
+# The text sub-config defaults to XLM-RoBERTa; a `text_config` of model_type "clip_text_model" is a CLIPTextConfig.
 _SUB_CONFIG_CLASSES = {"vision_config": CLIPVisionConfig, "text_config": XLMRobertaConfig}
 
 
@@ -153,10 +205,15 @@ class RSMCLIPConfig(PreTrainedConfig):
     Args:
         vision_config (`dict` or `CLIPVisionConfig`): the image tower (a CLIP ViT). RS-M-CLIP uses exact GELU
             (`hidden_act="gelu"`), not CLIP's quick_gelu.
-        text_config (`dict` or `XLMRobertaConfig`): the text tower (XLM-RoBERTa, used without its pooling layer).
+        text_config (`dict`, `XLMRobertaConfig` or `CLIPTextConfig`): the text tower. XLM-RoBERTa (the default, used
+            without its pooling layer), or CLIP's causal text transformer when `text_config` is a `CLIPTextConfig`
+            or a dict with `"model_type": "clip_text_model"` (CLIP's own defaults fill the missing fields).
         projection_dim (`int`): size of the joint embedding space.
-        text_pooler_type (`str`): `"mean_pooler"` (mean over non-padding tokens, RS-M-CLIP) or `"cls_pooler"`.
-        text_projection_type (`str`): `"mlp"` (Linear -> GELU -> Linear, no biases, RS-M-CLIP) or `"linear"`.
+        text_pooler_type (`str`, *optional*): for XLM-RoBERTa `"mean_pooler"` (mean over non-padding tokens,
+            RS-M-CLIP, the default) or `"cls_pooler"` (the first token); for CLIP `"argmax_pooler"` (the end-of-text
+            token, at the argmax of the ids, as OpenAI CLIP and OpenCLIP pool).
+        text_projection_type (`str`, *optional*): `"mlp"` (Linear -> GELU -> Linear, no biases; XLM-RoBERTa's
+            default, RS-M-CLIP) or `"linear"` (no bias; CLIP's default).
         text_projection_hidden_dim (`int`, optional): hidden width of the MLP projection; defaults to
             `(text hidden + projection_dim) // 2` as in OpenCLIP.
         dino_out_dim, dino_hidden_dim, dino_bottleneck_dim, dino_num_layers, dino_norm_last_layer: the
@@ -173,10 +230,10 @@ class RSMCLIPConfig(PreTrainedConfig):
         sub_configs = dict(_SUB_CONFIG_CLASSES)
 
     vision_config: dict | CLIPVisionConfig | None = None
-    text_config: dict | XLMRobertaConfig | None = None
+    text_config: dict | XLMRobertaConfig | CLIPTextConfig | None = None
     projection_dim: int = 512
-    text_pooler_type: str = "mean_pooler"
-    text_projection_type: str = "mlp"
+    text_pooler_type: str | None = None
+    text_projection_type: str | None = None
     text_projection_hidden_dim: int | None = None
     dino_out_dim: int = 65536
     dino_hidden_dim: int = 2048
@@ -194,19 +251,39 @@ class RSMCLIPConfig(PreTrainedConfig):
         elif self.vision_config is None:
             self.vision_config = dict(_RS_M_CLIP_VISION)
         if isinstance(self.text_config, dict):
-            self.text_config = {**_RS_M_CLIP_TEXT, **self.text_config}
+            if self.text_config.get("model_type") == "clip_text_model":
+                self.text_config = dict(self.text_config)
+            else:
+                self.text_config = {**_RS_M_CLIP_TEXT, **self.text_config}
         elif self.text_config is None:
             self.text_config = dict(_RS_M_CLIP_TEXT)
         for sub, config_class in _SUB_CONFIG_CLASSES.items():
             value = getattr(self, sub)
             if isinstance(value, dict):
-                value.pop("model_type", None)
+                model_type = value.pop("model_type", None)
+                if sub == "text_config" and model_type in TEXT_TOWERS:
+                    config_class = TEXT_TOWERS[model_type]
                 # Built here rather than left to the base class, whose handling of dicts differs across 5.x.
                 setattr(self, sub, config_class(**value))
         super().__post_init__(**kwargs)
+        tower = self.text_tower_type
+        if tower not in TEXT_TOWERS:
+            raise ValueError(
+                f"text_config is a {type(self.text_config).__name__} (model_type {tower!r}); the text tower must be "
+                f"one of {sorted(TEXT_TOWERS)}"
+            )
+        if self.text_pooler_type is None:
+            self.text_pooler_type = _TEXT_POOLERS[tower][0]
+        if self.text_projection_type is None:
+            self.text_projection_type = _TEXT_PROJECTIONS[tower]
         if self.text_pooler_type not in TEXT_POOLER_TYPES:
             raise ValueError(
                 f"text_pooler_type must be one of {TEXT_POOLER_TYPES}, got {self.text_pooler_type!r}"
+            )
+        if self.text_pooler_type not in _TEXT_POOLERS[tower]:
+            raise ValueError(
+                f"text_pooler_type {self.text_pooler_type!r} does not apply to a {tower!r} text tower; choose one of "
+                f"{_TEXT_POOLERS[tower]}"
             )
         if self.text_projection_type not in TEXT_PROJECTION_TYPES:
             raise ValueError(
@@ -215,10 +292,21 @@ class RSMCLIPConfig(PreTrainedConfig):
         if self.text_projection_hidden_dim is None:
             self.text_projection_hidden_dim = (self.text_config.hidden_size + self.projection_dim) // 2
 
+    @property
+    def text_tower_type(self) -> str:
+        """The text tower's `model_type`: `"xlm-roberta"` or `"clip_text_model"`."""
+        return self.text_config.model_type
+
+    @property
+    def is_clip_text(self) -> bool:
+        """Whether the text tower is CLIP's causal text transformer (rather than XLM-RoBERTa)."""
+        return self.text_tower_type == "clip_text_model"
+
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> RSMCLIPConfig:
-        """A named architecture: `"rs-m-clip"` (the released model), `"small"`, `"demo"` (the bundled demo model) or
-        `"tiny"` (tests).
+        """A named architecture: `"rs-m-clip"` (the released model), `"small"`, `"demo"` (the bundled demo model),
+        `"tiny"` (tests), or a standard CLIP architecture with a CLIP text tower: `"clip-vit-b-32"`,
+        `"clip-vit-b-16"`, `"clip-vit-l-14"`, `"clip-vit-h-14"` (OpenCLIP's ViT-B-32, ..., with exact GELU).
 
         Keyword arguments override top-level fields; `vision_config` / `text_config` dicts are merged into the
         preset's.

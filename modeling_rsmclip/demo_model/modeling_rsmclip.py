@@ -1,7 +1,7 @@
 """RS-M-CLIP: a multilingual CLIP for remote-sensing imagery, with a DINO self-distillation head.
 
-The towers are transformers' own `CLIPVisionModel` and `XLMRobertaModel`, so SDPA / flash attention and gradient
-checkpointing come with them. This file travels to the Hub with the model (``trust_remote_code``): it imports only
+The towers are transformers' own `CLIPVisionModel` and `XLMRobertaModel` (or, for the standard CLIP checkpoints,
+`CLIPTextModel`), so SDPA / flash attention and gradient checkpointing come with them. This file travels to the Hub with the model (``trust_remote_code``): it imports only
 transformers, torch and its sibling ``configuration_rsmclip``.
 """
 
@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
-from transformers import CLIPVisionModel, PreTrainedModel, XLMRobertaModel
+from transformers import CLIPTextModel, CLIPVisionModel, PreTrainedModel, XLMRobertaModel
 from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.processing_utils import Unpack
@@ -37,7 +37,8 @@ class RSMCLIPOutput(ModelOutput):
     logits_per_text (`torch.FloatTensor` of shape `(text_batch_size, image_batch_size)`):
         The scaled cosine similarities between `text_embeds` and `image_embeds` (the transpose).
     text_embeds (`torch.FloatTensor` of shape `(text_batch_size, projection_dim)`):
-        The L2-normalised text embeddings: masked mean of the text tower's last hidden state, then the projection.
+        The L2-normalised text embeddings: the pooled last hidden state of the text tower (masked mean for
+        XLM-RoBERTa, the end-of-text token for CLIP), then the projection.
     image_embeds (`torch.FloatTensor` of shape `(image_batch_size, projection_dim)`):
         The L2-normalised image embeddings: the vision tower's pooled output through `visual_projection`.
     text_model_output (`BaseModelOutputWithPooling`):
@@ -127,6 +128,7 @@ class RSMCLIPPreTrainedModel(PreTrainedModel):
     _no_split_modules = [
         "CLIPEncoderLayer",
         "CLIPVisionEmbeddings",
+        "CLIPTextEmbeddings",
         "XLMRobertaLayer",
         "XLMRobertaEmbeddings",
     ]
@@ -173,7 +175,9 @@ class RSMCLIPPreTrainedModel(PreTrainedModel):
 @auto_docstring(
     custom_intro="""
     RS-M-CLIP: CLIP ViT image tower + XLM-RoBERTa text tower (masked mean pooling, MLP projection), a learned
-    temperature, and the DINO distillation head used by the self-distillation loss during training.
+    temperature, and the DINO distillation head used by the self-distillation loss during training. With a
+    `CLIPTextConfig` as `text_config` the text tower is CLIP's causal text transformer (`CLIPTextModel`), pooled at
+    the end-of-text token (the argmax of the ids) with a linear projection: the standard CLIP architecture.
 
     The distillation head is trained only by the self-distillation step (`get_distillation_logits`, or the
     training step of `train.py`), never by `forward`. Its parameters are therefore frozen (`requires_grad=False`) whenever the
@@ -190,7 +194,10 @@ class RSMCLIPModel(RSMCLIPPreTrainedModel):
         text_config = config.text_config
 
         self.vision_model = CLIPVisionModel._from_config(vision_config)
-        self.text_model = XLMRobertaModel._from_config(text_config, add_pooling_layer=False)
+        if config.is_clip_text:
+            self.text_model = CLIPTextModel._from_config(text_config)
+        else:
+            self.text_model = XLMRobertaModel._from_config(text_config, add_pooling_layer=False)
         self.visual_projection = nn.Linear(vision_config.hidden_size, config.projection_dim, bias=False)
         if config.text_projection_type == "mlp":
             self.text_projection = nn.Sequential(
@@ -216,8 +223,10 @@ class RSMCLIPModel(RSMCLIPPreTrainedModel):
     # ----------------------------------------------------------------------------------------------- text tower
     def _text_attention_mask(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
-    ) -> torch.Tensor:
-        if attention_mask is None:
+    ) -> torch.Tensor | None:
+        # CLIP's causal text tower needs no padding mask: the end-of-text token it pools never sees what follows
+        # (OpenCLIP pads with id 0, a real token, so a mask cannot be derived from the ids).
+        if attention_mask is None and not self.config.is_clip_text:
             attention_mask = (input_ids != self.config.text_config.pad_token_id).long()
         return attention_mask
 
@@ -233,8 +242,10 @@ class RSMCLIPModel(RSMCLIPPreTrainedModel):
         r"""
         Encode texts. `pooler_output` is the projected, un-normalised embedding `(batch, projection_dim)`.
 
-        Pooling is the mean over non-padding tokens (`attention_mask`, or `input_ids != pad_token_id` when no
-        mask is given), so the same text padded to different lengths has the same embedding.
+        XLM-RoBERTa: pooling is the mean over non-padding tokens (`attention_mask`, or `input_ids != pad_token_id`
+        when no mask is given), so the same text padded to different lengths has the same embedding. CLIP: the
+        state of the end-of-text token, found as the argmax of the ids (the EOT token has the highest id), as
+        OpenAI CLIP and OpenCLIP pool; padding after it changes nothing (causal attention).
         """
         if input_ids is None:
             raise ValueError("get_text_features needs `input_ids` (tokenize the texts with the processor)")
@@ -250,6 +261,10 @@ class RSMCLIPModel(RSMCLIPPreTrainedModel):
         if self.config.text_pooler_type == "mean_pooler":
             mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+        elif self.config.text_pooler_type == "argmax_pooler":
+            # int32: ONNX's ArgMax takes no int64 at opset 14 (as transformers' CLIPTextModel does it)
+            eot = input_ids.to(dtype=torch.int, device=hidden.device).argmax(dim=-1)
+            pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), eot]
         else:
             pooled = hidden[:, 0]
         return BaseModelOutputWithPooling(
