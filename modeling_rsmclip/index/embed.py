@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -144,6 +144,67 @@ def write_shard(
     return directory / f"{name}.parquet"
 
 
+class ShardAssembler:
+    """The rows and report of one shard, fed its items' read results in work-list order.
+
+    `add` decides for each item whether it is embedded (readable, content not already in the index, not a repeat
+    of an earlier item of the shard) or reported (unreadable, mostly nodata, unchanged, duplicate), and records its
+    row or report entry. The one-process loop (`embed_shard`) and the Ray engine (`ray_engine`) both go through it,
+    so they keep the same rows in the same order.
+    """
+
+    def __init__(self, known_hashes: Mapping[str, str]) -> None:
+        self.known_hashes = known_hashes  # content hash already in the index -> its id
+        self.rows: list[dict[str, Any]] = []
+        self.report = ShardReport()
+        self._seen: dict[str, str] = {}
+
+    def add(self, item: WorkItem, result: ReadResult) -> bool:
+        """Record ``item``; True when it is embedded (its embedding is the next row's)."""
+        if result.error == "nodata":
+            self.report.nodata_tiles.append(
+                {
+                    "id": item.id,
+                    "path": item.path,
+                    "window": list(item.window or ()),
+                    "valid_fraction": result.valid_fraction,
+                }
+            )
+        elif result.error is not None:
+            self.report.unreadable.append({"id": item.id, "path": item.path, "error": result.error})
+        elif result.content_hash in self.known_hashes:
+            self.report.unchanged.append(
+                {"id": item.id, "path": item.path, "indexed_as": self.known_hashes[result.content_hash]}
+            )
+        elif result.content_hash in self._seen:
+            self.report.duplicates.append(
+                {"id": item.id, "path": item.path, "duplicate_of": self._seen[result.content_hash]}
+            )
+        else:
+            self._seen[result.content_hash] = item.id
+            self.rows.append(
+                {
+                    "id": item.id,
+                    "path": item.path,
+                    "kind": item.kind,
+                    "window": list(item.window) if item.window is not None else None,
+                    "content_hash": result.content_hash,
+                    "valid_fraction": result.valid_fraction,
+                    **item.meta,
+                }
+            )
+            return True
+        return False
+
+
+def embed_selected(embedder: Any, pixels: torch.Tensor | None, rows: Sequence[int]) -> torch.Tensor | None:
+    """Embeddings of ``pixels[rows]`` (one forward pass; the whole batch when every row is kept), or None."""
+    if not rows:
+        return None
+    selected = pixels if len(rows) == pixels.shape[0] else pixels[torch.tensor(list(rows))]
+    return embedder.embed_pixels(selected)
+
+
 def embed_shard(
     items: Sequence[WorkItem],
     embedder: Any,
@@ -166,54 +227,17 @@ def embed_shard(
         collate_fn=_Collate(embedder.image_processor),
         persistent_workers=False,
     )
-    report = ShardReport()
-    rows: list[dict[str, Any]] = []
+    shard = ShardAssembler(known_hashes)
     chunks: list[torch.Tensor] = []
-    seen: dict[str, str] = {}
     for batch, (pixels, good_indices) in loader:
-        keep_rows: list[int] = []
-        for index, result in batch:
-            item = items[index]
-            if result.error == "nodata":
-                report.nodata_tiles.append(
-                    {
-                        "id": item.id,
-                        "path": item.path,
-                        "window": list(item.window or ()),
-                        "valid_fraction": result.valid_fraction,
-                    }
-                )
-            elif result.error is not None:
-                report.unreadable.append({"id": item.id, "path": item.path, "error": result.error})
-            elif result.content_hash in known_hashes:
-                report.unchanged.append(
-                    {"id": item.id, "path": item.path, "indexed_as": known_hashes[result.content_hash]}
-                )
-            elif result.content_hash in seen:
-                report.duplicates.append(
-                    {"id": item.id, "path": item.path, "duplicate_of": seen[result.content_hash]}
-                )
-            else:
-                seen[result.content_hash] = item.id
-                keep_rows.append(good_indices.index(index))
-                rows.append(
-                    {
-                        "id": item.id,
-                        "path": item.path,
-                        "kind": item.kind,
-                        "window": list(item.window) if item.window is not None else None,
-                        "content_hash": result.content_hash,
-                        "valid_fraction": result.valid_fraction,
-                        **item.meta,
-                    }
-                )
-        if keep_rows:
-            selected = pixels if len(keep_rows) == pixels.shape[0] else pixels[torch.tensor(keep_rows)]
-            chunks.append(embedder.embed_pixels(selected))
+        keep_rows = [good_indices.index(index) for index, result in batch if shard.add(items[index], result)]
+        embedded = embed_selected(embedder, pixels, keep_rows)
+        if embedded is not None:
+            chunks.append(embedded)
         if progress is not None:
             progress.update(len(batch))
     embeddings = torch.cat(chunks).numpy() if chunks else np.zeros((0, 0), dtype=np.float32)
-    return rows, embeddings, report
+    return shard.rows, embeddings, shard.report
 
 
 def new_progress(total: int, desc: str, enabled: bool) -> Any:
