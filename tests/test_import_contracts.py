@@ -18,6 +18,7 @@ HEAVY = (
     "rasterio",
     "gradio",
     "onnxruntime",
+    "ray",
 )
 SUBCOMMANDS = (
     [],

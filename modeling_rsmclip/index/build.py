@@ -37,6 +37,7 @@ from ..inference import (
     load_model,
     model_name,
     resolve_device,
+    resolve_model_source,
 )
 from .common import FINGERPRINT_VERSION, index_fingerprint, require_index_dependencies
 from .embed import _atomic_write_json, embed_shard, new_progress, shard_name, write_shard
@@ -51,6 +52,7 @@ INDEX_TYPES = ("auto", "flat", "ivf-flat", "ivf-pq", "hnsw")
 EXACT_THRESHOLD = 100_000  # auto: exact search up to this many vectors
 IVF_FLAT_MAX = 2_000_000  # auto: IVF-Flat up to this many, IVF-PQ beyond
 DEFAULT_SHARD_SIZE = 4096
+ENGINES = ("local", "ray")  # local: this process, or the processes of accelerate launch / torchrun
 
 
 # ------------------------------------------------------------------------------------------------ FAISS choice
@@ -206,6 +208,54 @@ def _known_hashes(output: Path) -> dict[str, str]:
     return dict(zip(table["content_hash"].to_pylist(), table["id"].to_pylist()))
 
 
+def _embed_shards_here(
+    directory: Path,
+    shards: dict[str, Sequence[Any]],
+    encoder: Any,
+    processor: Any,
+    *,
+    options: SourceOptions,
+    known_hashes: dict[str, str],
+    dim: int,
+    fingerprint: str,
+    batch_size: int,
+    num_workers: int | None,
+    precision: str,
+    device: str,
+    progress: bool,
+    desc: str,
+) -> None:
+    """The local engine: embed and write ``shards`` (name -> items) in this process, with data-loader workers."""
+    from ..evaluation.embed import Embedder
+
+    embedder = Embedder(
+        encoder,
+        processor,
+        device=device,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        precision=precision,
+        cache_dir=None,
+        show_progress=False,
+        model_key=fingerprint,
+    )
+    bar = new_progress(sum(len(items) for items in shards.values()), desc, progress)
+    try:
+        for name, shard_items in shards.items():
+            rows, embeddings, report = embed_shard(
+                shard_items,
+                embedder,
+                options,
+                known_hashes,
+                num_workers=embedder.num_workers,
+                batch_size=batch_size,
+                progress=bar,
+            )
+            write_shard(directory, name, rows, embeddings, report, dim)
+    finally:
+        bar.close()
+
+
 def _run(
     kind: str,
     model: Any,
@@ -223,13 +273,31 @@ def _run(
     exact_threshold: int,
     progress: bool,
     backend: str = "torch",
+    engine: str = "local",
+    ray_address: str | None = None,
+    ray_actors: int | None = None,
 ) -> Any:
-    from ..evaluation.embed import Embedder
-
     require_index_dependencies()
     wrapped = check_backend(backend, precision, device)
     # The returned index embeds queries like the images were (a bf16/fp16 GPU build is queried in fp32).
     query_backend = {"backend": backend, "precision": precision} if wrapped else {}
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+    if engine != "ray" and (ray_address is not None or ray_actors is not None):
+        raise ValueError("a Ray address or actor count needs the ray engine (--engine ray)")
+    if ray_actors is not None and ray_actors < 1:
+        raise ValueError(f"the number of Ray model actors must be >= 1, got {ray_actors}")
+    actor_device = device
+    if engine == "ray":
+        from .ray_engine import require_ray
+
+        require_ray()
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise ValueError(
+                "the ray engine runs from one process: start it without accelerate launch or torchrun"
+            )
+        # The Ray actors embed on their own devices; this process only reads the model's fingerprint, on the CPU.
+        device = "cpu"
     procs = _Processes()
     if wrapped:
         device = "cpu"
@@ -247,6 +315,7 @@ def _run(
     if kind == "add" and model is None:
         model = manifest["model"]["name_or_path"]
     owned = isinstance(model, str | os.PathLike)  # loaded here: int8 may quantise it in place (one copy)
+    model_source = resolve_model_source(model) if owned else None  # what the Ray actors load
     name = str(model) if owned else ""
     model, processor = load_model(model, processor, device=device)
     name = name or model_name(model)
@@ -305,37 +374,48 @@ def _run(
     ]
     known = _known_hashes(output)
     dim = int(model.config.projection_dim)
-    # The fingerprint above is the PyTorch model's: an index belongs to the weights, not to how they were run.
-    encoder = load_encoder(model, backend, precision, processor, inplace=owned)
-    embedder = Embedder(
-        encoder,
-        processor,
-        device=device,
-        batch_size=batch_size,
-        num_workers=num_workers,
-        precision=autocast_precision(backend, precision),
-        cache_dir=None,
-        show_progress=False,
-        model_key=fingerprint,
-    )
-    total = sum(len(items[s * size : (s + 1) * size]) for s in mine)
-    rank_note = f" [process {procs.rank}/{procs.world}]" if procs.world > 1 else ""
-    bar = new_progress(total, f"indexing{rank_note}", progress)
-    try:
-        for s in mine:
-            shard_items = items[s * size : (s + 1) * size]
-            rows, embeddings, report = embed_shard(
-                shard_items,
-                embedder,
-                options,
-                known,
-                num_workers=embedder.num_workers,
-                batch_size=batch_size,
-                progress=bar,
-            )
-            write_shard(output / "shards", shard_name(run, s), rows, embeddings, report, dim)
-    finally:
-        bar.close()
+    todo = {shard_name(run, s): items[s * size : (s + 1) * size] for s in mine}
+    if engine == "ray":
+        from .ray_engine import embed_shards
+
+        embed_shards(
+            output / "shards",
+            todo,
+            model=model_source if owned else model,
+            processor=processor,
+            options=options,
+            known_hashes=known,
+            dim=dim,
+            fingerprint=fingerprint,
+            batch_size=batch_size,
+            backend=backend,
+            precision=precision,
+            device=actor_device,
+            address=ray_address,
+            actors=ray_actors,
+            num_workers=num_workers,
+            progress=progress,
+        )
+        encoder = model
+    else:
+        # The fingerprint above is the PyTorch model's: an index belongs to the weights, not to how they were run.
+        encoder = load_encoder(model, backend, precision, processor, inplace=owned)
+        _embed_shards_here(
+            output / "shards",
+            todo,
+            encoder,
+            processor,
+            options=options,
+            known_hashes=known,
+            dim=dim,
+            fingerprint=fingerprint,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            precision=autocast_precision(backend, precision),
+            device=device,
+            progress=progress,
+            desc=f"indexing [process {procs.rank}/{procs.world}]" if procs.world > 1 else "indexing",
+        )
     procs.barrier()
     if procs.rank == 0:
         finalize(
@@ -503,6 +583,9 @@ def build_index(
     device: str | None = None,
     exact_threshold: int = EXACT_THRESHOLD,
     progress: bool = True,
+    engine: str = "local",
+    ray_address: str | None = None,
+    ray_actors: int | None = None,
 ) -> Any:
     """Embed every image of ``sources`` (folders, image files, GeoTIFF scenes with ``tile_size``) and of a builder
     ``dataset`` split into a new index folder ``output``; resume it if a previous build of the same sources was
@@ -510,7 +593,12 @@ def build_index(
 
     ``precision`` is ``fp32``, ``bf16``/``fp16`` (autocast, GPU) or ``int8``; ``backend`` is ``torch`` or ``onnx``
     (ONNX Runtime). ONNX and int8 run on the CPU through `inference.load_encoder`; the index's fingerprint is that
-    of the source model's weights either way, and the manifest records the backend and precision used."""
+    of the source model's weights either way, and the manifest records the backend and precision used.
+
+    ``engine`` is ``local`` (this process, or the processes of ``accelerate launch`` / ``torchrun``) or ``ray``:
+    a Ray Data pipeline (`ray_engine`) on the cluster at ``ray_address`` (``auto``, ``ray://host:10001``, ...;
+    default: an already initialised Ray, else a local one) with ``ray_actors`` model actors (default: one per GPU,
+    else one per two CPUs). Both write the same shards; needs ``pip install "rsmclip[ray]"``."""
     if not sources and not dataset:
         raise ValueError("nothing to index: give image folders, files, scenes or a dataset")
     choose_index(1, 8, index_type)  # validate early
@@ -539,6 +627,9 @@ def build_index(
         exact_threshold=exact_threshold,
         progress=progress,
         backend=backend,
+        engine=engine,
+        ray_address=ray_address,
+        ray_actors=ray_actors,
     )
 
 
@@ -564,10 +655,14 @@ def add_to_index(
     device: str | None = None,
     exact_threshold: int = EXACT_THRESHOLD,
     progress: bool = True,
+    engine: str = "local",
+    ray_address: str | None = None,
+    ray_actors: int | None = None,
 ) -> Any:
     """Append ``sources`` to an existing index (same model: the manifest's, unless ``model`` is given and has the
     same fingerprint). Files whose content hash is already indexed are not embedded again (listed as unchanged in
-    the report). The FAISS index is rebuilt over all rows, so the result equals a build of the union."""
+    the report). The FAISS index is rebuilt over all rows, so the result equals a build of the union. ``engine``,
+    ``ray_address`` and ``ray_actors`` as for `build_index`."""
     index_dir = Path(index_dir)
     if index_type is None:
         manifest_path = index_dir / "manifest.json"
@@ -597,4 +692,7 @@ def add_to_index(
         exact_threshold=exact_threshold,
         progress=progress,
         backend=backend,
+        engine=engine,
+        ray_address=ray_address,
+        ray_actors=ray_actors,
     )

@@ -48,6 +48,28 @@ def _add_source_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--shard-size", type=int, default=4096, help="items per Parquet shard (the resume unit)")
     add_backend_arguments(run)
     run.add_argument("--quiet", action="store_true", help="no progress bar")
+    engine = parser.add_argument_group("engine")
+    engine.add_argument(
+        "--engine",
+        choices=("local", "ray"),
+        default="local",
+        help="local: this process (or the processes of accelerate launch / torchrun); ray: a Ray Data pipeline "
+        'on a local Ray or the cluster at --ray-address (pip install "rsmclip[ray]")',
+    )
+    engine.add_argument(
+        "--ray-address",
+        default=None,
+        metavar="ADDR",
+        help="Ray cluster to run on: auto (the cluster of this node, or of `ray job submit`), head:6379, "
+        "ray://head:10001 (default: start a local Ray on this machine's cores)",
+    )
+    engine.add_argument(
+        "--ray-actors",
+        type=int,
+        default=None,
+        metavar="N",
+        help="model actors (default: one per GPU of the cluster, else one per two CPUs)",
+    )
 
 
 def _index_type_help() -> str:
@@ -73,6 +95,9 @@ def _common_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         "backend": args.backend,
         "device": args.device,
         "progress": not args.quiet,
+        "engine": args.engine,
+        "ray_address": args.ray_address,
+        "ray_actors": args.ray_actors,
     }
 
 
@@ -170,7 +195,7 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
         help="build or extend a searchable archive index (Parquet + FAISS)",
         description="Build or extend an archive index: embeddings and metadata as Parquet shards, a FAISS index "
         "and a manifest. A killed build resumes where it stopped when run again; under `accelerate launch` or "
-        "`torchrun` the work is split across processes.",
+        "`torchrun` the work is split across processes; with --engine ray it runs on a Ray cluster.",
     )
     actions = index.add_subparsers(dest="index_command", metavar="ACTION")
     build = actions.add_parser(
