@@ -124,7 +124,7 @@ def test_ray_build_equals_one_process_build(ray_cluster, sources, one_process, t
 def test_killed_actor_is_restarted_without_losing_or_repeating_an_item(
     ray_cluster, sources, one_process, tmp_path, monkeypatch
 ) -> None:
-    """The model actor's process is killed (SIGKILL) as soon as its first chunk reaches the shard writer: Ray
+    """One model actor, whose process is killed (SIGKILL) as soon as its first chunk reaches the shard writer: Ray
     restarts the actor and runs the chunks it had not finished again; every item ends up in the index once."""
     from modeling_rsmclip.index import build_index, ray_engine
 
@@ -140,9 +140,9 @@ def test_killed_actor_is_restarted_without_losing_or_repeating_an_item(
         return add(self, shard, chunk, results, kept, embeddings, pid)
 
     monkeypatch.setattr(ray_engine._ShardWriter, "add", add_and_kill)
-    index = build_index("demo", tmp_path / "idx", sources, engine="ray", **OPTIONS)
+    index = build_index("demo", tmp_path / "idx", sources, engine="ray", ray_actors=1, **OPTIONS)
     stats = writers[0].stats
-    # The killed process embedded the first chunk(s); a restarted actor (another process) embedded the rest.
+    # The killed process embedded the first chunk(s); the restarted actor (another process) embedded the rest.
     assert killed[0] in stats.workers and len(stats.workers) >= 2, dict(stats.workers)
     assert stats.chunks == 27 and stats.items == 53, stats  # every chunk of the 14 shards, each once
     ids = index.metadata["id"].to_pylist()
@@ -151,18 +151,18 @@ def test_killed_actor_is_restarted_without_losing_or_repeating_an_item(
 
 
 def test_plan_actors() -> None:
-    """The pool sizes by hand: one actor per GPU, else one per two CPUs; CPU encoders and --device cpu stay off
-    the GPUs; a cluster too small to run a decoder beside an actor is refused."""
+    """The pool sizes by hand: one GPU actor per GPU fed by decoding tasks; else one actor per CPU, decoding its own
+    chunks; CPU encoders and --device cpu stay off the GPUs; GPUs without a spare CPU for decoding are refused."""
     from modeling_rsmclip.index.ray_engine import ActorPool, plan_actors
 
-    assert plan_actors({"CPU": 64, "GPU": 8}) == ActorPool(8, 1, 1, "cuda")
-    assert plan_actors({"CPU": 64, "GPU": 8}, actors=2) == ActorPool(2, 1, 1, "cuda")
-    assert plan_actors({"CPU": 64, "GPU": 8}, device="cpu") == ActorPool(32, 0, 1, "cpu")
-    assert plan_actors({"CPU": 16, "GPU": 2}, cpu_encoder=True) == ActorPool(8, 0, 1, "cpu")
-    assert plan_actors({"CPU": 2}) == ActorPool(1, 0, 1, "cpu")
-    assert plan_actors({"CPU": 5}) == ActorPool(2, 0, 1, "cpu")
-    with pytest.raises(ValueError, match="1 CPU"):
-        plan_actors({"CPU": 1})
+    assert plan_actors({"CPU": 64, "GPU": 8}) == ActorPool(8, 1, 1, "cuda", False)
+    assert plan_actors({"CPU": 64, "GPU": 8}, actors=2) == ActorPool(2, 1, 1, "cuda", False)
+    assert plan_actors({"CPU": 64, "GPU": 8}, device="cpu") == ActorPool(64, 0, 1, "cpu", True)
+    assert plan_actors({"CPU": 16, "GPU": 2}, cpu_encoder=True) == ActorPool(16, 0, 1, "cpu", True)
+    assert plan_actors({"CPU": 2}) == ActorPool(2, 0, 1, "cpu", True)
+    assert plan_actors({"CPU": 2}, actors=1) == ActorPool(1, 0, 1, "cpu", True)
+    with pytest.raises(ValueError, match="decoding needs"):
+        plan_actors({"CPU": 1, "GPU": 1})
     with pytest.raises(ValueError, match="no GPU"):
         plan_actors({"CPU": 8}, device="cuda")
     with pytest.raises(ValueError, match=">= 1"):

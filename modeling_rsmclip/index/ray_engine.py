@@ -6,9 +6,11 @@ one-process build's; only the embedding in between runs on Ray::
 
     chunks of the work list           ray.data.from_items: one row per embedding batch (shard, chunk, its items)
       -> decoding tasks (CPU)         `sources.read_item` + the image processor, as the data-loader workers do
-      -> a pool of model actors       one per GPU, or one per two CPUs; each loads the model once (`load_model`,
-                                      `load_encoder`) and embeds the items `ShardAssembler` keeps
+      -> a pool of model actors       one per GPU; each loads the model once (`load_model`, `load_encoder`) and
+                                      embeds the items of a chunk that `ShardAssembler` keeps
       -> the shard writer (driver)    a shard's chunks in work-list order through `ShardAssembler`, `write_shard`
+
+Without GPUs the pool has one actor per CPU, and each actor decodes its chunk before embedding it (`plan_actors`).
 
 A chunk is one batch of the one-process build: the same items, cut at the same places, of which the same ones are
 embedded in one forward pass. The shards are therefore the same files (names, rows, order, float16 embeddings)
@@ -62,12 +64,14 @@ def require_ray() -> Any:
 # ------------------------------------------------------------------------------------------ sizing the pool
 @dataclass(frozen=True)
 class ActorPool:
-    """How many model actors run, and what each one holds: ``gpus`` (0 or 1), ``cpus`` and its ``device``."""
+    """How many model actors run, what each one holds (``gpus``: 0 or 1, ``cpus``, its ``device``), and whether
+    each actor decodes its own chunks (``decodes``: without GPUs) instead of separate decoding tasks."""
 
     actors: int
     gpus: int
     cpus: int
     device: str
+    decodes: bool
 
 
 def plan_actors(
@@ -77,34 +81,36 @@ def plan_actors(
     cpu_encoder: bool = False,
     actors: int | None = None,
 ) -> ActorPool:
-    """The model actors for a cluster of ``resources`` (`ray.cluster_resources()`): one per GPU when the cluster
-    has GPUs (unless ``device`` is ``cpu`` or the encoder is a CPU one: ONNX, int8), else one per two CPUs, so
-    that at least as many CPUs remain for decoding. ``actors`` overrides the count."""
+    """The model actors for a cluster of ``resources`` (`ray.cluster_resources()`).
+
+    With GPUs (unless ``device`` is ``cpu`` or the encoder is a CPU one: ONNX, int8): one actor per GPU, fed by
+    decoding tasks on the other CPUs. Without: one actor per CPU, each decoding its chunk then embedding it (the
+    two steps in one process, as Ray Data's operator fusion would run them: no pixels through the object store,
+    and every CPU busy whatever the share of decoding in the work). ``actors`` overrides the count."""
     gpus, cpus = int(resources.get("GPU", 0)), int(resources.get("CPU", 0))
     if actors is not None and actors < 1:
         raise ValueError(f"the number of Ray model actors must be >= 1, got {actors}")
     wants_gpu = not cpu_encoder and (str(device).startswith("cuda") or (device is None and gpus > 0))
-    if wants_gpu:
-        if gpus == 0:
-            raise ValueError(
-                f"device {device} asked for, but the Ray cluster has no GPU (resources: {dict(resources)})"
-            )
-        if actors is not None and actors > gpus:
+    if not wants_gpu:
+        if actors is not None and actors > cpus:
             logger.warning(
-                "%d GPU actors asked for on a cluster with %d GPUs: the rest wait for GPUs", actors, gpus
+                "%d actors asked for on a cluster with %d CPUs: the rest wait for CPUs", actors, cpus
             )
-        return ActorPool(actors or gpus, 1, 1, "cuda")
-    if actors is None:
-        if cpus < 2:
-            raise ValueError(
-                f"the Ray cluster has {cpus} CPU(s): the ray engine needs at least 2 (a model actor and a decoder)"
-            )
-        actors = max(1, cpus // 2)
-    elif actors >= cpus:
-        logger.warning(
-            "%d CPU actors on a cluster with %d CPUs leave none for decoding until it grows", actors, cpus
+        return ActorPool(actors or max(1, cpus), 0, 1, "cpu", True)
+    if gpus == 0:
+        raise ValueError(
+            f"device {device} asked for, but the Ray cluster has no GPU (resources: {dict(resources)})"
         )
-    return ActorPool(actors, 0, 1, "cpu")
+    if actors is not None and actors > gpus:
+        logger.warning(
+            "%d GPU actors asked for on a cluster with %d GPUs: the rest wait for GPUs", actors, gpus
+        )
+    if cpus <= min(actors or gpus, gpus):
+        raise ValueError(
+            f"the Ray cluster has {cpus} CPU(s) for {gpus} GPU(s): each GPU actor holds a CPU, and decoding needs "
+            "at least one more"
+        )
+    return ActorPool(actors or gpus, 1, 1, "cuda", False)
 
 
 # ------------------------------------------------------------------------------------------ pipeline stages
@@ -158,7 +164,8 @@ def _ragged(arrays: list[np.ndarray]) -> np.ndarray:
 
 
 class EmbedActor:
-    """Ray Data actor: loads the model once, then embeds the kept items of each chunk in one forward pass."""
+    """Ray Data actor: loads the model once, then embeds the kept items of each chunk in one forward pass (after
+    decoding the chunk itself when ``decode`` holds `decode_chunks`' arguments)."""
 
     def __init__(
         self,
@@ -171,6 +178,7 @@ class EmbedActor:
         fingerprint: str,
         known_hashes: Mapping[str, str],
         threads: int,
+        decode: dict[str, Any] | None = None,
     ) -> None:
         import torch
 
@@ -192,9 +200,13 @@ class EmbedActor:
         )
         self.dim = int(net.config.projection_dim)
         self.pid = os.getpid()
+        self.decode = decode  # `decode_chunks` arguments, when this actor decodes its chunks itself
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
         import torch
+
+        if self.decode is not None:
+            batch = decode_chunks(batch, **self.decode)
 
         kept_column, embeddings = [], []
         for blob, result_blob, pixels in zip(batch["items"], batch["results"], batch["pixels"]):
@@ -362,18 +374,17 @@ def embed_shards(
         context.enable_progress_bars = False  # the bar above counts the images
         context.print_on_execution_start = False
         rows = chunk_rows(shards, batch_size)
+        decode = {"options": options, "image_processor": getattr(processor, "image_processor", processor)}
         dataset = ray.data.from_items(rows, override_num_blocks=min(len(rows), MAX_BLOCKS))
-        dataset = dataset.map_batches(
-            decode_chunks,
-            batch_size=1,
-            batch_format="numpy",
-            fn_kwargs={
-                "options": options,
-                "image_processor": getattr(processor, "image_processor", processor),
-            },
-            compute=ray.data.TaskPoolStrategy(size=num_workers) if num_workers else None,
-            num_cpus=1,
-        )
+        if not pool.decodes:
+            dataset = dataset.map_batches(
+                decode_chunks,
+                batch_size=1,
+                batch_format="numpy",
+                fn_kwargs=decode,
+                compute=ray.data.TaskPoolStrategy(size=num_workers) if num_workers else None,
+                num_cpus=1,
+            )
         dataset = dataset.map_batches(
             EmbedActor,
             batch_size=1,
@@ -391,6 +402,7 @@ def embed_shards(
                 "fingerprint": fingerprint,
                 "known_hashes": dict(known_hashes),
                 "threads": pool.cpus,
+                "decode": decode if pool.decodes else None,
             },
         )
         writer = _ShardWriter(
