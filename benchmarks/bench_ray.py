@@ -1,0 +1,196 @@
+"""The Ray engine against the one-process build: the same images into the same index, side by side in one run.
+
+    python benchmarks/bench_ray.py --images 400 --rounds 3                  # this machine: a local Ray
+    python benchmarks/bench_ray.py --images 20000 --ray-address auto        # on a Ray cluster's head node
+
+Each round builds the index of the same image folder twice, alternating the engines so that machine noise hits
+both: ``engine="local"`` (this process, data-loader workers) and ``engine="ray"`` (a Ray Data pipeline: decoding
+tasks, model actors, the shard writer here). Figures: end-to-end images/s of each (files -> finished index,
+including loading the model and the FAISS merge), their ratio per round (the Ray engine's overhead on this
+machine), and the Ray pipeline's own start-up (until its first chunk is back: actors started, model loaded) and
+steady rate after it. Ray itself is started (``ray.init``) once, before the rounds, and timed apart. Each Ray index
+is checked against the one-process index of its round (same shard rows, embeddings within 1e-6).
+
+On a cluster, run the script on the head node (or as a Ray job: ``ray job submit --working-dir . -- python
+benchmarks/bench_ray.py --ray-address auto ...``) with the images on storage every node reads; the one-process
+side then runs on the head node alone. The command lines it prints are the ones to run there.
+Raw results: ``results/bench_ray_<tag>.json`` (machine, commit, date, load average).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from _common import REPO, cpu_model
+
+CLUSTER_COMMANDS = """\
+# A Ray cluster: `ray up cluster.yaml` (VMs) or a KubeRay RayCluster, every node with `pip install "rsmclip[ray]"`
+# and the images on storage every node reads (NFS, a bucket mounted with s3fs/gcsfuse, or STAC/COG URLs).
+ray job submit --address http://HEAD:8265 -- \\
+    rsmclip index build --engine ray --ray-address auto --model MODEL -o /shared/index /shared/images
+# or, from the head node itself:
+rsmclip index build --engine ray --ray-address auto -o /shared/index /shared/images
+# this comparison there:
+ray job submit --address http://HEAD:8265 --working-dir . -- \\
+    python benchmarks/bench_ray.py --ray-address auto --images 20000 --rounds 2 --out results/bench_ray_cluster.json
+"""
+
+
+def _images(count: int) -> tuple[Path, list[Path]]:
+    """``count`` UC Merced images (spread over the shared copy; else the bundled samples), symlinked into a folder."""
+    from modeling_rsmclip.testing import sample_dir, shared_data_dir
+
+    root = shared_data_dir() / "ucm-captions" / "images"
+    files = sorted(root.glob("*.jpg"), key=lambda p: int(p.stem)) if root.is_dir() else []
+    if not files:
+        print(f"UCM-Captions not found at {root}: using the bundled samples", file=sys.stderr)
+        files = sorted(sample_dir().rglob("*.jpg"))
+    files = files[:: max(1, len(files) // count)][:count]
+    folder = Path(tempfile.mkdtemp(prefix="bench-ray-")) / "images"
+    folder.mkdir()
+    for path in files:
+        (folder / path.name).symlink_to(path)
+    return folder, files
+
+
+def _same_shards(a: Path, b: Path) -> bool:
+    import pyarrow.parquet as pq
+
+    names = sorted(p.name for p in (a / "shards").glob("*.parquet"))
+    if names != sorted(p.name for p in (b / "shards").glob("*.parquet")):
+        return False
+    for name in names:
+        x, y = pq.read_table(a / "shards" / name), pq.read_table(b / "shards" / name)
+        if not x.drop_columns(["embedding"]).equals(y.drop_columns(["embedding"])):
+            return False
+        ex = np.asarray(x["embedding"].combine_chunks().flatten(), dtype=np.float32)
+        ey = np.asarray(y["embedding"].combine_chunks().flatten(), dtype=np.float32)
+        if ex.shape != ey.shape or np.abs(ex - ey).max(initial=0.0) > 1e-6:
+            return False
+    return True
+
+
+def _commit() -> str:
+    out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=False)
+    return out.stdout.strip()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model", default="demo", help="model folder or Hub id (default: the demo model)")
+    parser.add_argument("--images", type=int, default=400)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--shard-size", type=int, default=128)
+    parser.add_argument("--num-workers", type=int, default=None, help="local engine's decoding workers")
+    parser.add_argument(
+        "--ray-address", default=None, help="a Ray cluster (default: a local Ray on every core)"
+    )
+    parser.add_argument("--ray-actors", type=int, default=None)
+    parser.add_argument("--out", type=Path, default=REPO / "results" / "bench_ray_cpu.json")
+    args = parser.parse_args()
+
+    import ray
+
+    from modeling_rsmclip.index import build_index, ray_engine
+
+    print(CLUSTER_COMMANDS)
+    folder, files = _images(args.images)
+    work = folder.parent
+    started = time.perf_counter()
+    if args.ray_address:
+        ray.init(address=args.ray_address, logging_level=logging.WARNING)
+    else:
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level=logging.WARNING)
+    ray_start = time.perf_counter() - started
+    resources = {k: v for k, v in ray.cluster_resources().items() if k in ("CPU", "GPU")}
+    print(f"Ray started in {ray_start:.1f} s: {resources}")
+
+    stats: list[ray_engine.RayRunStats] = []
+    embed_shards = ray_engine.embed_shards
+
+    def recording(*a, **k):
+        stats.append(embed_shards(*a, **k))
+        return stats[-1]
+
+    ray_engine.embed_shards = recording  # build.py looks it up when the engine runs
+    common = {"batch_size": args.batch_size, "shard_size": args.shard_size, "progress": False}
+    rounds = []
+    for r in range(args.rounds):
+        row = {}
+        for engine in ("local", "ray") if r % 2 == 0 else ("ray", "local"):
+            extra = (
+                {"num_workers": args.num_workers} if engine == "local" else {"ray_actors": args.ray_actors}
+            )
+            load = os.getloadavg()[0]
+            begin = time.perf_counter()
+            build_index(args.model, work / f"{engine}{r}", [folder], engine=engine, **common, **extra)
+            seconds = time.perf_counter() - begin
+            row[engine] = {"seconds": seconds, "img_s": len(files) / seconds, "load_avg_1min": load}
+        s = stats[-1]
+        row["ray"].update(
+            {
+                "pipeline_seconds": s.seconds,
+                "startup_seconds": s.first_chunk_seconds,
+                "steady_img_s": (s.items - args.batch_size) / max(1e-9, s.seconds - s.first_chunk_seconds),
+                "actor_processes": len(s.workers),
+            }
+        )
+        row["ratio_ray_to_local"] = row["ray"]["img_s"] / row["local"]["img_s"]
+        row["same_index"] = _same_shards(work / f"ray{r}", work / f"local{r}")
+        rounds.append(row)
+        print(
+            f"round {r}: local {row['local']['img_s']:.1f} img/s, ray {row['ray']['img_s']:.1f} img/s "
+            f"(start-up {s.first_chunk_seconds:.1f} s, then {row['ray']['steady_img_s']:.1f} img/s), "
+            f"ratio {row['ratio_ray_to_local']:.2f}, same index: {row['same_index']}",
+            flush=True,
+        )
+        shutil.rmtree(work / f"local{r}")
+        shutil.rmtree(work / f"ray{r}")
+    ray_engine.embed_shards = embed_shards
+    ray.shutdown()
+    shutil.rmtree(work)
+
+    ratios = [row["ratio_ray_to_local"] for row in rounds]
+    result = {
+        "benchmark": "bench_ray",
+        "machine": f"{os.cpu_count()}-core {cpu_model()}, no GPU" if "GPU" not in resources else cpu_model(),
+        "ray_resources": resources,
+        "commit": _commit(),
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "ray_version": ray.__version__,
+        "model": args.model,
+        "images": len(files),
+        "batch_size": args.batch_size,
+        "shard_size": args.shard_size,
+        "ray_start_seconds": ray_start,
+        "rounds": rounds,
+        "ratio_median": float(np.median(ratios)),
+        "local_img_s_median": float(np.median([row["local"]["img_s"] for row in rounds])),
+        "ray_img_s_median": float(np.median([row["ray"]["img_s"] for row in rounds])),
+        "ray_steady_img_s_median": float(np.median([row["ray"]["steady_img_s"] for row in rounds])),
+        "ray_startup_seconds_median": float(np.median([row["ray"]["startup_seconds"] for row in rounds])),
+        "all_same_index": all(row["same_index"] for row in rounds),
+        "cluster_commands": CLUSTER_COMMANDS,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    print(json.dumps({k: v for k, v in result.items() if k not in ("rounds", "cluster_commands")}, indent=1))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
