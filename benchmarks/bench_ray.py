@@ -145,7 +145,7 @@ def main() -> None:
             {
                 "pipeline_seconds": s.seconds,
                 "startup_seconds": s.first_chunk_seconds,
-                "steady_img_s": (s.items - args.batch_size) / max(1e-9, s.seconds - s.first_chunk_seconds),
+                "steady_img_s": (s.items - s.first_chunk_items) / max(1e-9, s.seconds - s.first_chunk_seconds),
                 "actor_processes": len(s.workers),
             }
         )

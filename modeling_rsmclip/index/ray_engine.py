@@ -243,6 +243,7 @@ class RayRunStats:
     workers: Counter = field(default_factory=Counter)
     repeated: int = 0
     first_chunk_seconds: float = 0.0
+    first_chunk_items: int = 0
     seconds: float = 0.0
 
 
@@ -276,6 +277,7 @@ class _ShardWriter:
         self.pending[shard][chunk] = (results, kept, embeddings)
         if not self.stats.chunks:
             self.stats.first_chunk_seconds = time.perf_counter() - self.started
+            self.stats.first_chunk_items = len(results)
         self.stats.chunks += 1
         self.stats.items += len(results)
         self.stats.workers[pid] += 1
