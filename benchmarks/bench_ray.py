@@ -1,15 +1,18 @@
 """The Ray engine against the one-process build: the same images into the same index, side by side in one run.
 
-    python benchmarks/bench_ray.py --images 400 --rounds 3                  # this machine: a local Ray
-    python benchmarks/bench_ray.py --images 20000 --ray-address auto        # on a Ray cluster's head node
+    python benchmarks/bench_ray.py --images 1000 --rounds 3 --ray-actors auto,1   # this machine: a local Ray
+    python benchmarks/bench_ray.py --images 20000 --ray-address auto              # on a Ray cluster's head node
 
-Each round builds the index of the same image folder twice, alternating the engines so that machine noise hits
-both: ``engine="local"`` (this process, data-loader workers) and ``engine="ray"`` (a Ray Data pipeline: decoding
-tasks, model actors, the shard writer here). Figures: end-to-end images/s of each (files -> finished index,
-including loading the model and the FAISS merge), their ratio per round (the Ray engine's overhead on this
-machine), and the Ray pipeline's own start-up (until its first chunk is back: actors started, model loaded) and
-steady rate after it. Ray itself is started (``ray.init``) once, before the rounds, and timed apart. Each Ray index
-is checked against the one-process index of its round (same shard rows, embeddings within 1e-6).
+Each round builds the index of the same image folder once per variant, in alternating order so that machine noise
+hits all of them: ``engine="local"`` (this process; its torch threads embed while a data-loader worker decodes)
+(``--local-one-thread``: also with one torch thread, a CPU actor's share) and ``engine="ray"`` with each pool size
+of ``--ray-actors`` (a Ray Data pipeline: model actors, decoding in the
+actors or in tasks, the shard writer here). Figures: end-to-end images/s of each (files -> finished index,
+including loading the model in this process and the FAISS merge), the ratio of each Ray variant to the
+one-process build per round, and the Ray pipeline's own start-up (until its first chunk is back: actors started,
+model loaded) and steady rate after it. Ray itself is started (``ray.init``) once, before the rounds, and timed
+apart. Each Ray index is checked against the one-process index of its round (same shard rows, embeddings within
+1e-6).
 
 On a cluster, run the script on the head node (or as a Ray job: ``ray job submit --working-dir . -- python
 benchmarks/bench_ray.py --ray-address auto ...``) with the images on storage every node reads; the one-process
@@ -99,11 +102,22 @@ def main() -> None:
     parser.add_argument(
         "--ray-address", default=None, help="a Ray cluster (default: a local Ray on every core)"
     )
-    parser.add_argument("--ray-actors", type=int, default=None)
+    parser.add_argument(
+        "--ray-actors",
+        default="auto",
+        help="comma list of Ray pool sizes to measure, each beside the one-process build (auto: the engine's "
+        "default; e.g. auto,1)",
+    )
+    parser.add_argument(
+        "--local-one-thread",
+        action="store_true",
+        help="also the one-process build with one torch thread (a Ray CPU actor's share)",
+    )
     parser.add_argument("--out", type=Path, default=REPO / "results" / "bench_ray_cpu.json")
     args = parser.parse_args()
 
     import ray
+    import torch
 
     from modeling_rsmclip.index import build_index, ray_engine
 
@@ -128,43 +142,72 @@ def main() -> None:
 
     ray_engine.embed_shards = recording  # build.py looks it up when the engine runs
     common = {"batch_size": args.batch_size, "shard_size": args.shard_size, "progress": False}
+    variants = {"local": {"engine": "local", "num_workers": args.num_workers}}
+    if args.local_one_thread:
+        variants["local_1_thread"] = {"engine": "local", "num_workers": args.num_workers}
+    for size in args.ray_actors.split(","):
+        actors = None if size == "auto" else int(size)
+        variants[f"ray_actors_{size}"] = {"engine": "ray", "ray_actors": actors}
+    names = list(variants)
+    ray_names = [n for n in names if variants[n]["engine"] == "ray"]
     rounds = []
     for r in range(args.rounds):
-        row = {}
-        for engine in ("local", "ray") if r % 2 == 0 else ("ray", "local"):
-            extra = (
-                {"num_workers": args.num_workers} if engine == "local" else {"ray_actors": args.ray_actors}
-            )
+        row: dict = {}
+        for name in names if r % 2 == 0 else names[::-1]:  # alternate the order: noise hits every variant
             load = os.getloadavg()[0]
+            threads = torch.get_num_threads()
+            if name == "local_1_thread":
+                torch.set_num_threads(1)
             begin = time.perf_counter()
-            build_index(args.model, work / f"{engine}{r}", [folder], engine=engine, **common, **extra)
+            build_index(args.model, work / f"{name}{r}", [folder], **common, **variants[name])
             seconds = time.perf_counter() - begin
-            row[engine] = {"seconds": seconds, "img_s": len(files) / seconds, "load_avg_1min": load}
-        s = stats[-1]
-        row["ray"].update(
-            {
-                "pipeline_seconds": s.seconds,
-                "startup_seconds": s.first_chunk_seconds,
-                "steady_img_s": (s.items - s.first_chunk_items) / max(1e-9, s.seconds - s.first_chunk_seconds),
-                "actor_processes": len(s.workers),
-            }
-        )
-        row["ratio_ray_to_local"] = row["ray"]["img_s"] / row["local"]["img_s"]
-        row["same_index"] = _same_shards(work / f"ray{r}", work / f"local{r}")
+            torch.set_num_threads(threads)
+            row[name] = {"seconds": seconds, "img_s": len(files) / seconds, "load_avg_1min": load}
+            if variants[name]["engine"] == "ray":
+                s = stats[-1]
+                row[name].update(
+                    {
+                        "pipeline_seconds": s.seconds,
+                        "startup_seconds": s.first_chunk_seconds,
+                        "steady_img_s": (s.items - s.first_chunk_items)
+                        / max(1e-9, s.seconds - s.first_chunk_seconds),
+                        "actor_processes": len(s.workers),
+                        "ratio_to_local": None,
+                        "same_index_as_local": None,
+                    }
+                )
+        for name in ray_names:
+            row[name]["ratio_to_local"] = row[name]["img_s"] / row["local"]["img_s"]
+            row[name]["same_index_as_local"] = _same_shards(work / f"{name}{r}", work / f"local{r}")
+            if "local_1_thread" in row:
+                row[name]["ratio_to_local_1_thread"] = row[name]["img_s"] / row["local_1_thread"]["img_s"]
+            print(
+                f"round {r}: local {row['local']['img_s']:.1f} img/s; {name} {row[name]['img_s']:.1f} img/s "
+                f"(start-up {row[name]['startup_seconds']:.1f} s, then {row[name]['steady_img_s']:.1f} img/s), "
+                f"ratio {row[name]['ratio_to_local']:.2f}, same index: {row[name]['same_index_as_local']}",
+                flush=True,
+            )
+        if "local_1_thread" in row:
+            print(
+                f"round {r}: local with 1 torch thread {row['local_1_thread']['img_s']:.1f} img/s", flush=True
+            )
+        for name in names:
+            shutil.rmtree(work / f"{name}{r}")
         rounds.append(row)
-        print(
-            f"round {r}: local {row['local']['img_s']:.1f} img/s, ray {row['ray']['img_s']:.1f} img/s "
-            f"(start-up {s.first_chunk_seconds:.1f} s, then {row['ray']['steady_img_s']:.1f} img/s), "
-            f"ratio {row['ratio_ray_to_local']:.2f}, same index: {row['same_index']}",
-            flush=True,
-        )
-        shutil.rmtree(work / f"local{r}")
-        shutil.rmtree(work / f"ray{r}")
     ray_engine.embed_shards = embed_shards
     ray.shutdown()
     shutil.rmtree(work)
 
-    ratios = [row["ratio_ray_to_local"] for row in rounds]
+    summary = {
+        f"{name}_img_s_median": float(np.median([row[name]["img_s"] for row in rounds]))
+        for name in names
+        if name not in ray_names
+    }
+    for name in ray_names:
+        for key in ("img_s", "ratio_to_local", "ratio_to_local_1_thread", "steady_img_s", "startup_seconds"):
+            if key in rounds[0][name]:
+                summary[f"{name}_{key}_median"] = float(np.median([row[name][key] for row in rounds]))
+    summary["all_same_index"] = all(row[n]["same_index_as_local"] for row in rounds for n in ray_names)
     result = {
         "benchmark": "bench_ray",
         "machine": f"{os.cpu_count()}-core {cpu_model()}, no GPU" if "GPU" not in resources else cpu_model(),
@@ -177,13 +220,13 @@ def main() -> None:
         "batch_size": args.batch_size,
         "shard_size": args.shard_size,
         "ray_start_seconds": ray_start,
+        "local_torch_threads": torch.get_num_threads(),
+        "load_avg_1min_range": [
+            min(v["load_avg_1min"] for row in rounds for v in row.values()),
+            max(v["load_avg_1min"] for row in rounds for v in row.values()),
+        ],
+        "summary": summary,
         "rounds": rounds,
-        "ratio_median": float(np.median(ratios)),
-        "local_img_s_median": float(np.median([row["local"]["img_s"] for row in rounds])),
-        "ray_img_s_median": float(np.median([row["ray"]["img_s"] for row in rounds])),
-        "ray_steady_img_s_median": float(np.median([row["ray"]["steady_img_s"] for row in rounds])),
-        "ray_startup_seconds_median": float(np.median([row["ray"]["startup_seconds"] for row in rounds])),
-        "all_same_index": all(row["same_index"] for row in rounds),
         "cluster_commands": CLUSTER_COMMANDS,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
