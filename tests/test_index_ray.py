@@ -76,7 +76,9 @@ def _assert_same_index(ray_dir: Path, one) -> None:
     import pyarrow.parquet as pq
 
     ray_shards, one_shards = _shards(ray_dir), _shards(one.path)
-    assert list(ray_shards) == list(one_shards) and len(one_shards) == 14  # 4 + 49 items in shards of 4
+    assert (
+        list(ray_shards) == list(one_shards) and len(one_shards) == 14
+    )  # 53 items in shards of 4: 14 in one run, 1 + 13 in two
     for name, table in one_shards.items():
         other = ray_shards[name]
         assert other["id"].to_pylist() == table["id"].to_pylist(), name
@@ -121,12 +123,16 @@ def test_ray_build_equals_one_process_build(ray_cluster, sources, one_process, t
     ]
 
 
-def test_killed_actor_is_restarted_without_losing_or_repeating_an_item(
-    ray_cluster, sources, one_process, tmp_path, monkeypatch
-) -> None:
-    """One model actor, whose process is killed (SIGKILL) as soon as its first chunk reaches the shard writer: Ray
-    restarts the actor and runs the chunks it had not finished again; every item ends up in the index once."""
-    from modeling_rsmclip.index import build_index, ray_engine
+def test_index_add_on_ray_survives_a_killed_actor(ray_cluster, sources, tmp_path, monkeypatch) -> None:
+    """`index add` on Ray with one model actor, whose process is killed (SIGKILL) as soon as its first chunk reaches
+    the shard writer: Ray restarts the actor and runs the chunks it had not finished again. The result equals the
+    one-process `index add` of the same folder onto the same index (the two sample images already indexed are
+    reported unchanged, not embedded again), with every item once."""
+    from modeling_rsmclip.index import add_to_index, build_index, ray_engine
+
+    build_index("demo", tmp_path / "one", sources[:1], **OPTIONS)
+    shutil.copytree(tmp_path / "one", tmp_path / "ray")
+    one = add_to_index(tmp_path / "one", sources[1:], **OPTIONS)
 
     killed: list[int] = []
     writers: list[object] = []
@@ -140,14 +146,15 @@ def test_killed_actor_is_restarted_without_losing_or_repeating_an_item(
         return add(self, shard, chunk, results, kept, embeddings, pid)
 
     monkeypatch.setattr(ray_engine._ShardWriter, "add", add_and_kill)
-    index = build_index("demo", tmp_path / "idx", sources, engine="ray", ray_actors=1, **OPTIONS)
+    index = add_to_index(tmp_path / "ray", sources[1:], engine="ray", ray_actors=1, **OPTIONS)
     stats = writers[0].stats
     # The killed process embedded the first chunk(s); the restarted actor (another process) embedded the rest.
     assert killed[0] in stats.workers and len(stats.workers) >= 2, dict(stats.workers)
-    assert stats.chunks == 27 and stats.items == 53, stats  # every chunk of the 14 shards, each once
+    assert stats.chunks == 25 and stats.items == 49, stats  # 49 items in 13 shards of 4: 12 x 2 + 1 chunks
     ids = index.metadata["id"].to_pylist()
-    assert len(ids) == len(set(ids)) == len(one_process)
-    _assert_same_index(tmp_path / "idx", one_process)
+    assert len(ids) == len(set(ids)) == len(one) == 2 + 49 - 2
+    assert len(json.loads((tmp_path / "ray" / "report.json").read_text())["unchanged"]) == 2
+    _assert_same_index(tmp_path / "ray", one)
 
 
 def test_plan_actors() -> None:

@@ -158,9 +158,12 @@ def decode_chunks(
 
 def _ragged(arrays: list[np.ndarray]) -> np.ndarray:
     """A column of arrays of different lengths (Ray Data stores it as a variable-shaped tensor column)."""
+    if len({a.shape for a in arrays}) == 1:
+        return np.stack(arrays)
     column = np.empty(len(arrays), dtype=object)
-    column[:] = arrays
-    return column if len({a.shape for a in arrays}) > 1 else np.stack(arrays)
+    for i, array in enumerate(arrays):
+        column[i] = array
+    return column
 
 
 class EmbedActor:
