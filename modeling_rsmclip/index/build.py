@@ -598,7 +598,7 @@ def build_index(
     ``engine`` is ``local`` (this process, or the processes of ``accelerate launch`` / ``torchrun``) or ``ray``:
     a Ray Data pipeline (`ray_engine`) on the cluster at ``ray_address`` (``auto``, ``ray://host:10001``, ...;
     default: an already initialised Ray, else a local one) with ``ray_actors`` model actors (default: one per GPU,
-    else one per two CPUs). Both write the same shards; needs ``pip install "rsmclip[ray]"``."""
+    else one per CPU). Both write the same shards; needs ``pip install "rsmclip[ray]"``."""
     if not sources and not dataset:
         raise ValueError("nothing to index: give image folders, files, scenes or a dataset")
     choose_index(1, 8, index_type)  # validate early

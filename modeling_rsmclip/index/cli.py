@@ -68,7 +68,7 @@ def _add_source_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=None,
         metavar="N",
-        help="model actors (default: one per GPU of the cluster, else one per two CPUs)",
+        help="model actors (default: one per GPU of the cluster, else one per CPU)",
     )
 
 
