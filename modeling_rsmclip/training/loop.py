@@ -181,8 +181,7 @@ def train(config: TrainingConfig, *, step_callback: StepCallback | None = None) 
     `step_callback(step, student)` is called on every process after each optimiser step (after any checkpoint of
     that step) with the unwrapped student (the `RSMCLIPModel`, or its peft wrapper with LoRA).
     """
-    config.validate()
-    run = build_run(config)
+    run = build_run(config)  # validates the configuration first
     state = _start(run)
     run.accelerator.init_trackers(config.project_name, config=_hparams(config))
     meters = _Meters.start(run, state)

@@ -219,6 +219,8 @@ def parse_value(value: Any, kind: Kind) -> Any:
     if kind.is_list:
         if isinstance(value, str):
             value = [value]
+        elif isinstance(value, tuple):  # from Python; YAML writes lists
+            value = list(value)
         if isinstance(value, list):
             return [parse_value(v, Kind(kind.base, False, False)) for v in value]
         return value

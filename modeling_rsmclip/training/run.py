@@ -334,7 +334,12 @@ def _build_validation_loader(config: TrainingConfig, processor: Any, core: RSMCL
 
 # ------------------------------------------------------------------------------------------------- build_run
 def build_run(config: TrainingConfig) -> TrainRun:
-    """Set up the run that `config` describes (see the module docstring); writes OUTPUT_DIR/training_config.yaml."""
+    """Set up the run that `config` describes (see the module docstring); writes OUTPUT_DIR/training_config.yaml.
+
+    The configuration is validated first: a `ConfigError` lists its problems before anything is loaded or written.
+    """
+    config.validate()
+
     # ============ accelerator ============
     accelerator = _make_accelerator(config)
 
