@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import tempfile
 from datetime import timedelta
 from importlib import import_module
 from pathlib import Path
 
+import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -32,15 +32,6 @@ SETTINGS = settings(
     database=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
-WORK = Path(tempfile.mkdtemp(prefix="rsmclip-config-properties-"))
-(WORK / "data").mkdir()
-(WORK / "tokenizer").mkdir()
-BASE = {  # a configuration that passes every check
-    "preset": "tiny",
-    "tokenizer_name_or_path": str(WORK / "tokenizer"),
-    "dataset": str(WORK / "data"),
-    "output_dir": str(WORK / "out"),
-}
 
 # Anything YAML can hold: scalars of every type (NaN and infinities included), lists and mappings of them.
 scalars = (
@@ -60,9 +51,28 @@ yaml_values = st.recursive(
 keys = st.sampled_from(NAMES) | st.sampled_from([n.replace("_", "-") for n in NAMES]) | st.text(max_size=12)
 
 
-def _load(text: str, name: str = "config.yaml"):
+@pytest.fixture(scope="module")
+def work(tmp_path_factory) -> Path:
+    """A folder for the YAML files, with the input folders of `_base`."""
+    work = tmp_path_factory.mktemp("config-properties")
+    (work / "data").mkdir()
+    (work / "tokenizer").mkdir()
+    return work
+
+
+def _base(work: Path) -> dict[str, str]:
+    """A configuration that passes every check."""
+    return {
+        "preset": "tiny",
+        "tokenizer_name_or_path": str(work / "tokenizer"),
+        "dataset": str(work / "data"),
+        "output_dir": str(work / "out"),
+    }
+
+
+def _load(work: Path, text: str):
     """`read_yaml` + `TrainingConfig.from_dict(validate=True)` on `text`, as `train.py --config` does."""
-    path = WORK / name
+    path = work / "config.yaml"
     path.write_text(text, encoding="utf-8")
     return path, TrainingConfig.from_dict(read_yaml(path), source=str(path), validate=True)
 
@@ -79,36 +89,35 @@ def _names_an_option(problem: str, keys: list[str]) -> bool:
         lambda pairs: "".join(f"{k}: {v}\n" for k, v in pairs)
     )
 )
-def test_any_text_gives_a_configuration_or_a_config_error(text):
+def test_any_text_gives_a_configuration_or_a_config_error(work, text):
     try:
-        _load(text)
+        _load(work, text)
     except ConfigError as error:  # a ValueError and a UserError: one `error:` line at the command line
         assert error.problems and all(isinstance(p, str) and p for p in error.problems)
 
 
 @SETTINGS
 @given(st.dictionaries(keys, yaml_values, max_size=6))
-def test_any_yaml_mapping_gives_a_configuration_or_problems_naming_the_key(values):
+def test_any_yaml_mapping_gives_a_configuration_or_problems_naming_the_key(work, values):
     text = yaml.safe_dump(values, allow_unicode=True)
-    keys = [
-        str(k) for k in yaml.safe_load(text)
-    ]  # as YAML reads them back (PyYAML folds a raw NEL to a space)
+    # The keys as YAML reads them back (PyYAML writes a NEL character raw and reads it as a space).
+    keys = [str(k) for k in yaml.safe_load(text)]
     try:
-        path, config = _load(text)
+        path, config = _load(work, text)
     except ConfigError as error:
         for problem in error.problems:
-            assert problem.startswith(str(WORK)) or _names_an_option(problem, keys), problem
+            assert problem.startswith(str(work)) or _names_an_option(problem, keys), problem
     else:
         assert config.problems() == []
 
 
 @SETTINGS
 @given(st.sampled_from(NAMES), yaml_values)
-def test_one_bad_value_is_named_by_its_key(name, value):
+def test_one_bad_value_is_named_by_its_key(work, name, value):
     """A valid configuration with one option set to anything: valid, or every problem names that option."""
-    values = {**BASE, name: value}
+    values = {**_base(work), name: value}
     try:
-        _, config = _load(yaml.safe_dump(values, allow_unicode=True))
+        _, config = _load(work, yaml.safe_dump(values, allow_unicode=True))
     except ConfigError as error:
         flag = "--" + name.replace("_", "-")
         for problem in error.problems:
@@ -155,12 +164,12 @@ def _strategy(name: str) -> st.SearchStrategy:
 
 @SETTINGS
 @given(st.fixed_dictionaries({}, optional={name: _strategy(name) for name in NAMES}))
-def test_configurations_round_trip_through_yaml(values):
+def test_configurations_round_trip_through_yaml(work, values):
     config = TrainingConfig(**values)
     assert (
         config.problems(complete=False) == []
     )  # the strategies give values of the declared types and ranges
-    path = WORK / "round-trip.yaml"
+    path = work / "round-trip.yaml"
     config.to_yaml(path)
     again = TrainingConfig.from_yaml(path)
     assert again == config
