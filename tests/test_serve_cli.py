@@ -19,6 +19,7 @@ import psutil  # noqa: E402
 from modeling_rsmclip.app.cli import free_port  # noqa: E402
 from modeling_rsmclip.cli import main  # noqa: E402
 from modeling_rsmclip.index import RSMCLIPIndex, build_index  # noqa: E402
+from modeling_rsmclip.serve.cli import default_threads  # noqa: E402
 from modeling_rsmclip.testing import sample_dir  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,6 +42,7 @@ def small_index(tmp_path_factory) -> Path:
         (["serve", "{index}", "--port", "0"], "--port must be between 1 and 65535"),
         (["serve", "{index}", "--max-batch", "0"], "--max-batch must be at least 1"),
         (["serve", "{index}", "--timeout", "0"], "--timeout must be a positive number"),
+        (["serve", "{index}", "--threads", "0"], "--threads must be at least 1"),
         (["serve", "{index}", "--backend", "tpu"], "invalid choice: 'tpu'"),
     ],
 )
@@ -71,6 +73,7 @@ def test_serve_answers_on_loopback_until_stopped(small_index):
                 assert time.monotonic() < deadline, "the server did not start within 180 s"
                 time.sleep(0.5)
         assert health.status_code == 200 and health.json()["index"]["items"] == 5
+        assert health.json()["threads"] == default_threads()  # the cores but one (at least one)
         listening = {
             c.laddr.ip
             for c in psutil.Process(process.pid).net_connections(kind="inet")

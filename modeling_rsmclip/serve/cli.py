@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import logging
+import os
 from pathlib import Path
 
 from ..errors import UserError
@@ -63,6 +64,14 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
         default=256,
         help="connections served at once, 503 beyond (default 256)",
     )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads of the model's forward passes (default: the CPU cores but one, which is left to the HTTP "
+        "side; at least 1)",
+    )
+    parser.add_argument("--quiet", action="store_true", help="no log line per request")
     add_backend_arguments(parser.add_argument_group("query embedding"), device=False)
     parser.set_defaults(func=run)
 
@@ -72,6 +81,7 @@ def run(args: argparse.Namespace) -> int:
     if not 0 < args.port < 65536:
         raise UserError(f"--port must be between 1 and 65535, got {args.port}")
     for value, name in (
+        (1 if args.threads is None else args.threads, "--threads"),
         (args.max_batch, "--max-batch"),
         (args.max_top_k, "--max-top-k"),
         (args.max_connections, "--max-connections"),
@@ -94,9 +104,12 @@ def run(args: argparse.Namespace) -> int:
     require_serve_dependencies()
     if args.app:
         from ..app import ui  # noqa: F401  (Gradio installed?)
+    import torch
+
     from .server import run_server
     from .service import SearchService, ServeLimits
 
+    torch.set_num_threads(args.threads if args.threads is not None else default_threads())
     limits = ServeLimits(max_upload_mb=args.max_upload_mb, max_top_k=args.max_top_k, timeout_s=args.timeout)
     service = SearchService.load(
         args.index,
@@ -115,10 +128,20 @@ def run(args: argparse.Namespace) -> int:
                 args.host,
                 args.port,
             )
-        run_server(app, args.host, args.port, max_connections=args.max_connections)
+        run_server(app, args.host, args.port, max_connections=args.max_connections, access_log=not args.quiet)
     finally:
         service.close()
     return 0
+
+
+def default_threads() -> int:
+    """The CPU cores this process may use, but one: a forward pass of a small model gains little from a second
+    thread, and loses much when its threads wait for the core that the event loop and JSON encoding hold."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, cores - 1)
 
 
 def _is_loopback(host: str) -> bool:

@@ -509,9 +509,16 @@ class SearchService:
                 "pending": self.batcher.pending,
                 **self.batcher.stats.as_dict(),
             },
+            "threads": _torch_threads(),
             "limits": self.limits.as_dict(),
             "uptime_s": round(time.time() - self.started, 1),
         }
+
+
+def _torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
 
 
 def _manifest_model(index: Path) -> str | None:
