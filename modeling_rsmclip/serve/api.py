@@ -54,17 +54,34 @@ def require_serve_dependencies() -> None:
 
 
 # ------------------------------------------------------------------------------------------------- limits
-class BodyLimitMiddleware:
-    """Refuse a request body larger than ``max_bytes`` with 413 before the app reads it: at once when its
-    Content-Length says so, else (a chunked body) as soon as that many bytes have arrived."""
+class RequestLimitMiddleware:
+    """Refuse what is too large before the app reads it: a query string over ``max_query_bytes`` (414), headers
+    over ``max_header_bytes`` (431), a body over ``max_bytes`` (413: at once when its Content-Length says so, else,
+    for a chunked body, as soon as that many bytes have arrived)."""
 
-    def __init__(self, app: Any, max_bytes: int) -> None:
+    def __init__(
+        self, app: Any, max_bytes: int, max_query_bytes: int = 16 * 1024, max_header_bytes: int = 64 * 1024
+    ) -> None:
         self.app = app
         self.max_bytes = int(max_bytes)
+        self.max_query_bytes = int(max_query_bytes)
+        self.max_header_bytes = int(max_header_bytes)
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
+            return
+        query = len(scope.get("query_string") or b"")
+        if query > self.max_query_bytes:
+            message = f"the query string is {query} bytes long; at most {self.max_query_bytes} are allowed"
+            await _send_json(send, 414, {"detail": message + " (POST long requests as JSON)"})
+            return
+        header_bytes = sum(len(k) + len(v) for k, v in scope.get("headers") or [])
+        if header_bytes > self.max_header_bytes:
+            message = (
+                f"the headers are {header_bytes} bytes long; at most {self.max_header_bytes} are allowed"
+            )
+            await _send_json(send, 431, {"detail": message})
             return
         headers = dict(scope.get("headers") or [])
         length = headers.get(b"content-length")
@@ -161,7 +178,7 @@ def build_api(service: SearchService, *, page: bool = False, title: str = "RS-M-
         version=_package_version(),
     )
     api.state.service = service
-    api.add_middleware(BodyLimitMiddleware, max_bytes=limits.max_body_bytes)
+    api.add_middleware(RequestLimitMiddleware, max_bytes=limits.max_body_bytes)
 
     # ------------------------------------------------------------------------------------------- errors
     @api.exception_handler(RequestError)
@@ -410,4 +427,4 @@ def _search_body_schema(limits: Any) -> dict[str, Any]:
     }
 
 
-__all__ = ["BodyLimitMiddleware", "build_api", "mount_page", "require_serve_dependencies"]
+__all__ = ["RequestLimitMiddleware", "build_api", "mount_page", "require_serve_dependencies"]

@@ -11,8 +11,6 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
 # Connections served at once; uvicorn answers 503 beyond it instead of letting them pile up.
 DEFAULT_MAX_CONNECTIONS = 256
-# A request line and headers above this size are refused by the HTTP parser (h11) with 400.
-MAX_HEADER_BYTES = 64 * 1024
 
 
 def uvicorn_config(
@@ -32,7 +30,6 @@ def uvicorn_config(
         port=port,
         limit_concurrency=max_connections,
         timeout_keep_alive=5,
-        h11_max_incomplete_event_size=MAX_HEADER_BYTES,
         log_level=log_level,
         access_log=access_log,
         server_header=False,
