@@ -156,7 +156,14 @@ def test_geojson_by_format_and_by_accept_header(served):
         params={"query": PT_QUERY, "top_k": 6, "bbox": ",".join(map(str, PORTO_BBOX))},
         headers={"Accept": "application/geo+json"},
     )
-    for got in (by_format, by_accept):
+    by_body = served.client.post(
+        "/search", json={"query": PT_QUERY, "top_k": 6, "bbox": list(PORTO_BBOX), "format": "geojson"}
+    )
+    by_form = served.client.post(
+        "/search",
+        data={"query": PT_QUERY, "top_k": "6", "bbox": ",".join(map(str, PORTO_BBOX)), "format": "geojson"},
+    )
+    for got in (by_format, by_accept, by_body, by_form):
         assert got.status_code == 200 and got.headers["content-type"] == "application/geo+json"
         collection = got.json()
         assert collection["type"] == "FeatureCollection" and len(collection["features"]) == 4
@@ -301,6 +308,14 @@ BAD_REQUESTS = [
     ),
     ("bad format", "GET", "/search", {"params": {"query": "a", "format": "xml"}}, 422, "format"),
     ("unknown field", "POST", "/search", {"json": {"query": "a", "k": 3}}, 400, "unknown field"),
+    (
+        "bad body format",
+        "POST",
+        "/search",
+        {"json": {"query": "a", "format": "kml"}},
+        422,
+        "format must be json or geojson",
+    ),
     (
         "not JSON",
         "POST",

@@ -31,7 +31,9 @@ logger = logging.getLogger(__name__)
 INSTALL_HINT = 'pip install "rsmclip[serve]"'
 GEOJSON_MEDIA_TYPE = "application/geo+json"
 PAGE_PATH = "/app"
-SEARCH_FIELDS = ("query", "top_k", "where", "bbox")
+# The fields of a POST /search body (JSON or form), besides a form's `image` file.
+BODY_FIELDS = ("query", "top_k", "where", "bbox", "format")
+FORMATS = ("json", "geojson")
 
 
 try:
@@ -268,12 +270,8 @@ def build_api(service: SearchService, *, page: bool = False, title: str = "RS-M-
         accept = request.headers.get("accept", "")
         if content_type.startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
             form = await request.form(max_files=1, max_fields=8, max_part_size=2**16)
-            unknown = sorted(set(form.keys()) - {*SEARCH_FIELDS, "image"})
-            if unknown:
-                raise RequestError(
-                    f"unknown field(s) {', '.join(map(repr, unknown))}: use {', '.join(SEARCH_FIELDS)}, image"
-                )
-            fields = {key: form.get(key) for key in SEARCH_FIELDS}
+            _refuse_unknown(form.keys(), (*BODY_FIELDS, "image"))
+            fields = {key: form.get(key) for key in BODY_FIELDS}
             upload = form.get("image")
             for key, value in fields.items():
                 if isinstance(value, UploadFile):
@@ -284,16 +282,17 @@ def build_api(service: SearchService, *, page: bool = False, title: str = "RS-M-
             top_k = fields["top_k"] if fields["top_k"] not in (None, "") else 10
             if image and fields["query"]:
                 raise RequestError("give a query text or an image, not both")
+            fmt = _check_format(format or fields["format"])
             checked = service.search_request(
                 fields["query"], top_k, fields["where"], fields["bbox"], image=image
             )
             if not image:
                 rows = await timed(text_search(checked))
-                return answer(rows, checked.describe(), started, format, accept)
+                return answer(rows, checked.describe(), started, fmt, accept)
             data = await upload.read(limits.max_upload_bytes + 1)
             rows = await timed(run_in_threadpool(service.search_image, data, checked, upload.filename))
             name = Path(upload.filename or "upload").name or "upload"
-            return answer(rows, checked.describe(image_name=name), started, format, accept)
+            return answer(rows, checked.describe(image_name=name), started, fmt, accept)
         if content_type.startswith("application/json") or not content_type:
             try:
                 body = await request.json()
@@ -301,16 +300,13 @@ def build_api(service: SearchService, *, page: bool = False, title: str = "RS-M-
                 raise RequestError("the request body is not valid JSON") from None
             if not isinstance(body, dict):
                 raise RequestError('send a JSON object such as {"query": "uma praia", "top_k": 10}')
-            unknown = sorted(set(body) - set(SEARCH_FIELDS))
-            if unknown:
-                raise RequestError(
-                    f"unknown field(s) {', '.join(map(repr, unknown))}: use {', '.join(SEARCH_FIELDS)}"
-                )
+            _refuse_unknown(body.keys(), BODY_FIELDS)
+            fmt = _check_format(format or body.get("format"))
             checked = service.search_request(
                 body.get("query"), body.get("top_k", 10), body.get("where"), body.get("bbox")
             )
             rows = await timed(text_search(checked))
-            return answer(rows, checked.describe(), started, format, accept)
+            return answer(rows, checked.describe(), started, fmt, accept)
         raise RequestError(
             "send JSON (application/json), a form, or an upload (multipart/form-data), not "
             f"{content_type.split(';')[0]!r}",
@@ -368,6 +364,20 @@ def mount_page(api: Any, service: SearchService) -> Any:
     return gr.mount_gradio_app(api, demo, path=PAGE_PATH, **launch_kwargs(service.app))
 
 
+def _refuse_unknown(keys: Any, allowed: tuple[str, ...]) -> None:
+    unknown = sorted(set(keys) - set(allowed))
+    if unknown:
+        raise RequestError(f"unknown field(s) {', '.join(map(repr, unknown))}: use {', '.join(allowed)}")
+
+
+def _check_format(value: Any) -> str | None:
+    if value in (None, ""):
+        return None
+    if value not in FORMATS:
+        raise RequestError(f"format must be json or geojson, got {str(value)[:40]!r}", 422)
+    return value
+
+
 def _wants_geojson(fmt: str | None, accept: str) -> bool:
     if fmt:
         return fmt == "geojson"
@@ -389,6 +399,7 @@ def _search_body_schema(limits: Any) -> dict[str, Any]:
         "top_k": {"type": "integer", "minimum": 1, "maximum": limits.max_top_k, "default": 10},
         "where": {"type": "string", "maxLength": limits.max_where_chars, "example": "label == 'airport'"},
         "bbox": {"type": "string", "example": "-8.7,41.1,-8.5,41.2", "description": "west,south,east,north"},
+        "format": {"type": "string", "enum": list(FORMATS), "default": "json"},
     }
     return {
         "required": True,
