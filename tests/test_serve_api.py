@@ -545,3 +545,33 @@ def test_gradio_page_is_mounted_on_the_same_model(served):
         [row[1] for row in table["data"]], [round(r["score"], 4) for r in expected], atol=1e-4
     )
     assert served.service.app.index is served.service.index  # one index and one model for both
+
+
+def test_slow_searches_and_a_full_queue_get_503(served):
+    """A search over the time limit, and a text query beyond the waiting limit, on the same model and index."""
+    from fastapi.testclient import TestClient
+
+    from modeling_rsmclip.serve import RequestError
+
+    hasty = SearchService(served.service.app, limits=ServeLimits(timeout_s=0.0005))
+    try:
+        got = TestClient(build_api(hasty)).get("/search", params={"query": PT_QUERY})
+        assert got.status_code == 503 and "took longer than the 0.0005 s" in got.json()["detail"]
+    finally:
+        hasty.close()
+    crowded = SearchService(served.service.app, limits=ServeLimits(max_pending=1), max_batch=1)
+    try:
+        futures = []
+        with pytest.raises(RequestError, match="waiting already") as refused:
+            for _ in range(
+                50
+            ):  # one query may wait (the worker computes another): a second waiting one is refused
+                futures.append(crowded.submit_text(PT_QUERY))
+        assert refused.value.status == 503 and refused.value.headers == {"Retry-After": "1"}
+        assert 1 <= len(futures) < 50
+        expected = served.reference.embed_query(PT_QUERY)[0]
+        for future in futures:
+            np.testing.assert_allclose(future.result(60), expected, atol=1e-6)
+    finally:
+        crowded.close()
+    assert served.service.app.index is served.service.index  # the shared index is still in use
