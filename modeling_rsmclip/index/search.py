@@ -310,6 +310,20 @@ class RSMCLIPIndex:
             raise ValueError(f"the query must be a non-empty text or an image, got {query!r}")
         return embedder.embed_texts([query]).numpy()
 
+    def embed_queries(self, texts: list[str]) -> np.ndarray:
+        """The L2-normalised embeddings (n x dim float32) of several text queries in one forward pass, padded to the
+        longest (for a server that batches concurrent queries). Each row equals `embed_query` of its text within
+        float tolerance (padding is masked out of the mean pooling)."""
+        import copy
+
+        texts = list(texts)
+        for i, text in enumerate(texts):
+            if not isinstance(text, str) or not text.strip():
+                raise ValueError(f"query {i} must be a non-empty text, got {text!r}")
+        embedder = copy.copy(self._ensure_model())  # a batch size of its own: the shared one stays 1
+        embedder.batch_size = max(1, len(texts))
+        return embedder.embed_texts(texts).numpy()
+
     def search(
         self,
         query: Any,
