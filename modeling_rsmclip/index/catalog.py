@@ -22,7 +22,7 @@ collections, bbox, datetime, CQL2 filter and max_items) into the work list of an
 The work list and this listing report are saved beside the run (``runs/listing-NNN.items.json``,
 ``runs/listing-NNN.report.json``), so a killed build resumes on the same list even if the catalog changed meanwhile,
 and `finalize` merges the report into ``report.json``. Tiles are read in the data-loader workers
-(`read_stac_tile`): a window that still fails after its retries is listed under ``network_errors`` by item and
+(`sources.read_item`, `geo.read_stac_window`): a window that still fails after its retries is listed under ``network_errors`` by item and
 window, and the build goes on.
 """
 
@@ -39,7 +39,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from .embed import _atomic_write_json
-from .sources import ReadResult, SourceOptions, WorkItem, tile_content_hash
+from .sources import SourceOptions, WorkItem, tile_content_hash
 
 STAC_TILE = "stac-tile"
 LISTING_REPORT_KEYS = ("missing_bands", "network_errors", "unchanged", "unreadable")
@@ -330,59 +330,6 @@ def _scene_tiles(
     return tiles, None, None
 
 
-# ------------------------------------------------------------------------------------------------- reading
-_READERS: dict[tuple[str, str], Any] = {}
-
-
-def _reader(item: WorkItem, options: SourceOptions) -> Any:
-    """The scene's reader, opened once per process (data-loader worker); a scene that cannot be opened fails every
-    tile at once with the error of its one open (after its retries)."""
-    from ..geo.raster import BandSource, RasterReader
-
-    how = item.meta["stac_bands"]
-    key = (item.scene_hash, how)
-    cached = _READERS.get(key)
-    if isinstance(cached, BaseException):
-        raise cached
-    if cached is not None:
-        return cached
-    spec = json.loads(how)
-    try:
-        reader = RasterReader(
-            [BandSource(**band) for band in spec["bands"]],
-            preset=spec["preset"],
-            retry=options.retry,
-            signer=options.signer,
-            gdal_options=options.gdal_options,
-            name=f"STAC item {item.meta.get('stac_item')}",
-        )
-    except Exception as err:
-        _READERS[key] = err
-        raise
-    if [reader.height, reader.width] != list(spec["shape"]):
-        reader.close()
-        err = ValueError(
-            f"STAC item {item.meta.get('stac_item')}: its files are {reader.width} x {reader.height} pixels now, "
-            f"{spec['shape'][1]} x {spec['shape'][0]} when the work list was made: rebuild the index"
-        )
-        _READERS[key] = err
-        raise err
-    _READERS[key] = reader
-    return reader
-
-
-def read_stac_tile(item: WorkItem, options: SourceOptions) -> ReadResult:
-    """One tile of a STAC scene by `geo.tiling`'s rule for the edge (as `sources.read_item` reads a local scene's
-    tile); errors are raised for `sources.read_item` to report."""
-    from ..geo.tiling import keep_tile, read_tile_pixels
-
-    pixels = read_tile_pixels(_reader(item, options), tuple(item.window))
-    content_hash = tile_content_hash(item.scene_hash, item.window, pixels.read_window)
-    if not keep_tile(pixels.valid_fraction, options.min_valid):
-        return ReadResult(None, content_hash, error="nodata", valid_fraction=pixels.valid_fraction)
-    return ReadResult(pixels.rgb, content_hash, valid_fraction=pixels.valid_fraction)
-
-
 # ------------------------------------------------------------------------------------------------- report
 def merge_listing_reports(output: Path, report: dict[str, list]) -> None:
     """Add every run's listing report (``runs/listing-NNN.report.json``) to ``report`` (`build.finalize`)."""
@@ -416,7 +363,6 @@ __all__ = [
     "indexed_items",
     "list_item_tiles",
     "merge_listing_reports",
-    "read_stac_tile",
     "save_listing",
     "scene_hash",
     "settle_network_errors",

@@ -287,21 +287,23 @@ def read_item(
         if item.kind == "file":
             content_hash = file_sha256(item.path)
             return ReadResult(_to_rgb(load_image_file(item.path), bands=options.bands), content_hash)
-        if item.kind == "tile":
+        if item.kind in ("tile", "stac-tile"):
             from ..geo.tiling import keep_tile
-            from .geo import read_window
+            from .geo import read_stac_window, read_window
 
-            pixels = read_window(item.path, item.window, preset=options.preset, bands=options.bands)
+            if item.kind == "tile":
+                pixels = read_window(item.path, item.window, preset=options.preset, bands=options.bands)
+            else:  # the bands index.catalog chose from the item's metadata
+                name = f"STAC item {item.meta.get('stac_item')}"
+                pixels = read_stac_window(
+                    item.scene_hash, item.meta["stac_bands"], item.window, name, options
+                )
             # An edge tile is read moved inside the raster: its hash says so.
             content_hash = tile_content_hash(item.scene_hash, item.window, pixels.read_window)
             fraction = pixels.valid_fraction
             if not keep_tile(fraction, options.min_valid):
                 return ReadResult(None, content_hash, error="nodata", valid_fraction=fraction)
             return ReadResult(pixels.rgb, content_hash, valid_fraction=fraction)
-        if item.kind == "stac-tile":
-            from .catalog import read_stac_tile
-
-            return read_stac_tile(item, options)
         if item.kind == "dataset":
             return _read_dataset_row(item, options, dataset_cache if dataset_cache is not None else {})
         raise ValueError(f"unknown item kind {item.kind!r}")
