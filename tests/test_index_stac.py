@@ -382,6 +382,15 @@ def test_a_truncated_cog_names_each_lost_window_and_keeps_the_rest(
     assert len(index) == 14 and not ids & {e["id"] for e in errors}
     assert index.manifest["counts"]["network_errors"] == 2
 
+    # The file is whole again: an add of the same items (URLs GDAL has not seen) embeds just the two lost tiles.
+    cloud_server.clear_faults()
+    catalog = _item_collection(stac_item_dicts, tmp_path / "again.json")
+    added = _build(saved_tiny, tmp_path / "idx", str(catalog), add=True, collections=[S2])
+    assert len(added) == 16 and _report(added)["network_errors"] == []
+    new = json.loads((tmp_path / "idx" / "runs" / "run-001.json").read_text())
+    assert new["num_items"] == 2  # the lost tiles; the other 14 are known by their content hash
+    assert sorted(u["id"] for u in _report(added)["unchanged"]) == sorted(ids)
+
 
 def test_a_stac_api_that_is_down_is_one_clear_error(tiny_saved, range_server, tmp_path, capsys):
     from modeling_rsmclip.cli import main
