@@ -339,6 +339,22 @@ def test_an_unreachable_asset_and_an_item_without_the_bands_are_named(
 
     assert "network errors 1, items without the bands 1" in _summary(index)
 
+    # When no item has the bands, the build stops before loading the model, saying why.
+    from modeling_rsmclip.index import build_index
+
+    with pytest.raises(
+        ValueError, match=r"nothing to index from .*: 4 missing bands \(first: STAC item 's2-nw'"
+    ):
+        build_index(
+            "no-model-needed",
+            tmp_path / "none",
+            [],
+            stac=StacQuery(str(catalog)),
+            tile_size=TILE,
+            preset="sentinel1",
+            progress=False,
+        )
+
 
 def test_http_500_then_recovery_loses_nothing(saved_tiny, api_index, stac_item_dicts, cloud_server, tmp_path):
     catalog = _item_collection(stac_item_dicts, tmp_path / "items.json")
