@@ -6,8 +6,8 @@ STAC item (a pystac ``Item``, its dict, or the URL / path of its JSON), optional
 window of whole pixels covering the box (see `raster.RasterReader`): only that window is read, and every output is
 georeferenced on its grid.
 
-Which of the two a path or URL is: a ``.json`` / ``.geojson`` file, or a URL whose path ends so or has no file
-suffix at all (a STAC API's ``.../collections/C/items/ID``), is a STAC item; anything else is a raster.
+Which of the two a path or URL is: a ``.json`` / ``.geojson`` file, or a URL whose path ends so, has no file suffix
+at all, or is a STAC API's ``.../collections/C/items/ID``, is a STAC item; anything else is a raster.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from .cloud import RetryPolicy, Signer, is_remote
 from .raster import RasterReader
 
 STAC_SUFFIXES = (".json", ".geojson")
+RASTER_SUFFIXES = (".tif", ".tiff", ".jp2", ".vrt", ".img")
 
 
 def is_stac_item_ref(scene: Any) -> bool:
@@ -30,8 +31,12 @@ def is_stac_item_ref(scene: Any) -> bool:
         return True
     text = str(scene)
     if is_remote(text) and not text.startswith("/vsi"):
-        suffix = PurePosixPath(urllib.parse.urlsplit(text).path).suffix.lower()
-        return suffix in STAC_SUFFIXES or suffix == ""
+        path = PurePosixPath(urllib.parse.urlsplit(text).path)
+        suffix = path.suffix.lower()
+        in_api = (
+            len(path.parts) >= 3 and path.parts[-2] == "items"
+        )  # .../collections/C/items/ID (ids may hold dots)
+        return suffix in STAC_SUFFIXES or suffix == "" or (in_api and suffix not in RASTER_SUFFIXES)
     return Path(text).suffix.lower() in STAC_SUFFIXES
 
 
