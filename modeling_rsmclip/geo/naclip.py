@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 
 from ..inference import autocast, class_embeddings, load_encoder, load_model
 from .raster import RasterReader
+from .scene import open_scene, scene_label
 from .tiling import TileGrid, length_to_pixels
 from .writer import CLASS_NODATA, ClassMapWriter, legend_path, read_class_map_preview, render_overlay
 from .zero_shot import model_device, parse_labels, pixel_values
@@ -47,10 +48,11 @@ class SceneSegmentation:
     """Per-pixel classes of a scene.
 
     ``class_map`` ``(height, width)`` uint8 class ids, 255 = nodata (invalid pixel or no window); None when the
-    scene has more than 100 Mpx and the map was written to ``files["geotiff"]`` only.
+    scene has more than 100 Mpx and the map was written to ``files["geotiff"]`` only. ``scene_window``: the part of
+    the scene mapped (``bbox``), ``(col_off, row_off, width, height)`` of its grid, or None for all of it.
     """
 
-    scene: Path
+    scene: Path | str  # a URL or STAC item link as is
     labels: list[str]
     language: str
     width: int
@@ -67,10 +69,12 @@ class SceneSegmentation:
     seconds: float
     bands: str
     files: dict[str, Path] = field(default_factory=dict)
+    scene_window: tuple[int, int, int, int] | None = None
 
     def summary(self) -> dict[str, Any]:
         return {
             "scene": str(self.scene),
+            "scene_window": list(self.scene_window) if self.scene_window else None,
             "size": [self.width, self.height],
             "labels": self.labels,
             "language": self.language,
@@ -270,11 +274,14 @@ def segment_scene(
     progress: bool = True,
     precision: str = "fp32",
     backend: str = "torch",
+    bbox: Sequence[float] | None = None,
+    signer: Any = None,
 ) -> SceneSegmentation:
     """Per-pixel open-vocabulary classes of ``scene`` (see module doc).
 
     Args:
-        scene: a GeoTIFF / COG path.
+        scene: a GeoTIFF / COG path or URL, or a STAC item (URL or path of its JSON, a pystac ``Item``; bands from
+            its metadata), see `geo.scene.open_scene`.
         labels: class names in ``language`` (list, or comma-separated).
         model: a loaded `RSMCLIPModel` (then give ``processor``), a path / Hub id, or ``"demo"``.
         window, stride: sliding window and its step, pixels or metres (``"500m"``); stride defaults to half the
@@ -285,6 +292,9 @@ def segment_scene(
         precision: ``"fp32"``, ``"bf16"``/``"fp16"`` autocast, or ``"int8"`` for PyTorch dynamic int8 weights
             on the CPU (`inference.quantize_model`).
         backend: ``"torch"`` only: the ONNX graphs return pooled embeddings, not patch features.
+        bbox: ``(west, south, east, north)`` in lon/lat degrees: map only the window of the scene covering it (only
+            that window is read; the outputs are georeferenced on its grid).
+        signer: for remote files, ``href -> href to open`` (catalogs that sign their URLs), see `geo.cloud`.
     """
     labels = parse_labels(labels)
     if len(labels) >= CLASS_NODATA:
@@ -300,7 +310,7 @@ def segment_scene(
     text = torch.from_numpy(class_embeddings(model, processor, labels, language)).float()
     start = time.perf_counter()
     out_dir = Path(output_dir) if output_dir is not None else None
-    with RasterReader(scene, preset=preset, bands=bands, stretch=stretch) as reader:
+    with open_scene(scene, preset=preset, bands=bands, stretch=stretch, bbox=bbox, signer=signer) as reader:
         stitcher = WindowStitcher(
             reader,
             model,
@@ -339,7 +349,8 @@ def segment_scene(
             if writer is not None:
                 writer.close()
         result = SceneSegmentation(
-            scene=Path(scene),
+            scene=scene_label(scene),
+            scene_window=reader.view_window,
             labels=labels,
             language=language,
             width=width,
@@ -376,7 +387,7 @@ def _write_overlay(result: SceneSegmentation, reader: RasterReader, out_dir: Pat
         preview_valid,
         classes,
         result.labels,
-        f"{result.scene.name}: open-vocabulary segmentation ({method}, {result.language})",
+        f"{Path(str(result.scene)).name}: open-vocabulary segmentation ({method}, {result.language})",
         counts=counts,
     )
 

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from ..inference import autocast, class_embeddings, load_encoder, load_model
-from .raster import RasterReader
+from .scene import open_scene, scene_label
 from .tiling import TileGrid, iter_tiles, length_to_pixels
 
 
@@ -60,10 +60,11 @@ class SceneClassification:
     ``(n_rows, n_cols, n_labels)`` float32 (NaN when skipped), ``valid_fraction`` ``(n_rows, n_cols)`` float32 (the
     share of valid pixels of each tile inside the scene, skipped tiles included: see `geo.tiling`'s rule for the
     edge), ``transform`` the geotransform of that tile-resolution grid in ``crs``, ``geojson`` a FeatureCollection
-    (lon/lat) of the classified tiles, ``files`` the written outputs.
+    (lon/lat) of the classified tiles, ``files`` the written outputs, ``scene_window`` the part of the scene mapped
+    (``bbox``), ``(col_off, row_off, width, height)`` of its grid, or None for all of it.
     """
 
-    scene: Path
+    scene: Path | str  # a URL or STAC item link as is
     labels: list[str]
     language: str
     class_ids: np.ndarray
@@ -77,6 +78,7 @@ class SceneClassification:
     valid_fraction: np.ndarray | None = None
     min_valid: float = 0.5
     files: dict[str, Path] = field(default_factory=dict)
+    scene_window: tuple[int, int, int, int] | None = None
 
     @property
     def top1_probability(self) -> np.ndarray:
@@ -88,6 +90,7 @@ class SceneClassification:
         counts = {label: int((self.class_ids == i).sum()) for i, label in enumerate(self.labels)}
         return {
             "scene": str(self.scene),
+            "scene_window": list(self.scene_window) if self.scene_window else None,
             "labels": self.labels,
             "language": self.language,
             "tiles": len(self.grid),
@@ -141,11 +144,14 @@ def classify_scene(
     progress: bool = True,
     backend: str = "torch",
     precision: str = "fp32",
+    bbox: Sequence[float] | None = None,
+    signer: Any = None,
 ) -> SceneClassification:
     """Zero-shot class of every tile of ``scene``.
 
     Args:
-        scene: a GeoTIFF / COG path.
+        scene: a GeoTIFF / COG path or URL, or a STAC item (URL or path of its JSON, a pystac ``Item``; bands from
+            its metadata), see `geo.scene.open_scene`.
         labels: class names in ``language`` (list, or comma-separated).
         model: a loaded `RSMCLIPModel` (then give ``processor``), a path / Hub id, or ``"demo"``.
         tile_size, overlap: pixels, or metres as ``"500m"``.
@@ -157,6 +163,9 @@ def classify_scene(
             fraction; nodata -1, the scene's CRS, one pixel per tile), ``tiles.geojson`` and ``overlay.png`` there.
         backend, precision: CPU inference backend, ``"torch"`` or ``"onnx"`` (ONNX Runtime) and ``"fp32"`` or
             ``"int8"`` (see `modeling_rsmclip.inference.load_encoder`).
+        bbox: ``(west, south, east, north)`` in lon/lat degrees: map only the window of the scene covering it (only
+            that window is read; the outputs are georeferenced on its grid).
+        signer: for remote files, ``href -> href to open`` (catalogs that sign their URLs), see `geo.cloud`.
     """
     labels = parse_labels(labels)
     owned = isinstance(model, str | os.PathLike)  # loaded here: nobody else holds the fp32 model
@@ -167,7 +176,7 @@ def classify_scene(
     text = torch.from_numpy(class_embeddings(model, processor, labels, language)).float()
     device = model_device(model)
     scale = logit_scale(model)
-    with RasterReader(scene, preset=preset, bands=bands, stretch=stretch) as reader:
+    with open_scene(scene, preset=preset, bands=bands, stretch=stretch, bbox=bbox, signer=signer) as reader:
         tiles = iter_tiles(
             reader,
             length_to_pixels(tile_size, reader),
@@ -200,7 +209,8 @@ def classify_scene(
                     )
                 )
         result = SceneClassification(
-            scene=Path(scene),
+            scene=scene_label(scene),
+            scene_window=reader.view_window,
             labels=labels,
             language=language,
             class_ids=class_ids,

@@ -37,6 +37,7 @@ class ShardReport:
     nodata_tiles: list[dict[str, Any]] = field(default_factory=list)
     duplicates: list[dict[str, Any]] = field(default_factory=list)
     unchanged: list[dict[str, Any]] = field(default_factory=list)
+    network_errors: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -44,6 +45,7 @@ class ShardReport:
             "nodata_tiles": self.nodata_tiles,
             "duplicates": self.duplicates,
             "unchanged": self.unchanged,
+            "network_errors": self.network_errors,
         }
 
 
@@ -74,7 +76,7 @@ class _Collate:
                 "pixel_values"
             ]
         # The decoded arrays are not needed any further: do not send them back through the worker queue.
-        slim = [(i, ReadResult(None, r.content_hash, r.error, r.valid_fraction)) for i, r in batch]
+        slim = [(i, ReadResult(None, r.content_hash, r.error, r.valid_fraction, r.remote)) for i, r in batch]
         return slim, (pixels, [i for i, _ in good])
 
 
@@ -183,6 +185,8 @@ def embed_shard(
                         "valid_fraction": result.valid_fraction,
                     }
                 )
+            elif result.remote is not None:
+                report.network_errors.append(network_error_entry(item, result.remote))
             elif result.error is not None:
                 report.unreadable.append({"id": item.id, "path": item.path, "error": result.error})
             elif result.content_hash in known_hashes:
@@ -214,6 +218,18 @@ def embed_shard(
             progress.update(len(batch))
     embeddings = torch.cat(chunks).numpy() if chunks else np.zeros((0, 0), dtype=np.float32)
     return rows, embeddings, report
+
+
+def network_error_entry(item: WorkItem, remote: dict[str, Any]) -> dict[str, Any]:
+    """A ``network_errors`` entry of the report: the tile (id, STAC item and collection when it has them, its grid
+    window) and the read that failed (`geo.cloud.RemoteReadError.to_dict`: href, window read, attempts, error)."""
+    entry: dict[str, Any] = {"id": item.id, "path": item.path}
+    for key in ("stac_item", "stac_collection"):
+        if item.meta.get(key) is not None:
+            entry[key] = item.meta[key]
+    entry["tile_window"] = list(item.window) if item.window is not None else None
+    entry.update({k: remote.get(k) for k in ("href", "window", "attempts", "error")})
+    return entry
 
 
 def new_progress(total: int, desc: str, enabled: bool) -> Any:

@@ -19,6 +19,8 @@ import numpy as np
 
 from ..inference import autocast_precision, check_backend, load_encoder, load_model, model_name
 from .common import apply_search_params, index_fingerprint, require_index_dependencies
+from .geoparquet import GEOMETRY_COLUMN
+from .geoparquet import counter_clockwise as _counter_clockwise
 
 
 class IndexModelMismatchError(ValueError):
@@ -443,6 +445,7 @@ class RSMCLIPIndex:
 
     def _result(self, rank: int, score: float, i: int) -> dict[str, Any]:
         row = dict(self.row(i))
+        row.pop(GEOMETRY_COLUMN, None)  # the GeoParquet WKB of footprint_lonlat
         footprint = row.pop("footprint_lonlat", None)
         ring = row.pop("footprint", None)
         out = {
@@ -462,7 +465,8 @@ class RSMCLIPIndex:
 # ---------------------------------------------------------------------------------------------------- GeoJSON
 def to_geojson(results: list[dict[str, Any]]) -> dict[str, Any]:
     """A GeoJSON FeatureCollection (RFC 7946, lon/lat) of the results' footprints, with the score, rank, id, path,
-    label and the other scalar metadata as properties; a result without a footprint gets a null geometry."""
+    label and the other scalar metadata as properties; a result without a footprint gets a null geometry. A hit
+    from a STAC item links to it (``links``: rel ``via``, the item's own href)."""
     features = []
     for result in results:
         polygon = result.get("footprint_lonlat")
@@ -478,14 +482,17 @@ def to_geojson(results: list[dict[str, Any]]) -> dict[str, Any]:
         feature: dict[str, Any] = {"type": "Feature", "geometry": geometry, "properties": properties}
         if result.get("bbox") is not None:
             feature["bbox"] = list(result["bbox"])
+        if result.get("stac_item_href"):
+            feature["links"] = [
+                {
+                    "rel": "via",
+                    "href": result["stac_item_href"],
+                    "type": "application/geo+json",
+                    "title": f"STAC item {result.get('stac_item')}",
+                }
+            ]
         features.append(feature)
     return {"type": "FeatureCollection", "features": features}
-
-
-def _counter_clockwise(ring: list[list[float]]) -> list[list[float]]:
-    """RFC 7946's right-hand rule for an exterior ring: counter-clockwise (same first point)."""
-    area = sum(x0 * y1 - x1 * y0 for (x0, y0), (x1, y1) in zip(ring, ring[1:]))
-    return ring if area >= 0 else ring[::-1]
 
 
 def _json_scalar(value: Any) -> bool:
