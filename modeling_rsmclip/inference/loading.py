@@ -18,7 +18,7 @@ WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
 
 def resolve_model_source(model: str | os.PathLike) -> str:
     """Where `load_model` reads ``model`` from: the bundled demo model's folder for ``"demo"``, a local folder
-    (checked), or a Hub id as given.
+    (checked), a known model's Hub id (`known_model`), or a Hub id as given.
 
     A name that can only be a local path (absolute, starting with ``.`` or ``~``, or with more than one ``/``) and
     does not exist raises `FileNotFoundError`; a folder without ``config.json`` raises `ValueError`.
@@ -39,7 +39,44 @@ def resolve_model_source(model: str | os.PathLike) -> str:
         raise FileNotFoundError(
             f"model folder not found: {name} (give a model folder, a Hub id org/name or 'demo')"
         )
+    # A known model's short name (e.g. "remoteclip-vit-b-32") stands for its Hub id: the one place names resolve.
+    entry = known_model(name)
+    if entry is not None:
+        hub_id = known_model_field(entry, "hub_id", "repo_id", "hub")
+        if hub_id:
+            return str(hub_id)
     return name
+
+
+def known_model(name: str) -> Any:
+    """The entry named ``name`` of the known-models table (`modeling_rsmclip.known_models`:
+    ``list_known_models()``, entries with a name, Hub id, family, architecture, languages, licence, paper), or None
+    when the name is not in it or the table is not installed.
+
+    The one lookup of a model's short name: `resolve_model_source` (which model to load) and the benchmark (which
+    languages a model was trained on) both ask here."""
+    import importlib
+
+    table = f"{__package__.rsplit('.', 1)[0]}.known_models"
+    try:
+        known_models = importlib.import_module(table)
+    except ModuleNotFoundError as error:
+        if error.name != table:
+            raise
+        return None
+    for entry in known_models.list_known_models():
+        if known_model_field(entry, "name") == name:
+            return entry
+    return None
+
+
+def known_model_field(entry: Any, *names: str) -> Any:
+    """The first of the fields ``names`` an entry of the known-models table has (attribute or mapping key)."""
+    for field in names:
+        value = entry.get(field) if isinstance(entry, dict) else getattr(entry, field, None)
+        if value is not None:
+            return value
+    return None
 
 
 def model_name(model: Any) -> str:
@@ -139,6 +176,8 @@ def _load_processor(source: str) -> Any:
 __all__ = [
     "DEMO_MODEL_DIR",
     "DEMO_NAME",
+    "known_model",
+    "known_model_field",
     "load_model",
     "model_name",
     "portable_config_json",
