@@ -152,7 +152,9 @@ def _is_saved_dataset(path: Path) -> bool:
 def resolve_dataset(spec: str, split: str | None = "test") -> list[BenchmarkTask]:
     """The tasks of one ``[NAME=]PATH`` dataset (see the module doc). Raises an error naming the path when it is
     none of the layouts."""
-    name, _, path_text = spec.rpartition("=")
+    name, _, path_text = spec.partition("=")
+    if not path_text or "/" in name:  # no NAME= prefix (a "=" inside a path is the path's)
+        name, path_text = "", spec
     path = Path(path_text).expanduser()
     if path.is_file():
         if path.suffix.lower() == ".json":
