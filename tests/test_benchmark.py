@@ -194,3 +194,32 @@ def test_command_line_errors_name_the_value(tmp_path, capsys):
     assert "'xx'" in capsys.readouterr().err
     assert main(argv + ["--datasets", str(sample_dir() / "rsscn7"), "--english-only", "clip"]) == 2
     assert "--english-only names model(s) not in --models: clip" in capsys.readouterr().err
+
+
+def test_known_models_table_is_the_one_lookup_of_short_names(monkeypatch):
+    """With a table of known models installed (`modeling_rsmclip.known_models`: `list_known_models()`, entries with
+    a name, Hub id and languages), a short name resolves to its Hub id and an English-only model is marked."""
+    import sys
+    import types
+    from dataclasses import dataclass
+
+    from modeling_rsmclip.evaluation.benchmark import is_english_only
+    from modeling_rsmclip.inference.loading import known_model, resolve_model_source
+
+    @dataclass
+    class Entry:
+        name: str
+        hub_id: str
+        languages: tuple[str, ...]
+
+    table = types.ModuleType("modeling_rsmclip.known_models")
+    table.list_known_models = lambda: [
+        Entry("english-clip", "org/english-clip", ("en",)),
+        Entry("multilingual-clip", "org/multilingual-clip", ("en", "pt", "zh")),
+    ]
+    monkeypatch.setitem(sys.modules, "modeling_rsmclip.known_models", table)
+    assert resolve_model_source("english-clip") == "org/english-clip"
+    assert resolve_model_source("org/other") == "org/other" and known_model("org/other") is None
+    assert is_english_only("english-clip") and not is_english_only("multilingual-clip")
+    assert is_english_only("mine", source="english-clip") and is_english_only("x", english_only=["x"])
+    assert not is_english_only("demo")

@@ -197,21 +197,16 @@ def test_eval_zero_shot_and_retrieval_commands(family, tmp_path):
 
 @pytest.fixture(scope="module")
 def indexes(tmp_path_factory):
-    """An index of the bundled UCM images per family (built once)."""
+    """An index of the bundled UCM images per family, built once with `rsmclip index build`."""
     pytest.importorskip("faiss", reason='needs faiss: pip install "rsmclip[index]"')
-    from modeling_rsmclip.index import build_index
+    from modeling_rsmclip.index import RSMCLIPIndex
 
     built = {}
     for family in HUB_FAMILIES:
         out = tmp_path_factory.mktemp(f"index-{family}") / "index"
-        built[family] = build_index(
-            str(family_folder(family)),
-            out,
-            [sample_dir() / "ucm" / "images"],
-            num_workers=0,
-            batch_size=16,
-            progress=False,
-        )
+        argv = ["index", "build", "--model", str(family_folder(family)), "--output", str(out)]
+        assert _main(argv + [str(sample_dir() / "ucm" / "images"), "--num-workers", "0", "--quiet"]) == 0
+        built[family] = RSMCLIPIndex.load(out)
     return built
 
 
