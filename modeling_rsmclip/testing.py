@@ -153,9 +153,15 @@ def make_clip_bpe_tokenizer(out_dir: str | os.PathLike, num_merges: int | None =
     the real tokenizer). Needs open_clip_torch (the dev extra)."""
     import gzip
 
-    import open_clip
-    from open_clip.tokenizer import bytes_to_unicode
     from transformers import CLIPTokenizer
+
+    try:
+        import open_clip
+        from open_clip.tokenizer import bytes_to_unicode
+    except ImportError as error:
+        raise ImportError(
+            'the CLIP test tokenizer is built from open_clip\'s vocabulary file: pip install "rsmclip[dev]"'
+        ) from error
 
     path = Path(open_clip.__file__).with_name("bpe_simple_vocab_16e6.txt.gz")
     merges = gzip.open(path).read().decode("utf-8").split("\n")[1 : 49152 - 256 - 2 + 1]
