@@ -1,6 +1,8 @@
 """Open-vocabulary segmentation of a scene: per-pixel classes from dense patch features (NACLIP).
 
-Each sliding window of the scene goes through the processor and `RSMCLIPModel.get_patch_features` (with NACLIP's
+Each sliding window of the scene goes through the processor and the model's patch features
+(`inference.families.patch_features`: `RSMCLIPModel.get_patch_features`, or the same on the CLIP ViT of CLIP and
+AltCLIP models; SigLIP's attention-pooling head has none, and is refused with that reason), with NACLIP's
 neighbourhood attention in the last block by default: Hajimiri, Ben Ayed, Dolz, "Pay Attention to Your Neighbours:
 Training-Free Open-Vocabulary Semantic Segmentation", WACV 2025, arXiv:2404.08181). The cosine similarity of every
 patch with every class embedding (prompt-averaged, as in `zero_shot`) is upsampled bilinearly to the window's
@@ -34,6 +36,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..inference import autocast, class_embeddings, load_encoder, load_model
+from ..inference.families import check_dense_features, patch_features
 from .raster import RasterReader
 from .scene import open_scene, scene_label
 from .tiling import TileGrid, length_to_pixels
@@ -93,7 +96,7 @@ class SceneSegmentation:
 
 def check_segment_backend(backend: str) -> None:
     """Segmentation needs patch features, which only the PyTorch backend gives (the ONNX graphs return pooled
-    embeddings)."""
+    embeddings); the model family's own limits are checked once it is loaded (`families.check_dense_features`)."""
     if backend != "torch":
         raise ValueError(
             f"segmentation runs on the PyTorch backend, not {backend!r}: the ONNX graphs give pooled embeddings, "
@@ -110,7 +113,7 @@ def dense_logits(
     naclip_gaussian_std: float = 5.0,
 ) -> torch.Tensor:
     """Cosine similarity of every patch with every class: ``(batch, n_labels, h, w)``."""
-    patches = model.get_patch_features(pixels, naclip=naclip, naclip_gaussian_std=naclip_gaussian_std)
+    patches = patch_features(model, pixels, naclip=naclip, naclip_gaussian_std=naclip_gaussian_std)
     patches = F.normalize(patches.float(), dim=-1)
     return torch.einsum("bhwd,ld->blhw", patches, text.to(patches.device))
 
@@ -158,7 +161,7 @@ class WindowStitcher:
 
     Args:
         reader: an open `RasterReader`.
-        model, processor: a model with ``get_patch_features`` and its processor.
+        model, processor: a model with patch features (`inference.families.patch_features`) and its processor.
         text: ``(n_labels, dim)`` normalised class embeddings.
         window, stride: pixels (see `window_geometry`).
     """
@@ -283,7 +286,8 @@ def segment_scene(
         scene: a GeoTIFF / COG path or URL, or a STAC item (URL or path of its JSON, a pystac ``Item``; bands from
             its metadata), see `geo.scene.open_scene`.
         labels: class names in ``language`` (list, or comma-separated).
-        model: a loaded `RSMCLIPModel` (then give ``processor``), a path / Hub id, or ``"demo"``.
+        model: a loaded model (then give ``processor``), a path / Hub id, or ``"demo"``: RS-M-CLIP, CLIP or AltCLIP
+            (a CLIP ViT image tower); SigLIP models are refused (no patch features).
         window, stride: sliding window and its step, pixels or metres (``"500m"``); stride defaults to half the
             window (windows overlap by half). A window larger than the scene's shorter side shrinks to it.
         naclip: NACLIP's last block (default) or the plain last layer's patch tokens.
@@ -302,11 +306,10 @@ def segment_scene(
     owned = isinstance(model, str | os.PathLike)  # loaded here: nobody else holds the fp32 model
     model, processor = load_model(model, processor)
     check_segment_backend(backend)
+    check_dense_features(
+        model
+    )  # before any quantisation: SigLIP's attention-pooling head has no patch features
     model = load_encoder(model, backend, precision, processor, inplace=owned)
-    if not hasattr(model, "get_patch_features"):
-        raise ValueError(
-            f"{type(model).__name__} has no get_patch_features: segmentation needs an RSMCLIPModel"
-        )
     text = torch.from_numpy(class_embeddings(model, processor, labels, language)).float()
     start = time.perf_counter()
     out_dir = Path(output_dir) if output_dir is not None else None

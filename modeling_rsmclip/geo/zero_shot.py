@@ -2,7 +2,8 @@
 
 Each class label is put into its language's prompt templates (`templates.PROMPT_TEMPLATES`), the prompt embeddings
 are averaged as in the evaluation suite (`evaluation.metrics.average_prompt_embeddings`), and every tile of the scene
-is scored against the classes by cosine similarity times the model's temperature, then softmax. Tiles are read,
+is scored against the classes by the model family's zero-shot rule (`inference.families.zero_shot_probabilities`:
+softmax of the scaled cosine similarities for CLIP-like models, SigLIP's sigmoid with its bias). Tiles are read,
 preprocessed and embedded in batches, so memory is bounded by the batch, not the scene.
 """
 
@@ -19,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from ..inference import autocast, class_embeddings, load_encoder, load_model
+from ..inference.families import image_features, image_inputs, zero_shot_probabilities
 from .scene import open_scene, scene_label
 from .tiling import TileGrid, iter_tiles, length_to_pixels
 
@@ -42,14 +44,9 @@ def model_device(model: Any) -> torch.device:
 
 
 def pixel_values(processor: Any, images: list[np.ndarray]) -> torch.Tensor:
-    """The processor's pixel values for 8-bit RGB tile arrays (the package's one image path)."""
-    image_processor = getattr(processor, "image_processor", processor)
-    return image_processor(images=images, return_tensors="pt")["pixel_values"]
-
-
-def logit_scale(model: Any) -> float:
-    scale = getattr(model, "logit_scale", None)
-    return float(scale.exp()) if scale is not None else 100.0
+    """The processor's pixel values for 8-bit RGB tile arrays (the package's one image path; the image tower's
+    other inputs, SigLIP 2's patch masks, come with `inference.families.image_inputs`)."""
+    return image_inputs(processor, images)["pixel_values"]
 
 
 @dataclass
@@ -153,7 +150,7 @@ def classify_scene(
         scene: a GeoTIFF / COG path or URL, or a STAC item (URL or path of its JSON, a pystac ``Item``; bands from
             its metadata), see `geo.scene.open_scene`.
         labels: class names in ``language`` (list, or comma-separated).
-        model: a loaded `RSMCLIPModel` (then give ``processor``), a path / Hub id, or ``"demo"``.
+        model: a loaded model of any supported family (then give ``processor``), a path / Hub id, or ``"demo"``.
         tile_size, overlap: pixels, or metres as ``"500m"``.
         preset, bands, stretch: band choice (see `geo.bands.resolve_preset`).
         min_valid: tiles with a smaller valid fraction are skipped (and listed in ``skipped``). The fraction counts
@@ -173,9 +170,8 @@ def classify_scene(
     model = load_encoder(model, backend, precision, processor, inplace=owned)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    text = torch.from_numpy(class_embeddings(model, processor, labels, language)).float()
+    text = class_embeddings(model, processor, labels, language)
     device = model_device(model)
-    scale = logit_scale(model)
     with open_scene(scene, preset=preset, bands=bands, stretch=stretch, bbox=bbox, signer=signer) as reader:
         tiles = iter_tiles(
             reader,
@@ -189,11 +185,11 @@ def classify_scene(
         probabilities = np.full((grid.n_rows, grid.n_cols, len(labels)), np.nan, dtype=np.float32)
         features = []
         for batch in _batched(tiles, batch_size):
-            pixels = pixel_values(processor, [t.rgb for t in batch]).to(device)
+            inputs = image_inputs(processor, [t.rgb for t in batch])
             with autocast(precision, device):
-                pooled = model.get_image_features(pixel_values=pixels).pooler_output
-            image = F.normalize(pooled.float(), dim=-1)
-            probs = torch.softmax(scale * image.cpu() @ text.T, dim=-1).numpy()
+                pooled = image_features(model, inputs, device=device)
+            image = F.normalize(pooled.float(), dim=-1).cpu()
+            probs = zero_shot_probabilities(model, image, text).astype(np.float32)
             for tile, p in zip(batch, probs):
                 best = int(p.argmax())
                 class_ids[tile.row, tile.col] = best

@@ -43,6 +43,7 @@ from ..inference import (
     model_name,
     resolve_device,
 )
+from ..inference.families import embedding_dim, model_family, text_rule
 from .common import FINGERPRINT_VERSION, index_fingerprint, require_index_dependencies
 from .embed import _atomic_write_json, embed_shard, new_progress, shard_name, write_shard
 from .search import RSMCLIPIndex
@@ -118,7 +119,7 @@ def build_faiss(embeddings: np.ndarray, factory: str, seed: int = 0, max_train: 
     return index
 
 
-def processor_settings(processor: Any) -> dict[str, Any]:
+def processor_settings(processor: Any, max_text_length: int = 77) -> dict[str, Any]:
     image_processor = getattr(processor, "image_processor", None)
     tokenizer = getattr(processor, "tokenizer", None)
     settings: dict[str, Any] = {}
@@ -130,7 +131,7 @@ def processor_settings(processor: Any) -> dict[str, Any]:
         settings["tokenizer"] = {
             "class": type(tokenizer).__name__,
             "vocab_size": len(tokenizer),
-            "max_length": 77,
+            "max_length": int(max_text_length),
         }
     return settings
 
@@ -320,7 +321,8 @@ def _run(
         if s % procs.world == procs.rank and not _shard_done(output, run, s)
     ]
     known = _known_hashes(output)
-    dim = int(model.config.projection_dim)
+    dim = embedding_dim(model)
+    family = model_family(model)
     # The fingerprint above is the PyTorch model's: an index belongs to the weights, not to how they were run.
     encoder = load_encoder(model, backend, precision, processor, inplace=owned)
     embedder = Embedder(
@@ -360,6 +362,8 @@ def _run(
             fingerprint=fingerprint,
             processor=processor,
             dim=dim,
+            family=family.name,
+            max_text_length=text_rule(model).max_length,
             index_type=plan.get("index_type", index_type),
             exact_threshold=exact_threshold,
             manifest=manifest,
@@ -422,8 +426,11 @@ def finalize(
     manifest: dict[str, Any] | None = None,
     backend: str = "torch",
     precision: str = "fp32",
+    family: str | None = None,
+    max_text_length: int = 77,
 ) -> dict[str, Any]:
-    """Merge every shard into ``metadata.parquet``, ``index.faiss``, ``report.json`` and ``manifest.json``."""
+    """Merge every shard into ``metadata.parquet``, ``index.faiss``, ``report.json`` and ``manifest.json``
+    (``family``: the model family, `inference.families`, recorded with the model)."""
     import faiss
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -489,13 +496,14 @@ def finalize(
         "format_version": FORMAT_VERSION,
         "model": {
             "name_or_path": model_name,
+            "family": family or (manifest or {}).get("model", {}).get("family"),
             "fingerprint": fingerprint,
             # An index keeps the recipe it was made with (checked against the model above).
             "fingerprint_version": FINGERPRINT_VERSION
             if manifest is None
             else manifest["model"].get("fingerprint_version", 2),
         },
-        "processor": processor_settings(processor),
+        "processor": processor_settings(processor, max_text_length),
         "embedding": {
             "dim": dim,
             "stored_dtype": "float16",

@@ -22,6 +22,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from ..inference.families import image_batch_size, image_inputs, select_images
 from .sources import ReadResult, SourceOptions, WorkItem, read_item
 
 SHARD_PREFIX = "shard"
@@ -72,9 +73,7 @@ class _Collate:
         good = [(i, r) for i, r in batch if r.image is not None]
         pixels = None
         if good:
-            pixels = self.image_processor(images=[r.image for _, r in good], return_tensors="pt")[
-                "pixel_values"
-            ]
+            pixels = image_inputs(self.image_processor, [r.image for _, r in good])
         # The decoded arrays are not needed any further: do not send them back through the worker queue.
         slim = [(i, ReadResult(None, r.content_hash, r.error, r.valid_fraction, r.remote)) for i, r in batch]
         return slim, (pixels, [i for i, _ in good])
@@ -212,7 +211,9 @@ def embed_shard(
                     }
                 )
         if keep_rows:
-            selected = pixels if len(keep_rows) == pixels.shape[0] else pixels[torch.tensor(keep_rows)]
+            selected = (
+                pixels if len(keep_rows) == image_batch_size(pixels) else select_images(pixels, keep_rows)
+            )
             chunks.append(embedder.embed_pixels(selected))
         if progress is not None:
             progress.update(len(batch))

@@ -306,8 +306,9 @@ class RSMCLIPIndex:
 
             if isinstance(query, str | os.PathLike):
                 query = load_image_file(query)
-            pixels = embedder.image_processor(images=[to_rgb(query)], return_tensors="pt")["pixel_values"]
-            return embedder.embed_pixels(pixels).numpy()
+            from ..inference.families import image_inputs
+
+            return embedder.embed_pixels(image_inputs(embedder.image_processor, [to_rgb(query)])).numpy()
         if not isinstance(query, str) or not query.strip():
             raise ValueError(f"the query must be a non-empty text or an image, got {query!r}")
         return embedder.embed_texts([query]).numpy()
