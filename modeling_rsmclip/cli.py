@@ -19,6 +19,7 @@ SUBCOMMAND_MODULES = (
     "modeling_rsmclip.geo.cli",
     "modeling_rsmclip.index.cli",
     "modeling_rsmclip.app.cli",
+    "modeling_rsmclip.serve.cli",
 )
 
 

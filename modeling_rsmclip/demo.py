@@ -53,21 +53,23 @@ def _image_embeds(model: Any, processor: Any, paths: list[Path]) -> Any:
     import torch
     import torch.nn.functional as F
 
+    from .inference.families import image_features, image_inputs
     from .processing_rsmclip import load_image_file
 
     images = [load_image_file(p) for p in paths]
-    pixels = processor(images=images, return_tensors="pt")["pixel_values"]
     with torch.inference_mode():
-        return F.normalize(model.get_image_features(pixel_values=pixels).pooler_output, dim=-1)
+        return F.normalize(image_features(model, image_inputs(processor, images)), dim=-1)
 
 
 def _text_embeds(model: Any, processor: Any, texts: list[str]) -> Any:
     import torch
     import torch.nn.functional as F
 
-    batch = processor(text=texts, return_tensors="pt")
+    from .inference.families import text_features, text_inputs
+
+    batch = text_inputs(model, getattr(processor, "tokenizer", processor), texts)
     with torch.inference_mode():
-        return F.normalize(model.get_text_features(**batch).pooler_output, dim=-1)
+        return F.normalize(text_features(model, batch), dim=-1)
 
 
 def class_embeddings(model: Any, processor: Any, dataset: str, labels: list[str], lang: str) -> Any:

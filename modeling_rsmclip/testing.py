@@ -136,3 +136,167 @@ def make_tiny_model_and_processor(tmp_path: str | os.PathLike, seed: int = 0, **
     torch.manual_seed(seed)
     model = RSMCLIPModel(config).eval()
     return model, make_processor(tokenizer, config.vision_config.image_size)
+
+
+# ------------------------------------------------------------------------------ tiny models of the other families
+FAMILY_IMAGE_SIZE = 32  # the tiny families' image size (4 x 4 patches of 8 px)
+TINY_WIDTH = 32
+
+
+def make_clip_bpe_tokenizer(out_dir: str | os.PathLike, num_merges: int | None = 2000):
+    """OpenAI's CLIP tokenizer (byte-level BPE, lower-cased) from the vocabulary file that open_clip ships
+    (`bpe_simple_vocab_16e6.txt.gz`), saved in `out_dir` as a transformers `CLIPTokenizer`.
+
+    The vocabulary is built as open_clip's `SimpleTokenizer` builds it: the 256 byte symbols, the same with the
+    end-of-word mark, the merges in order, then `<|startoftext|>` and `<|endoftext|>`. `num_merges` keeps the first
+    merges only (a smaller, self-consistent vocabulary for tiny test models); None keeps all 48894 (49408 tokens,
+    the real tokenizer). Needs open_clip_torch (the dev extra)."""
+    import gzip
+
+    from transformers import CLIPTokenizer
+
+    try:
+        import open_clip
+        from open_clip.tokenizer import bytes_to_unicode
+    except ImportError as error:
+        raise ImportError(
+            'the CLIP test tokenizer is built from open_clip\'s vocabulary file: pip install "rsmclip[dev]"'
+        ) from error
+
+    path = Path(open_clip.__file__).with_name("bpe_simple_vocab_16e6.txt.gz")
+    merges = gzip.open(path).read().decode("utf-8").split("\n")[1 : 49152 - 256 - 2 + 1]
+    if num_merges is not None:
+        merges = merges[:num_merges]
+    symbols = list(bytes_to_unicode().values())
+    vocab = symbols + [s + "</w>" for s in symbols] + ["".join(m.split()) for m in merges]
+    vocab += ["<|startoftext|>", "<|endoftext|>"]
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "vocab.json").write_text(
+        json.dumps({token: i for i, token in enumerate(vocab)}), encoding="utf-8"
+    )
+    (out_dir / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
+    tokenizer = CLIPTokenizer(
+        vocab=str(out_dir / "vocab.json"), merges=str(out_dir / "merges.txt"), model_max_length=77
+    )
+    tokenizer.save_pretrained(out_dir)
+    return CLIPTokenizer.from_pretrained(out_dir)
+
+
+def make_siglip_tokenizer(out_dir: str | os.PathLike, vocab_size: int = 1000):
+    """A SigLIP tokenizer (SentencePiece unigram, `</s>` = padding and end, as Google's) trained on the bundled
+    multilingual captions, saved in `out_dir`."""
+    import sentencepiece as spm
+    from transformers import SiglipTokenizer
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(sample_captions()),
+        model_writer=buffer,
+        vocab_size=vocab_size,
+        model_type="unigram",
+        character_coverage=1.0,
+        hard_vocab_limit=False,
+        pad_id=0,
+        eos_id=1,
+        unk_id=2,
+        bos_id=-1,
+        num_threads=1,
+        minloglevel=2,
+    )
+    (out_dir / "spiece.model").write_bytes(buffer.getvalue())
+    tokenizer = SiglipTokenizer(vocab_file=str(out_dir / "spiece.model"), model_max_length=64)
+    tokenizer.save_pretrained(out_dir)
+    return SiglipTokenizer.from_pretrained(out_dir)
+
+
+def make_siglip2_tokenizer(out_dir: str | os.PathLike, vocab_size: int = 1000):
+    """A SigLIP 2 tokenizer (`Siglip2Tokenizer`: Gemma-style byte-level BPE, lower-cased, padded on the left) with a
+    BPE vocabulary trained on the bundled multilingual captions, saved in `out_dir`."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+    from transformers import Siglip2Tokenizer
+
+    specials = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>"]  # Siglip2Tokenizer's ids 0..4
+    bpe = Tokenizer(models.BPE(unk_token="<unk>"))
+    bpe.normalizer = normalizers.Sequence([normalizers.Lowercase(), normalizers.Replace(" ", "\u2581")])
+    bpe.pre_tokenizer = pre_tokenizers.Split(pattern="\u2581", behavior="merged_with_next")
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False)
+    bpe.train_from_iterator(sample_captions(), trainer)
+    state = json.loads(bpe.to_str())["model"]
+    tokenizer = Siglip2Tokenizer(
+        vocab=state["vocab"], merges=[tuple(pair) for pair in state["merges"]], model_max_length=64
+    )
+    out_dir = Path(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return Siglip2Tokenizer.from_pretrained(out_dir)
+
+
+def _tower(**overrides):
+    return dict(
+        hidden_size=TINY_WIDTH, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, **overrides
+    )
+
+
+def make_tiny_family_model(family: str, out_dir: str | os.PathLike, seed: int = 0) -> Path:
+    """A randomly initialised tiny model of a Hub-native family (``"clip"``, ``"siglip"``, ``"siglip2"`` or
+    ``"altclip"``), with its real processor class and a real tokenizer (CLIP's BPE, a SentencePiece model trained on
+    the bundled captions for SigLIP, the XLM-R-style one for AltCLIP), saved with `save_pretrained` in `out_dir`:
+    a folder `AutoModel` / `AutoProcessor` load as they load the released checkpoints."""
+    import torch
+    import transformers as tf
+
+    out_dir = Path(out_dir)
+    size, patch = FAMILY_IMAGE_SIZE, 8
+    vision = _tower(image_size=size, patch_size=patch)
+    if family == "clip":
+        tokenizer = make_clip_bpe_tokenizer(out_dir / "tokenizer-src")
+        text = _tower(
+            vocab_size=len(tokenizer),
+            max_position_embeddings=77,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        config = tf.CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)
+        image_processor = tf.CLIPImageProcessor(
+            size={"shortest_edge": size}, crop_size={"height": size, "width": size}
+        )
+        model_class, processor = tf.CLIPModel, tf.CLIPProcessor(image_processor, tokenizer)
+    elif family in ("siglip", "siglip2"):
+        make = make_siglip_tokenizer if family == "siglip" else make_siglip2_tokenizer
+        tokenizer = make(out_dir / "tokenizer-src")
+        text = _tower(
+            vocab_size=len(tokenizer),
+            max_position_embeddings=64,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            bos_token_id=tokenizer.bos_token_id,
+        )
+        if family == "siglip":
+            config = tf.SiglipConfig(text_config=text, vision_config=vision)
+            image_processor = tf.SiglipImageProcessor(size={"height": size, "width": size})
+            model_class, processor = tf.SiglipModel, tf.SiglipProcessor(image_processor, tokenizer)
+        else:
+            vision = _tower(patch_size=patch, num_patches=(size // patch) ** 2)
+            config = tf.Siglip2Config(text_config=text, vision_config=vision)
+            image_processor = tf.Siglip2ImageProcessor(patch_size=patch, max_num_patches=(size // patch) ** 2)
+            model_class, processor = tf.Siglip2Model, tf.Siglip2Processor(image_processor, tokenizer)
+    elif family == "altclip":
+        make_tiny_tokenizer(out_dir / "tokenizer-src")
+        tokenizer = tf.XLMRobertaTokenizer.from_pretrained(out_dir / "tokenizer-src", model_max_length=77)
+        text = _tower(vocab_size=len(tokenizer), max_position_embeddings=80, project_dim=TINY_WIDTH)
+        config = tf.AltCLIPConfig(text_config=text, vision_config=vision, projection_dim=16)
+        image_processor = tf.CLIPImageProcessor(
+            size={"shortest_edge": size}, crop_size={"height": size, "width": size}
+        )
+        model_class, processor = tf.AltCLIPModel, tf.AltCLIPProcessor(image_processor, tokenizer)
+    else:
+        raise ValueError(f"no tiny model for family {family!r}; choose clip, siglip, siglip2 or altclip")
+    torch.manual_seed(seed)
+    model = model_class(config).eval()
+    folder = out_dir / "model"
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder

@@ -201,3 +201,29 @@ def test_index_made_with_the_earlier_fingerprint_recipe_still_loads(demo_copies,
     assert added.manifest["model"]["fingerprint_version"] == 2 and len(added) > len(index)
     with pytest.raises(IndexModelMismatchError):
         RSMCLIPIndex.load(tmp_path / "idx", model=str(demo_copies[1]))
+
+
+# ------------------------------------------------------------------------------------------------ known models
+def test_known_model_names_resolve_through_the_one_loader(tmp_path, monkeypatch):
+    """A known name loads its converted copy once it exists; offline, the first use says what to download and how;
+    a tower this project cannot hold is refused; a transformers-native model resolves to its Hub id."""
+    from modeling_rsmclip.inference import load_model, resolve_model_source
+    from modeling_rsmclip.inference.loading import converted_models_dir
+
+    monkeypatch.setenv("RSMCLIP_MODELS_CACHE", str(tmp_path / "models"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # an empty Hub cache
+    with pytest.raises(ValueError, match=r"hf download chendelong/RemoteCLIP RemoteCLIP-ViT-B-32\.pt"):
+        load_model("remoteclip-vit-b-32")
+    assert sorted(converted_models_dir().glob("*")) == []  # no half-converted folder left behind
+    with pytest.raises(ValueError, match="remoteclip-rn50.*cannot be used"):
+        load_model("remoteclip-rn50")
+    assert resolve_model_source("git-rsclip") == "lcybuaa/Git-RSCLIP"
+    # The converted copy (here: a model folder placed where a conversion writes it) is what the name loads.
+    shutil.copytree(DEMO_MODEL_DIR, converted_models_dir() / "remoteclip-vit-b-32")
+    model, _ = load_model("RemoteCLIP-ViT-B-32")  # names are case-insensitive
+    assert model.config._name_or_path == str(converted_models_dir() / "remoteclip-vit-b-32")
+    # An existing folder of that name wins over the known name.
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(DEMO_MODEL_DIR, tmp_path / "georsclip-vit-b-32")
+    assert resolve_model_source("georsclip-vit-b-32") == "georsclip-vit-b-32"

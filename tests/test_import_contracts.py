@@ -18,6 +18,8 @@ HEAVY = (
     "rasterio",
     "gradio",
     "onnxruntime",
+    "fastapi",
+    "uvicorn",
     "ray",
 )
 SUBCOMMANDS = (
@@ -38,6 +40,7 @@ SUBCOMMANDS = (
     ["index", "add"],
     ["search"],
     ["app"],
+    ["serve"],
 )
 
 
@@ -88,6 +91,7 @@ print(json.dumps({{"heavy": [m for m in {HEAVY!r} if m in sys.modules], "texts":
         "map",
         "index",
         "search",
+        "serve",
     ):
         assert name in top
     for argv in SUBCOMMANDS[1:]:

@@ -134,7 +134,9 @@ class AppService:
     """The model, processor and (optional) archive index, loaded once and shared by every request.
 
     Args:
-        model: a loaded `RSMCLIPModel` (eval mode).
+        model: a loaded model of any supported family (`inference.families`: RS-M-CLIP, CLIP, SigLIP, SigLIP 2,
+            AltCLIP), in eval mode. Segmentation needs dense patch features, which SigLIP models do not have: the
+            Segment tab says so for them.
         processor: its processor.
         index: an `RSMCLIPIndex` for the Search tab, or None (the tab then says there is no index).
         model_name: shown in the page.
@@ -184,7 +186,6 @@ class AppService:
         self.embedder = Embedder(
             self.encoder, processor, batch_size=32, num_workers=0, cache_dir=None, show_progress=False
         )
-        self.logit_scale = float(model.logit_scale.detach().exp())
         self._lock = threading.Lock()
         self._counter = 0
 
@@ -350,11 +351,11 @@ class AppService:
         return self.embedder.images(_ArrayImages(images)).numpy()
 
     def probabilities(self, image_embeds: np.ndarray, class_embeds: np.ndarray) -> np.ndarray:
-        """Softmax over classes of the model's scaled cosine similarities (CLIP's zero-shot probabilities)."""
-        logits = self.logit_scale * (image_embeds @ class_embeds.T)
-        logits = logits - logits.max(axis=-1, keepdims=True)
-        exp = np.exp(logits)
-        return exp / exp.sum(axis=-1, keepdims=True)
+        """The model family's zero-shot probabilities (`inference.families.zero_shot_probabilities`: softmax over
+        the labels for CLIP-like models, SigLIP's sigmoid per label)."""
+        from ..inference.families import zero_shot_probabilities
+
+        return zero_shot_probabilities(self.encoder, image_embeds, class_embeds)
 
     # ------------------------------------------------------------------------------------------- classify
     def classify(
@@ -504,6 +505,12 @@ class AppService:
         label_list = self.parse_labels(labels)
         lang = self.language_for(language, " ".join(label_list))
         path = self.check_upload(scene, "scene")
+        from ..inference.families import check_dense_features
+
+        try:
+            check_dense_features(self.model)
+        except ValueError as error:
+            raise InputError(str(error)) from None
         try:
             from ..geo import segment_scene
             from ..geo.writer import class_colour

@@ -1,4 +1,7 @@
-"""The dataset card (README.md with YAML metadata) written next to a built dataset and pushed to the Hub."""
+"""The dataset card (README.md with YAML metadata) written next to a built dataset and pushed to the Hub.
+
+The card is huggingface_hub's `DatasetCard.from_template`: `DatasetCardData` for the metadata and the Jinja
+template `DATASET_CARD_TEMPLATE` for the text; `make_dataset_card` only gathers the values the template shows."""
 
 from __future__ import annotations
 
@@ -126,6 +129,71 @@ SOURCES["sydney"] = SOURCES["sydney-captions"]
 SOURCES["nwpu"] = SOURCES["nwpu-captions"]
 
 
+DATASET_CARD_TEMPLATE = """\
+---
+{{ card_data }}
+---
+
+# {{ pretty_name }}
+
+Remote-sensing images with captions in {{ languages|length }} languages ({{ languages|join(", ") }}), built for
+multilingual CLIP training and evaluation (RS-M-CLIP). Source: **{{ source_name }}**;
+{% if layout == "karpathy" -%}
+English captions from the source annotations, machine-translated into the other languages\
+{% if translation_model %} with `{{ translation_model }}`{% else %} (translation cache){% endif %}.
+{%- else -%}
+captions made from class names inserted into per-language remote-sensing prompt templates (hand-checked \
+class-name translations where known, else machine-translated).
+{%- endif %}
+
+## Structure
+
+Splits: {{ rows|join(", ") }}. Columns:
+
+- `image` (`Image`): the original image file, byte for byte;
+- `image_id` (`string`): the file name in the source dataset;
+- `source` (`string`): `{{ source_id }}`;
+- `label` (`string`, may be null): the class of the image (\
+{% if labels %}{{ labels|length }} classes: {{ labels|join(", ") }}{% else %}no class labels{% endif %});
+- `captions` (list of `{"lang": string, "text": string}`): every caption of the image in every language.
+
+```python
+from datasets import load_dataset
+
+ds = load_dataset("<this repository>", split="train")
+row = ds[0]
+english = [c["text"] for c in row["captions"] if c["lang"] == "en"]
+```
+
+## Counts (captions per split and language)
+
+| split | rows | {{ languages|join(" | ") }} |
+|---|---:|{{ "---:|" * languages|length }}
+{% for split, count in rows.items() -%}
+| {{ split }} | {{ count }} |{% for lang in languages %} {{ captions.get(split, {}).get(lang, 0) }} |{% endfor %}
+{% endfor %}
+Build report: {% for action, count in report_counts %}{{ count }} {{ action }}{% if not loop.last %}, {% endif %}\
+{% endfor %} items (see `build_report.json` for each item and its reason).
+
+## Translations
+
+The non-English captions are machine translations, not human ones\
+{% if translation_model %} (model: `{{ translation_model }}`){% endif %}.
+They can be wrong, literal, or inconsistent between captions of the same image.
+
+## Licence
+
+{{ license_text }}. The machine translations follow the terms of the source captions.
+
+## Citation
+
+```bibtex
+{{ citations|join("\\n\\n") }}
+```
+
+"""
+
+
 def _size_category(n: int) -> str:
     for limit, name in (
         (1_000, "n<1K"),
@@ -149,7 +217,6 @@ def make_dataset_card(
     translation_model = translation_model or report.translation_model
     languages = report.languages or ["en"]
     total_rows = sum(report.rows.values())
-    has_labels = bool(report.labels)
     task_categories = ["zero-shot-image-classification"]
     task_categories += (
         ["image-classification"] if report.layout == "imagefolder" else ["image-to-text", "text-to-image"]
@@ -168,88 +235,20 @@ def make_dataset_card(
         pretty_name=pretty_name or f"{source.name if source else report.source}, multilingual",
         tags=["remote-sensing", "earth-observation", "image-text-retrieval", "machine-translated", "clip"],
     )
-
-    if report.layout == "karpathy":
-        origin = (
-            "English captions from the source annotations, machine-translated into the other languages"
-            + (f" with `{translation_model}`" if translation_model else " (translation cache)")
-        )
-    else:
-        origin = (
-            "captions made from class names inserted into per-language remote-sensing prompt templates "
-            "(hand-checked class-name translations where known, else machine-translated)"
-        )
-    lang_header = "| split | rows | " + " | ".join(languages) + " |"
-    lang_rule = "|---|---:|" + "---:|" * len(languages)
-    count_rows = [
-        f"| {split} | {rows} | "
-        + " | ".join(str(report.captions.get(split, {}).get(lang, 0)) for lang in languages)
-        + " |"
-        for split, rows in report.rows.items()
-    ]
-    citations = list(source.citations) if source else []
-    citations.append(RSMCLIP_CITATION)
-    license_text = (
-        source.license if source else "the terms of the source dataset apply (not known to the builder)"
+    return DatasetCard.from_template(
+        data,
+        template_str=DATASET_CARD_TEMPLATE,
+        languages=list(languages),
+        source_name=source.name if source else report.source,
+        source_id=report.source,
+        layout=report.layout,
+        translation_model=translation_model,
+        rows=report.rows,
+        captions=report.captions,
+        labels=sorted(report.labels),
+        report_counts=[(action, report.count(action)) for action in ("skipped", "repaired", "incomplete")],
+        license_text=(
+            source.license if source else "the terms of the source dataset apply (not known to the builder)"
+        ),
+        citations=[*(source.citations if source else ()), RSMCLIP_CITATION],
     )
-    skipped = ", ".join(
-        f"{report.count(action)} {action}" for action in ("skipped", "repaired", "incomplete")
-    )
-    labels_line = (
-        f"{len(report.labels)} classes: " + ", ".join(sorted(report.labels))
-        if has_labels
-        else "no class labels"
-    )
-
-    content = f"""---
-{data.to_yaml()}
----
-
-# {data.pretty_name}
-
-Remote-sensing images with captions in {len(languages)} languages ({", ".join(languages)}), built for
-multilingual CLIP training and evaluation (RS-M-CLIP). Source: **{source.name if source else report.source}**;
-{origin}.
-
-## Structure
-
-Splits: {", ".join(report.rows)}. Columns:
-
-- `image` (`Image`): the original image file, byte for byte;
-- `image_id` (`string`): the file name in the source dataset;
-- `source` (`string`): `{report.source}`;
-- `label` (`string`, may be null): the class of the image ({labels_line});
-- `captions` (list of `{{"lang": string, "text": string}}`): every caption of the image in every language.
-
-```python
-from datasets import load_dataset
-
-ds = load_dataset("<this repository>", split="train")
-row = ds[0]
-english = [c["text"] for c in row["captions"] if c["lang"] == "en"]
-```
-
-## Counts (captions per split and language)
-
-{lang_header}
-{lang_rule}
-{chr(10).join(count_rows)}
-
-Build report: {skipped} items (see `build_report.json` for each item and its reason).
-
-## Translations
-
-The non-English captions are machine translations, not human ones{f" (model: `{translation_model}`)" if translation_model else ""}.
-They can be wrong, literal, or inconsistent between captions of the same image.
-
-## Licence
-
-{license_text}. The machine translations follow the terms of the source captions.
-
-## Citation
-
-```bibtex
-{(chr(10) + chr(10)).join(citations)}
-```
-"""
-    return DatasetCard(content)

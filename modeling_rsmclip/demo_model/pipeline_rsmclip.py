@@ -53,6 +53,31 @@ def _refuse_unknown(kwargs: dict[str, Any], accepted: tuple[str, ...], what: str
         )
 
 
+def text_encoding(config: Any) -> tuple[dict[str, Any], bool]:
+    """How the model's texts are tokenized: ``(tokenizer keyword arguments, whether the attention mask is passed)``.
+
+    SigLIP models (``"siglip"`` in the model type, transformers' own test in its zero-shot pipeline) read every
+    text padded to their text length (64) and no attention mask, as they were trained; every other model reads texts
+    padded to the batch's longest, at most 77 tokens, with the mask. The rest of the package takes the same rule
+    from `modeling_rsmclip.inference.families` (this file travels to the Hub alone, so it states it here too).
+    """
+    if "siglip" in str(getattr(config, "model_type", "")):
+        length = int(config.text_config.max_position_embeddings)
+        return {"padding": "max_length", "max_length": length, "truncation": True}, False
+    return {"padding": True, "max_length": CONTEXT_LENGTH, "truncation": True}, True
+
+
+def _image_inputs(image_processor: Any, images: list[Any], device: Any, dtype: Any) -> dict[str, Any]:
+    """Every model input the image processor makes (SigLIP 2's patch masks too), on ``device``; floating ones in
+    ``dtype``."""
+    batch = image_processor(images=images, return_tensors="pt")
+    return {
+        name: value.to(device, dtype) if value.is_floating_point() else value.to(device)
+        for name, value in batch.items()
+        if name in ("pixel_values", "pixel_attention_mask", "spatial_shapes")
+    }
+
+
 def check_candidate_labels(labels: Any, tokenizer: Any) -> list[str]:
     """Refuse a missing, empty, duplicated or content-free list of labels with a ValueError naming the label."""
     if labels is None:
@@ -138,17 +163,17 @@ class RSMCLIPRetrievalPipeline(Pipeline):
             raise ValueError(
                 f"text(s) {empty} have no content the tokenizer knows (only unknown, zero-width or blank characters)"
             )
+        kwargs, with_mask = text_encoding(self.model.config)
         out = []
         for start in range(0, len(texts), self.batch_size_gallery):
             batch = self.tokenizer(
-                list(texts[start : start + self.batch_size_gallery]),
-                padding=True,
-                truncation=True,
-                max_length=CONTEXT_LENGTH,
-                return_tensors="pt",
+                list(texts[start : start + self.batch_size_gallery]), return_tensors="pt", **kwargs
             ).to(self.device)
+            inputs = {"input_ids": batch["input_ids"]}
+            if with_mask:
+                inputs["attention_mask"] = batch["attention_mask"]
             with torch.no_grad():
-                feats = self.model.get_text_features(**batch).pooler_output
+                feats = self.model.get_text_features(**inputs).pooler_output
             out.append(F.normalize(feats.float(), dim=-1))
         return torch.cat(out)
 
@@ -156,9 +181,9 @@ class RSMCLIPRetrievalPipeline(Pipeline):
         out = []
         for start in range(0, len(images), self.batch_size_gallery):
             batch = [to_rgb(x, **options) for x in images[start : start + self.batch_size_gallery]]
-            pixels = self.image_processor(images=batch, return_tensors="pt")["pixel_values"]
+            inputs = _image_inputs(self.image_processor, batch, self.device, self.model.dtype)
             with torch.no_grad():
-                feats = self.model.get_image_features(pixels.to(self.device, self.model.dtype)).pooler_output
+                feats = self.model.get_image_features(**inputs).pooler_output
             out.append(F.normalize(feats.float(), dim=-1))
         return torch.cat(out)
 
@@ -268,9 +293,25 @@ class RSMCLIPZeroShotImageClassificationPipeline(ZeroShotImageClassificationPipe
         preprocess["image_options"] = {"bands": bands, "intensity_scaling": intensity_scaling or "dtype"}
         return preprocess, forward, postprocess
 
-    def preprocess(self, image: Any, *args: Any, image_options: dict[str, Any] | None = None, **kwargs: Any):
+    def preprocess(
+        self,
+        image: Any,
+        *args: Any,
+        image_options: dict[str, Any] | None = None,
+        tokenizer_kwargs: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ):
+        """The stock preprocessing on the converted image, with the texts tokenized by the model's rule
+        (`text_encoding`: SigLIP's fixed length and no mask; the caller's ``tokenizer_kwargs`` win)."""
         rgb = PIL.Image.fromarray(to_rgb(image, **(image_options or {})))
-        return super().preprocess(rgb, *args, **kwargs)
+        encoding, with_mask = text_encoding(self.model.config)
+        inputs = super().preprocess(
+            rgb, *args, tokenizer_kwargs={**encoding, **(tokenizer_kwargs or {})}, **kwargs
+        )
+        if not with_mask:
+            for text_inputs in inputs["text_inputs"]:
+                text_inputs.pop("attention_mask", None)
+        return inputs
 
 
 def register_retrieval_pipeline() -> None:
@@ -290,4 +331,5 @@ __all__ = [
     "RETRIEVAL_TASK",
     "check_candidate_labels",
     "register_retrieval_pipeline",
+    "text_encoding",
 ]

@@ -12,6 +12,8 @@ from __future__ import annotations
 from .._lazy import lazy_exports
 
 _EXPORTS = {
+    "run_benchmark": ".benchmark",
+    "resolve_dataset": ".benchmark",
     "DatasetImages": ".embed",
     "Embedder": ".embed",
     "EmbeddingCache": ".embed",

@@ -1,4 +1,4 @@
-"""``rsmclip eval-retrieval``, ``rsmclip eval-zero-shot`` and ``rsmclip model-index``."""
+"""``rsmclip eval-retrieval``, ``rsmclip eval-zero-shot``, ``rsmclip model-index`` and ``rsmclip benchmark``."""
 
 from __future__ import annotations
 
@@ -341,9 +341,92 @@ def run_model_index(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------------------------- benchmark
+def add_benchmark_arguments(parser: argparse.ArgumentParser) -> None:
+    from ..templates import LANGUAGES
+
+    parser.add_argument(
+        "--models",
+        type=_csv_list,
+        required=True,
+        help="comma-separated models, each MODEL or NAME=MODEL (NAME is shown in the table): folders, Hub ids, "
+        "known model names or 'demo' (RS-M-CLIP, CLIP, SigLIP, SigLIP 2, AltCLIP checkpoints)",
+    )
+    parser.add_argument(
+        "--datasets",
+        type=_csv_list,
+        required=True,
+        help="comma-separated [NAME=]PATH: an image folder of class sub-folders (zero-shot), a Karpathy caption "
+        "file or its folder with images/ and translations/ (retrieval; a labels.csv there adds zero-shot), a "
+        "builder dataset folder or Hub id (retrieval on captions, zero-shot on labels)",
+    )
+    parser.add_argument(
+        "--languages",
+        type=_csv_list,
+        default=["en"],
+        help=f"comma-separated languages of the prompts and captions (default: en; any of {','.join(LANGUAGES)})",
+    )
+    parser.add_argument(
+        "--english-only",
+        type=_csv_list,
+        default=[],
+        help="models trained on English only, marked in the table (known models are marked by the table of "
+        "known models)",
+    )
+    parser.add_argument("--split", default="test", help="split of caption files and builder datasets (test)")
+    parser.add_argument(
+        "--ties",
+        choices=("pessimistic", "optimistic"),
+        default="pessimistic",
+        help="retrieval: how an exact score tie with the correct item counts (see eval-retrieval)",
+    )
+    parser.add_argument("--output", type=Path, default=Path("outputs/benchmark"), help="folder for the table")
+    parser.add_argument("--batch-size", type=int, default=64, help="images or texts per forward pass")
+    parser.add_argument("--num-workers", type=int, default=2, help="data-loader workers for image decoding")
+    add_backend_arguments(parser)
+    parser.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=None,
+        help="embedding cache directory (default: $RSMCLIP_EMBEDDINGS_CACHE or ~/.cache/rsmclip/embeddings)",
+    )
+    parser.add_argument("--no-cache", action="store_true", help="do not read or write the embedding cache")
+    parser.add_argument("--no-plots", action="store_true", help="no benchmark.png")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def run_benchmark_command(args: argparse.Namespace) -> int:
+    from .benchmark import parse_model_spec, run_benchmark, write_outputs
+    from .embed import default_cache_dir
+
+    given = {part for spec in args.models for part in parse_model_spec(spec)}
+    unknown = [m for m in args.english_only if m not in given]
+    if unknown:
+        raise UserError(f"--english-only names model(s) not in --models: {', '.join(unknown)}")
+    result = run_benchmark(
+        args.models,
+        args.datasets,
+        args.languages,
+        english_only=args.english_only,
+        split=args.split,
+        backend=args.backend,
+        precision=args.precision,
+        device=args.device,
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+        cache_dir=None if args.no_cache else (args.cache_dir or default_cache_dir()),
+        ties=args.ties,
+        show_progress=not args.quiet,
+    )
+    files = write_outputs(result, args.output, plot=not args.no_plots)
+    print(files["markdown"].read_text(encoding="utf-8"))
+    print("wrote " + ", ".join(str(path) for path in files.values()))
+    return 0
+
+
 # ------------------------------------------------------------------------------------------------------ wiring
 def add_subparser(subparsers: argparse._SubParsersAction) -> None:
-    """Register ``eval-retrieval``, ``eval-zero-shot`` and ``model-index``."""
+    """Register ``eval-retrieval``, ``eval-zero-shot``, ``model-index`` and ``benchmark``."""
     retrieval = subparsers.add_parser(
         "eval-retrieval",
         help="image-text retrieval recall@K per language",
@@ -370,6 +453,16 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
     )
     add_model_index_arguments(model_index)
     model_index.set_defaults(func=run_model_index)
+
+    benchmark = subparsers.add_parser(
+        "benchmark",
+        help="compare models: zero-shot classification and retrieval per dataset and language",
+        description="Zero-shot classification and image-text retrieval of every model on every dataset in every "
+        "language (prompts and captions in that language), with cached embeddings. Writes one table as "
+        "benchmark.md, benchmark.csv and benchmark.json (CLIP_benchmark's result format) and benchmark.png.",
+    )
+    add_benchmark_arguments(benchmark)
+    benchmark.set_defaults(func=run_benchmark_command)
 
 
 def configure_logging() -> None:

@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from ..cache_dirs import user_cache_dir
+from ..inference.families import image_features, image_inputs, pad_token_id, pad_token_rows, text_rule
 from ..inference.loading import portable_config_json
 from ..inference.options import autocast
 from ..processing_rsmclip import load_image_file
@@ -300,30 +301,34 @@ class EmbeddingCache:
 
 # ---------------------------------------------------------------------------------------------------- embedder
 class _ImageCollator:
-    """Runs the image processor in the data-loader workers."""
+    """Runs the image processor in the data-loader workers (the image tower's inputs: `inference.families`)."""
 
     def __init__(self, image_processor: Any) -> None:
         self.image_processor = image_processor
 
-    def __call__(self, images: list[Image.Image]) -> torch.Tensor:
-        return self.image_processor(images=images, return_tensors="pt")["pixel_values"]
+    def __call__(self, images: list[Image.Image]) -> dict[str, torch.Tensor]:
+        return image_inputs(self.image_processor, images)
 
 
 class Embedder:
     """Embeds images and texts with a model that has ``get_image_features`` / ``get_text_features``.
 
-    Embeddings are returned L2-normalised, float32, on the CPU, in input order.
+    Embeddings are returned L2-normalised, float32, on the CPU, in input order. Texts are tokenized by the model
+    family's rule and images made into the inputs of its own image processor (`inference.families`), so any
+    supported family (RS-M-CLIP, CLIP, SigLIP, SigLIP 2, AltCLIP), and its ONNX or int8 encoder, embeds as its
+    own forward pass does.
 
     Args:
         model: e.g. an `RSMCLIPModel`; its ``pooler_output`` is the projected embedding.
-        processor: a CLIP-style processor with ``image_processor`` and ``tokenizer``.
+        processor: the model's processor, with ``image_processor`` and ``tokenizer``.
         device: where to run; ``None`` keeps the model where it is.
         batch_size: images or texts per forward pass.
         num_workers: data-loader worker processes for image decoding and preprocessing (``None``:
             `default_num_workers()`, so decoding overlaps the model by default; 0 decodes in this process).
         precision: ``"fp32"``, or ``"bf16"``/``"fp16"`` autocast (CUDA).
         cache_dir: embedding cache directory, ``None`` to disable caching.
-        max_text_length: tokenizer truncation length.
+        max_text_length: tokenizer truncation length (default: the family's, 77 tokens for RS-M-CLIP; a family
+            that pads every text to its length, SigLIP, keeps that length).
         model_key: the cache key of the model when the caller has already computed a fingerprint (else
             `model_fingerprint` with the precision and text length).
     """
@@ -338,7 +343,7 @@ class Embedder:
         num_workers: int | None = None,
         precision: str = "fp32",
         cache_dir: str | os.PathLike | None = None,
-        max_text_length: int = DEFAULT_MAX_TEXT_LENGTH,
+        max_text_length: int | None = None,
         show_progress: bool = True,
         model_key: str | None = None,
     ) -> None:
@@ -358,48 +363,46 @@ class Embedder:
         self.batch_size = batch_size
         self.num_workers = default_num_workers() if num_workers is None else int(num_workers)
         self.precision = precision
-        self.max_text_length = max_text_length
+        self.text_rule = text_rule(self.model, max_text_length)
+        self.max_text_length = self.text_rule.max_length
         self.show_progress = show_progress
         self.cache = EmbeddingCache(cache_dir)
         self.model_key = model_key or model_fingerprint(
-            model, processor, extra=f"{precision}\0{max_text_length}"
+            model, processor, extra=f"{precision}\0{self.max_text_length}"
         )
 
-    def embed_pixels(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """L2-normalised float32 CPU embeddings of a batch of preprocessed images (no cache)."""
+    def embed_pixels(self, pixel_values: torch.Tensor | dict[str, torch.Tensor]) -> torch.Tensor:
+        """L2-normalised float32 CPU embeddings of a batch of preprocessed images (no cache): a ``pixel_values``
+        tensor, or the image processor's inputs (`inference.families.image_inputs`)."""
         with torch.inference_mode(), self._autocast():
-            out = self.model.get_image_features(pixel_values=pixel_values.to(self.device, non_blocking=True))
-            return F.normalize(out.pooler_output.float(), dim=-1).cpu()
+            pooled = image_features(self.model, pixel_values, device=self.device)
+            return F.normalize(pooled.float(), dim=-1).cpu()
 
     def embed_texts(self, texts: Sequence[str], desc: str = "embedding texts") -> torch.Tensor:
         """L2-normalised float32 CPU embeddings of ``texts`` in input order (no cache).
 
         Texts are tokenized once, then batched in order of token length so that each batch pads to nearly its
         own length (dynamic padding wastes little); the rows are put back in input order. The result equals
-        embedding them unsorted within float tolerance (padding is masked out of the mean pooling).
+        embedding them unsorted within float tolerance (padding is masked out of the pooling). A family that pads
+        every text to its full length without a mask (SigLIP) gets exactly that (`inference.families.text_rule`).
         """
         texts = list(texts)
         if not texts:
             raise ValueError("no texts to embed")
-        encoded = self.tokenizer(
-            texts, padding=False, truncation=True, max_length=self.max_text_length, return_attention_mask=True
-        )
-        ids, masks = encoded["input_ids"], encoded["attention_mask"]
-        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        ids = self.tokenizer(texts, padding=False, truncation=True, max_length=self.max_text_length)[
+            "input_ids"
+        ]
+        pad_id = pad_token_id(self.tokenizer)
+        side = getattr(self.tokenizer, "padding_side", "right")
         order = sorted(range(len(texts)), key=lambda i: len(ids[i]), reverse=True)
         out = torch.empty(0)
         starts = range(0, len(order), self.batch_size)
         with torch.inference_mode(), self._autocast():
             for start in tqdm(starts, desc=desc, unit="batch", disable=not self.show_progress):
                 rows = order[start : start + self.batch_size]
-                width = max(len(ids[i]) for i in rows)
-                input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-                attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
-                for j, i in enumerate(rows):  # right padding, as the tokenizer pads
-                    input_ids[j, : len(ids[i])] = torch.tensor(ids[i])
-                    attention_mask[j, : len(masks[i])] = torch.tensor(masks[i])
+                inputs = pad_token_rows(self.text_rule, [ids[i] for i in rows], pad_id, side)
                 feats = self.model.get_text_features(
-                    input_ids=input_ids.to(self.device), attention_mask=attention_mask.to(self.device)
+                    **{name: value.to(self.device) for name, value in inputs.items()}
                 ).pooler_output
                 feats = F.normalize(feats.float(), dim=-1).cpu()
                 if out.numel() == 0:
@@ -427,8 +430,8 @@ class Embedder:
             pin_memory=self.device.type == "cuda",
         )
         chunks = []
-        for pixel_values in tqdm(loader, desc=desc, unit="batch", disable=not self.show_progress):
-            chunks.append(self.embed_pixels(pixel_values))
+        for inputs in tqdm(loader, desc=desc, unit="batch", disable=not self.show_progress):
+            chunks.append(self.embed_pixels(inputs))
         embeddings = torch.cat(chunks)
         self.cache.save(self.model_key, "images", data_key, embeddings)
         return embeddings

@@ -70,6 +70,58 @@ def plot_language_bars(
     return _save(fig, path)
 
 
+def plot_benchmark(
+    panels: Mapping[str, Mapping[str, Mapping[str, float]]],
+    path: str | os.PathLike,
+    hatched: Sequence[str] = (),
+    ylabel: str = "%",
+) -> Path:
+    """Grouped bars of a comparison: one panel per ``{title: {model: {language: value}}}`` entry, one group per
+    language, one bar per model (the same colour for a model in every panel); models in ``hatched`` (trained on
+    English only) are hatched."""
+    titles = list(panels)
+    models = list(dict.fromkeys(m for panel in panels.values() for m in panel))
+    colours = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(models)}
+    glyphs = check_glyphs([*titles, *models], what="benchmark labels", where=path)
+    width_per = max(
+        4.5, 0.35 * max(len({lang for v in p.values() for lang in v}) for p in panels.values()) * len(models)
+    )
+    with plt.rc_context({"font.family": glyphs.families}), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Glyph .* missing from")
+        fig, axes = plt.subplots(1, len(titles), figsize=(width_per * len(titles) + 1, 4.5), squeeze=False)
+        for ax, title in zip(axes[0], titles):
+            panel = panels[title]
+            languages = list(dict.fromkeys(lang for values in panel.values() for lang in values))
+            x = np.arange(len(languages))
+            width = 0.8 / max(len(panel), 1)
+            for i, model in enumerate(m for m in models if m in panel):
+                values = [panel[model].get(lang, np.nan) for lang in languages]
+                bars = ax.bar(
+                    x + (i - (len(panel) - 1) / 2) * width,
+                    values,
+                    width,
+                    color=colours[model],
+                    hatch="//" if model in hatched else None,
+                    edgecolor="white" if model in hatched else None,
+                    label=displayable(model, glyphs.missing),
+                )
+                if len(languages) * len(panel) <= 24:
+                    ax.bar_label(bars, fmt="%.1f", fontsize=7, padding=1)
+            ax.set_xticks(x, languages)
+            ax.set_ylim(0, 105)
+            ax.set_ylabel(ylabel)
+            ax.set_title(displayable(title, glyphs.missing), fontsize=10)
+            ax.grid(axis="y", alpha=0.3)
+        handles, labels = axes[0][0].get_legend_handles_labels()
+        seen = dict(zip(labels, handles))
+        for ax in axes[0][1:]:
+            for handle, label in zip(*ax.get_legend_handles_labels()):
+                seen.setdefault(label, handle)
+        fig.legend(list(seen.values()), list(seen), loc="lower center", ncols=min(len(seen), 5), fontsize=8)
+        fig.tight_layout(rect=(0, 0.08, 1, 1))
+        return _save(fig, path)
+
+
 def plot_confusion_matrix(
     confusion: Sequence[Sequence[int]] | np.ndarray,
     class_names: Sequence[str],

@@ -6,6 +6,7 @@
 - `cloud`: the GDAL settings, URL signing and retries of remote reads (`cloud_env`, `RetryPolicy`).
 - `stac`: `search_items(StacQuery(...))` over a STAC API or static catalog, `select_bands` / `open_item` from the
   items' own band metadata (needs ``pip install "rsmclip[stac]"``).
+- `scene`: `open_scene`, what a map reads: a raster path or URL or a STAC item, whole or a lon/lat ``bbox`` of it.
 - `tiling`: `TileGrid`, `iter_tiles` (tiles with footprints in the raster CRS and lon/lat).
 - `zero_shot`: `classify_scene`, a zero-shot class per tile written as GeoTIFF, GeoJSON and an overlay PNG.
 - `naclip`: `segment_scene`, open-vocabulary per-pixel classes (NACLIP, Hajimiri et al., WACV 2025).
@@ -32,6 +33,7 @@ _EXPORTS = {
     "search_items": ".stac",
     "select_bands": ".stac",
     "open_item": ".stac",
+    "open_scene": ".scene",
     "Tile": ".tiling",
     "TileGrid": ".tiling",
     "TileIterator": ".tiling",

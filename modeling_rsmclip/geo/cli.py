@@ -9,11 +9,15 @@ from typing import Any
 from ..errors import cli_type
 from ..inference.options import add_backend_arguments
 from ..templates import LANGUAGES
-from .options import parse_bands
+from .options import parse_bands, parse_bbox
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("scene", help="GeoTIFF / COG scene")
+    parser.add_argument(
+        "scene",
+        help="GeoTIFF / COG scene: a path, a URL (https://, s3://, ...), or a STAC item (URL or .json file; "
+        "its bands are chosen from its metadata)",
+    )
     parser.add_argument(
         "--labels",
         required=True,
@@ -39,6 +43,19 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--stretch", default=None, help="'percentile', 'p2,98', or fixed 'LOW,HIGH' (e.g. 0,3000)"
     )
+    area = parser.add_argument_group("area and remote reading")
+    area.add_argument(
+        "--bbox",
+        type=cli_type(parse_bbox),
+        default=None,
+        help="map only this lon/lat box west,south,east,north (only its window is read; outputs on its grid)",
+    )
+    area.add_argument(
+        "--signer",
+        default=None,
+        metavar="MODULE:FUNCTION",
+        help="sign remote hrefs before reading, e.g. planetary_computer:sign",
+    )
     parser.add_argument("--batch-size", type=int, default=16, help="windows per forward pass")
     add_backend_arguments(parser.add_argument_group("inference"))
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -55,9 +72,16 @@ def _load(args: argparse.Namespace) -> tuple[Any, Any]:
     return load_encoder(model, args.backend, args.precision, processor, inplace=True), processor
 
 
+def _signer(args: argparse.Namespace) -> Any:
+    from .cloud import load_signer
+
+    return load_signer(args.signer) if args.signer else None
+
+
 def _classify(args: argparse.Namespace) -> int:
     from .zero_shot import classify_scene
 
+    signer = _signer(args)
     model, processor = _load(args)
     result = classify_scene(
         args.scene,
@@ -76,6 +100,8 @@ def _classify(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         backend=args.backend,
         precision=args.precision,
+        bbox=args.bbox,
+        signer=signer,
     )
     print(json.dumps(result.summary(), ensure_ascii=False, indent=2))
     return 0
@@ -85,6 +111,7 @@ def _segment(args: argparse.Namespace) -> int:
     from .naclip import check_segment_backend, segment_scene
 
     check_segment_backend(args.backend)
+    signer = _signer(args)
     model, processor = _load(args)
     result = segment_scene(
         args.scene,
@@ -103,6 +130,8 @@ def _segment(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         backend=args.backend,
         precision=args.precision,
+        bbox=args.bbox,
+        signer=signer,
     )
     print(json.dumps(result.summary(), ensure_ascii=False, indent=2))
     return 0
@@ -112,7 +141,8 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "map",
         help="georeferenced maps from a GeoTIFF scene (zero-shot tiles, open-vocabulary segmentation)",
-        description="Georeferenced maps from a GeoTIFF scene. Needs rasterio: pip install 'rsmclip[geo]'.",
+        description="Georeferenced maps from a GeoTIFF scene, a COG URL or a STAC item, whole or a --bbox window "
+        "of it. Needs rasterio: pip install 'rsmclip[geo]' (STAC items: 'rsmclip[stac]').",
     )
     actions = parser.add_subparsers(dest="map_command", metavar="ACTION")
 

@@ -266,6 +266,28 @@ def with_retries(
     raise RemoteReadError(href, reason, window=window, attempts=retry.attempts) from last
 
 
+def load_signer(spec: str) -> Signer:
+    """The signer named ``"module:function"`` (e.g. ``"planetary_computer:sign"``), imported; a ValueError or the
+    ImportError names what is missing."""
+    import importlib
+
+    module_name, _, attribute = str(spec).partition(":")
+    if not module_name or not attribute:
+        raise ValueError(f"a signer is given as module:function (e.g. planetary_computer:sign), got {spec!r}")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise ImportError(f"cannot import the signer's module {module_name!r} ({spec}): {err}") from err
+    signer = module
+    for part in attribute.split("."):
+        signer = getattr(signer, part, None)
+        if signer is None:
+            raise ValueError(f"{module_name} has no {attribute!r} (signer {spec!r})")
+    if not callable(signer):
+        raise ValueError(f"the signer {spec!r} is not callable")
+    return signer
+
+
 def uncached(href: str) -> dict[str, str]:
     """GDAL settings that make ``href`` be fetched again instead of answered from GDAL's cache of earlier answers
     (GDAL remembers that a URL failed; a retry must not believe it)."""
@@ -283,6 +305,7 @@ __all__ = [
     "error_reason",
     "gdal_options",
     "is_remote",
+    "load_signer",
     "uncached",
     "vsi_path",
     "with_retries",

@@ -1,6 +1,8 @@
 """Open-vocabulary segmentation of a scene: per-pixel classes from dense patch features (NACLIP).
 
-Each sliding window of the scene goes through the processor and `RSMCLIPModel.get_patch_features` (with NACLIP's
+Each sliding window of the scene goes through the processor and the model's patch features
+(`inference.families.patch_features`: `RSMCLIPModel.get_patch_features`, or the same on the CLIP ViT of CLIP and
+AltCLIP models; SigLIP's attention-pooling head has none, and is refused with that reason), with NACLIP's
 neighbourhood attention in the last block by default: Hajimiri, Ben Ayed, Dolz, "Pay Attention to Your Neighbours:
 Training-Free Open-Vocabulary Semantic Segmentation", WACV 2025, arXiv:2404.08181). The cosine similarity of every
 patch with every class embedding (prompt-averaged, as in `zero_shot`) is upsampled bilinearly to the window's
@@ -34,7 +36,9 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..inference import autocast, class_embeddings, load_encoder, load_model
+from ..inference.families import check_dense_features, patch_features
 from .raster import RasterReader
+from .scene import open_scene, scene_label
 from .tiling import TileGrid, length_to_pixels
 from .writer import CLASS_NODATA, ClassMapWriter, legend_path, read_class_map_preview, render_overlay
 from .zero_shot import model_device, parse_labels, pixel_values
@@ -47,10 +51,11 @@ class SceneSegmentation:
     """Per-pixel classes of a scene.
 
     ``class_map`` ``(height, width)`` uint8 class ids, 255 = nodata (invalid pixel or no window); None when the
-    scene has more than 100 Mpx and the map was written to ``files["geotiff"]`` only.
+    scene has more than 100 Mpx and the map was written to ``files["geotiff"]`` only. ``scene_window``: the part of
+    the scene mapped (``bbox``), ``(col_off, row_off, width, height)`` of its grid, or None for all of it.
     """
 
-    scene: Path
+    scene: Path | str  # a URL or STAC item link as is
     labels: list[str]
     language: str
     width: int
@@ -67,10 +72,12 @@ class SceneSegmentation:
     seconds: float
     bands: str
     files: dict[str, Path] = field(default_factory=dict)
+    scene_window: tuple[int, int, int, int] | None = None
 
     def summary(self) -> dict[str, Any]:
         return {
             "scene": str(self.scene),
+            "scene_window": list(self.scene_window) if self.scene_window else None,
             "size": [self.width, self.height],
             "labels": self.labels,
             "language": self.language,
@@ -89,7 +96,7 @@ class SceneSegmentation:
 
 def check_segment_backend(backend: str) -> None:
     """Segmentation needs patch features, which only the PyTorch backend gives (the ONNX graphs return pooled
-    embeddings)."""
+    embeddings); the model family's own limits are checked once it is loaded (`families.check_dense_features`)."""
     if backend != "torch":
         raise ValueError(
             f"segmentation runs on the PyTorch backend, not {backend!r}: the ONNX graphs give pooled embeddings, "
@@ -106,7 +113,7 @@ def dense_logits(
     naclip_gaussian_std: float = 5.0,
 ) -> torch.Tensor:
     """Cosine similarity of every patch with every class: ``(batch, n_labels, h, w)``."""
-    patches = model.get_patch_features(pixels, naclip=naclip, naclip_gaussian_std=naclip_gaussian_std)
+    patches = patch_features(model, pixels, naclip=naclip, naclip_gaussian_std=naclip_gaussian_std)
     patches = F.normalize(patches.float(), dim=-1)
     return torch.einsum("bhwd,ld->blhw", patches, text.to(patches.device))
 
@@ -154,7 +161,7 @@ class WindowStitcher:
 
     Args:
         reader: an open `RasterReader`.
-        model, processor: a model with ``get_patch_features`` and its processor.
+        model, processor: a model with patch features (`inference.families.patch_features`) and its processor.
         text: ``(n_labels, dim)`` normalised class embeddings.
         window, stride: pixels (see `window_geometry`).
     """
@@ -270,13 +277,17 @@ def segment_scene(
     progress: bool = True,
     precision: str = "fp32",
     backend: str = "torch",
+    bbox: Sequence[float] | None = None,
+    signer: Any = None,
 ) -> SceneSegmentation:
     """Per-pixel open-vocabulary classes of ``scene`` (see module doc).
 
     Args:
-        scene: a GeoTIFF / COG path.
+        scene: a GeoTIFF / COG path or URL, or a STAC item (URL or path of its JSON, a pystac ``Item``; bands from
+            its metadata), see `geo.scene.open_scene`.
         labels: class names in ``language`` (list, or comma-separated).
-        model: a loaded `RSMCLIPModel` (then give ``processor``), a path / Hub id, or ``"demo"``.
+        model: a loaded model (then give ``processor``), a path / Hub id, or ``"demo"``: RS-M-CLIP, CLIP or AltCLIP
+            (a CLIP ViT image tower); SigLIP models are refused (no patch features).
         window, stride: sliding window and its step, pixels or metres (``"500m"``); stride defaults to half the
             window (windows overlap by half). A window larger than the scene's shorter side shrinks to it.
         naclip: NACLIP's last block (default) or the plain last layer's patch tokens.
@@ -285,6 +296,9 @@ def segment_scene(
         precision: ``"fp32"``, ``"bf16"``/``"fp16"`` autocast, or ``"int8"`` for PyTorch dynamic int8 weights
             on the CPU (`inference.quantize_model`).
         backend: ``"torch"`` only: the ONNX graphs return pooled embeddings, not patch features.
+        bbox: ``(west, south, east, north)`` in lon/lat degrees: map only the window of the scene covering it (only
+            that window is read; the outputs are georeferenced on its grid).
+        signer: for remote files, ``href -> href to open`` (catalogs that sign their URLs), see `geo.cloud`.
     """
     labels = parse_labels(labels)
     if len(labels) >= CLASS_NODATA:
@@ -292,15 +306,14 @@ def segment_scene(
     owned = isinstance(model, str | os.PathLike)  # loaded here: nobody else holds the fp32 model
     model, processor = load_model(model, processor)
     check_segment_backend(backend)
+    check_dense_features(
+        model
+    )  # before any quantisation: SigLIP's attention-pooling head has no patch features
     model = load_encoder(model, backend, precision, processor, inplace=owned)
-    if not hasattr(model, "get_patch_features"):
-        raise ValueError(
-            f"{type(model).__name__} has no get_patch_features: segmentation needs an RSMCLIPModel"
-        )
     text = torch.from_numpy(class_embeddings(model, processor, labels, language)).float()
     start = time.perf_counter()
     out_dir = Path(output_dir) if output_dir is not None else None
-    with RasterReader(scene, preset=preset, bands=bands, stretch=stretch) as reader:
+    with open_scene(scene, preset=preset, bands=bands, stretch=stretch, bbox=bbox, signer=signer) as reader:
         stitcher = WindowStitcher(
             reader,
             model,
@@ -339,7 +352,8 @@ def segment_scene(
             if writer is not None:
                 writer.close()
         result = SceneSegmentation(
-            scene=Path(scene),
+            scene=scene_label(scene),
+            scene_window=reader.view_window,
             labels=labels,
             language=language,
             width=width,
@@ -376,7 +390,7 @@ def _write_overlay(result: SceneSegmentation, reader: RasterReader, out_dir: Pat
         preview_valid,
         classes,
         result.labels,
-        f"{result.scene.name}: open-vocabulary segmentation ({method}, {result.language})",
+        f"{Path(str(result.scene)).name}: open-vocabulary segmentation ({method}, {result.language})",
         counts=counts,
     )
 

@@ -15,6 +15,11 @@ per band, or some bands of a multi-band COG). They are read together on one grid
 coarser grid of the same CRS (Sentinel-2's 20 m bands beside its 10 m ones) are resampled onto it with
 ``resampling`` (bilinear by default; ``"nearest"`` keeps the values).
 
+A reader may stand for a part of the raster only: ``window=`` (pixels) or ``bbox=`` (lon/lat degrees, the pixels
+covering it). Its grid is then that window's (``width``, ``height``, ``transform`` are the window's), every read is
+clipped to it, and nothing outside it is read (a percentile stretch is measured inside it too), so maps made from
+it are georeferenced on the window's grid.
+
 Rotated or sheared geotransforms are supported: footprints are computed from the four corners through the affine
 transform, and output grids keep the rotation.
 """
@@ -22,6 +27,7 @@ transform, and output grids keep the rotation.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -138,6 +144,9 @@ class RasterReader:
         retry: how often a remote open or window read is tried (`geo.cloud.RetryPolicy`).
         gdal_options: GDAL settings for this reader, over the package's (`geo.cloud.gdal_options`).
         name: what messages call the raster (default: its path, or the first band's href).
+        window: ``(col_off, row_off, width, height)`` of the raster's grid: the reader stands for that part only.
+        bbox: ``(west, south, east, north)`` in lon/lat degrees: the reader stands for the window of whole pixels
+            covering it (clipped to the raster; one outside the raster is refused, naming both).
 
     Attributes:
         crs, transform, width, height, count, dtypes, band_descriptions, selection (`BandSelection`).
@@ -156,8 +165,12 @@ class RasterReader:
         retry: RetryPolicy | None = None,
         gdal_options: dict[str, Any] | None = None,
         name: str | None = None,
+        window: WindowLike | None = None,
+        bbox: Sequence[float] | None = None,
     ) -> None:
         require_rasterio()
+        if window is not None and bbox is not None:
+            raise ValueError("give a window or a bbox, not both")
         from rasterio.enums import Resampling
 
         if resampling not in RESAMPLING:
@@ -167,6 +180,7 @@ class RasterReader:
         self._retry = retry or DEFAULT_RETRY
         self._options = dict(gdal_options or {})
         self._opened: list[Any] = []
+        self._view: tuple[int, int, int, int] | None = None
         if isinstance(path, str | os.PathLike):
             sources = None
             self.path: Path | str = str(path) if is_remote(str(path)) else Path(path)
@@ -187,6 +201,10 @@ class RasterReader:
                 selection = self._open_file(preset, bands, stretch)
             else:
                 selection = self._open_sources(sources, preset, stretch)
+            if bbox is not None:
+                window = self.bbox_window(bbox)
+            if window is not None:
+                self._view = self._checked_view(window)
             self.selection: BandSelection = selection
             if selection.stretch.kind == "percentile":
                 self.selection = selection.with_stretch(self._percentile_limits(selection, sample_size))
@@ -325,15 +343,25 @@ class RasterReader:
 
     @property
     def transform(self):
-        return self._src.transform
+        if self._view is None:
+            return self._src.transform
+        from affine import Affine
+
+        return self._src.transform @ Affine.translation(self._view[0], self._view[1])
 
     @property
     def width(self) -> int:
-        return self._src.width
+        return self._src.width if self._view is None else self._view[2]
 
     @property
     def height(self) -> int:
-        return self._src.height
+        return self._src.height if self._view is None else self._view[3]
+
+    @property
+    def view_window(self) -> tuple[int, int, int, int] | None:
+        """The part of the raster this reader stands for, ``(col_off, row_off, width, height)`` of the raster's own
+        grid (the finest file of a `BandSource` list), or None for the whole raster."""
+        return self._view
 
     @property
     def count(self) -> int:
@@ -415,7 +443,8 @@ class RasterReader:
         or0, or1 = round((r0 - row) * sy), round((r1 - row) * sy)
         if oc1 <= oc0 or or1 <= or0:
             return data, valid
-        inner = Window(c0, r0, c1 - c0, r1 - r0)
+        dx, dy = self._view[:2] if self._view is not None else (0, 0)
+        inner = Window(c0 + dx, r0 + dy, c1 - c0, r1 - r0)
         shape = (or1 - or0, oc1 - oc0)
         resized = shape != (r1 - r0, c1 - c0)
         ok = np.ones(shape, dtype=bool)
@@ -484,6 +513,52 @@ class RasterReader:
         high = np.percentile(channels, selection.stretch.high[0], axis=1)
         high = np.where(high > low, high, low + 1.0)
         return Stretch.fixed(tuple(low), tuple(high))
+
+    # --------------------------------------------------------------------------------------------------- views
+    def bbox_window(self, bbox: Sequence[float]) -> tuple[int, int, int, int]:
+        """The window of the raster's own grid (whole pixels, clipped to the raster) covering a lon/lat
+        ``(west, south, east, north)`` box; a ValueError when the box misses the raster."""
+        from rasterio.warp import transform_bounds
+
+        values = [float(v) for v in bbox]
+        if len(values) != 4 or values[0] > values[2] or values[1] > values[3]:
+            raise ValueError(f"bbox must be west,south,east,north (degrees), got {list(bbox)}")
+        src = self._src
+        if src.crs is None:
+            raise ValueError("has no CRS: a lon/lat bbox cannot be placed on it (give a pixel window)")
+        if src.crs.to_epsg() == 4326:
+            left, bottom, right, top = values
+        else:
+            left, bottom, right, top = transform_bounds(LONLAT, src.crs, *values, densify_pts=21)
+        inverse = ~src.transform
+        points = [inverse * (x, y) for x in (left, right) for y in (bottom, top)]
+        cols, rows = [p[0] for p in points], [p[1] for p in points]
+        eps = 1e-6  # a box edge on a pixel edge does not take the next pixel
+        c0, r0 = max(0, math.floor(min(cols) + eps)), max(0, math.floor(min(rows) + eps))
+        c1, r1 = min(src.width, math.ceil(max(cols) - eps)), min(src.height, math.ceil(max(rows) - eps))
+        if c1 <= c0 or r1 <= r0:
+            ring = [
+                src.transform * c for c in ((0, 0), (src.width, 0), (src.width, src.height), (0, src.height))
+            ]
+            xs, ys = [p[0] for p in ring], [p[1] for p in ring]
+            own = (min(xs), min(ys), max(xs), max(ys))
+            scene = (
+                own if src.crs.to_epsg() == 4326 else transform_bounds(src.crs, LONLAT, *own, densify_pts=21)
+            )
+            raise ValueError(
+                f"the bbox {','.join(f'{v:g}' for v in values)} does not overlap the raster (its lon/lat bounds: "
+                f"{','.join(f'{v:.6f}' for v in scene)})"
+            )
+        return c0, r0, c1 - c0, r1 - r0
+
+    def _checked_view(self, window: WindowLike) -> tuple[int, int, int, int]:
+        col, row, width, height = as_window_tuple(window)
+        src = self._src
+        if col < 0 or row < 0 or col + width > src.width or row + height > src.height:
+            raise ValueError(
+                f"window {[col, row, width, height]} is not inside the raster ({src.width} x {src.height} pixels)"
+            )
+        return col, row, width, height
 
     # ------------------------------------------------------------------------------------------------ geometry
     def window_transform(self, window: WindowLike, out_shape: tuple[int, int] | None = None):

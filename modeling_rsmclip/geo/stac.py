@@ -38,6 +38,8 @@ from typing import Any
 
 from .bands import get_band_preset, list_band_presets, normalise_band_name
 from .cloud import RetryPolicy, error_reason
+from .options import parse_bbox as _parse_bbox_text
+from .options import parse_datetime, parse_instant
 from .raster import BandSource, RasterReader
 
 logger = logging.getLogger(__name__)
@@ -90,54 +92,11 @@ class MissingBandsError(ValueError):
 
 # ------------------------------------------------------------------------------------------------------ query
 def parse_bbox(value: str | Sequence[float] | None) -> tuple[float, float, float, float] | None:
-    """``"west,south,east,north"`` (degrees) or 4 numbers -> a checked tuple."""
+    """``"west,south,east,north"`` (degrees) or 4 numbers -> a checked tuple (`options.parse_bbox`'s rules)."""
     if value is None:
         return None
-    parts = value.split(",") if isinstance(value, str) else list(value)
-    try:
-        box = tuple(float(v) for v in parts)
-    except (TypeError, ValueError):
-        raise ValueError(f"bbox must be west,south,east,north in degrees, got {value!r}") from None
-    if len(box) != 4:
-        raise ValueError(f"bbox must be 4 numbers west,south,east,north, got {value!r}")
-    west, south, east, north = box
-    if not (-90 <= south <= north <= 90 and -180 <= west <= 180 and -180 <= east <= 180):
-        raise ValueError(
-            f"bbox {value!r} is not west,south,east,north in degrees (south <= north, within -180..180)"
-        )
-    return box  # type: ignore[return-value]
-
-
-def _parse_instant(text: str, end: bool) -> _dt.datetime | None:
-    text = text.strip()
-    if text in ("", ".."):
-        return None
-    try:
-        if re.fullmatch(r"\d{4}-\d{2}-\d{2}", text):
-            day = _dt.datetime.fromisoformat(text).replace(tzinfo=_dt.timezone.utc)
-            return day + _dt.timedelta(days=1, microseconds=-1) if end else day
-        value = _dt.datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
-    except ValueError:
-        raise ValueError(
-            f"cannot read {text!r} as an RFC 3339 date-time (e.g. 2024-06-01 or 2024-06-01T10:00:00Z)"
-        ) from None
-    return value if value.tzinfo else value.replace(tzinfo=_dt.timezone.utc)
-
-
-def parse_datetime(value: str | None) -> tuple[_dt.datetime | None, _dt.datetime | None] | None:
-    """An RFC 3339 instant or interval (``"2024-06-01/2024-08-31"``, ``"2024-06-01/.."``, ``"../2024-01-01"``) ->
-    ``(start, end)`` in UTC, open ends None; a bare date covers its whole day."""
-    if value is None or not str(value).strip():
-        return None
-    text = str(value).strip()
-    if "/" in text:
-        first, _, second = text.partition("/")
-        start, end = _parse_instant(first, False), _parse_instant(second, True)
-    else:
-        start, end = _parse_instant(text, False), _parse_instant(text, True)
-    if start is not None and end is not None and end < start:
-        raise ValueError(f"datetime interval {value!r} ends before it starts")
-    return start, end
+    text = value if isinstance(value, str) else ",".join(str(v) for v in value)
+    return _parse_bbox_text(text)
 
 
 def parse_filter(value: str | dict | None) -> dict | None:
@@ -202,7 +161,7 @@ def item_time(item: Any) -> _dt.datetime | None:
     props = item.properties
     value = item.datetime or props.get("start_datetime")
     if isinstance(value, str):
-        value = _parse_instant(value, False)
+        value = parse_instant(value, False)
     if value is not None and value.tzinfo is None:
         value = value.replace(tzinfo=_dt.timezone.utc)
     return value
@@ -213,8 +172,8 @@ def _item_interval(item: Any) -> tuple[_dt.datetime | None, _dt.datetime | None]
     start = props.get("start_datetime") or props.get("datetime")
     end = props.get("end_datetime") or props.get("datetime")
     return (
-        _parse_instant(start, False) if start else None,
-        _parse_instant(end, False) if end else None,
+        parse_instant(start, False) if start else None,
+        parse_instant(end, False) if end else None,
     )
 
 

@@ -2,7 +2,8 @@
 
 Each class label is put into its language's prompt templates (`templates.PROMPT_TEMPLATES`), the prompt embeddings
 are averaged as in the evaluation suite (`evaluation.metrics.average_prompt_embeddings`), and every tile of the scene
-is scored against the classes by cosine similarity times the model's temperature, then softmax. Tiles are read,
+is scored against the classes by the model family's zero-shot rule (`inference.families.zero_shot_probabilities`:
+softmax of the scaled cosine similarities for CLIP-like models, SigLIP's sigmoid with its bias). Tiles are read,
 preprocessed and embedded in batches, so memory is bounded by the batch, not the scene.
 """
 
@@ -19,7 +20,8 @@ import torch
 import torch.nn.functional as F
 
 from ..inference import autocast, class_embeddings, load_encoder, load_model
-from .raster import RasterReader
+from ..inference.families import image_features, image_inputs, zero_shot_probabilities
+from .scene import open_scene, scene_label
 from .tiling import TileGrid, iter_tiles, length_to_pixels
 
 
@@ -42,14 +44,9 @@ def model_device(model: Any) -> torch.device:
 
 
 def pixel_values(processor: Any, images: list[np.ndarray]) -> torch.Tensor:
-    """The processor's pixel values for 8-bit RGB tile arrays (the package's one image path)."""
-    image_processor = getattr(processor, "image_processor", processor)
-    return image_processor(images=images, return_tensors="pt")["pixel_values"]
-
-
-def logit_scale(model: Any) -> float:
-    scale = getattr(model, "logit_scale", None)
-    return float(scale.exp()) if scale is not None else 100.0
+    """The processor's pixel values for 8-bit RGB tile arrays (the package's one image path; the image tower's
+    other inputs, SigLIP 2's patch masks, come with `inference.families.image_inputs`)."""
+    return image_inputs(processor, images)["pixel_values"]
 
 
 @dataclass
@@ -60,10 +57,11 @@ class SceneClassification:
     ``(n_rows, n_cols, n_labels)`` float32 (NaN when skipped), ``valid_fraction`` ``(n_rows, n_cols)`` float32 (the
     share of valid pixels of each tile inside the scene, skipped tiles included: see `geo.tiling`'s rule for the
     edge), ``transform`` the geotransform of that tile-resolution grid in ``crs``, ``geojson`` a FeatureCollection
-    (lon/lat) of the classified tiles, ``files`` the written outputs.
+    (lon/lat) of the classified tiles, ``files`` the written outputs, ``scene_window`` the part of the scene mapped
+    (``bbox``), ``(col_off, row_off, width, height)`` of its grid, or None for all of it.
     """
 
-    scene: Path
+    scene: Path | str  # a URL or STAC item link as is
     labels: list[str]
     language: str
     class_ids: np.ndarray
@@ -77,6 +75,7 @@ class SceneClassification:
     valid_fraction: np.ndarray | None = None
     min_valid: float = 0.5
     files: dict[str, Path] = field(default_factory=dict)
+    scene_window: tuple[int, int, int, int] | None = None
 
     @property
     def top1_probability(self) -> np.ndarray:
@@ -88,6 +87,7 @@ class SceneClassification:
         counts = {label: int((self.class_ids == i).sum()) for i, label in enumerate(self.labels)}
         return {
             "scene": str(self.scene),
+            "scene_window": list(self.scene_window) if self.scene_window else None,
             "labels": self.labels,
             "language": self.language,
             "tiles": len(self.grid),
@@ -141,13 +141,16 @@ def classify_scene(
     progress: bool = True,
     backend: str = "torch",
     precision: str = "fp32",
+    bbox: Sequence[float] | None = None,
+    signer: Any = None,
 ) -> SceneClassification:
     """Zero-shot class of every tile of ``scene``.
 
     Args:
-        scene: a GeoTIFF / COG path.
+        scene: a GeoTIFF / COG path or URL, or a STAC item (URL or path of its JSON, a pystac ``Item``; bands from
+            its metadata), see `geo.scene.open_scene`.
         labels: class names in ``language`` (list, or comma-separated).
-        model: a loaded `RSMCLIPModel` (then give ``processor``), a path / Hub id, or ``"demo"``.
+        model: a loaded model of any supported family (then give ``processor``), a path / Hub id, or ``"demo"``.
         tile_size, overlap: pixels, or metres as ``"500m"``.
         preset, bands, stretch: band choice (see `geo.bands.resolve_preset`).
         min_valid: tiles with a smaller valid fraction are skipped (and listed in ``skipped``). The fraction counts
@@ -157,6 +160,9 @@ def classify_scene(
             fraction; nodata -1, the scene's CRS, one pixel per tile), ``tiles.geojson`` and ``overlay.png`` there.
         backend, precision: CPU inference backend, ``"torch"`` or ``"onnx"`` (ONNX Runtime) and ``"fp32"`` or
             ``"int8"`` (see `modeling_rsmclip.inference.load_encoder`).
+        bbox: ``(west, south, east, north)`` in lon/lat degrees: map only the window of the scene covering it (only
+            that window is read; the outputs are georeferenced on its grid).
+        signer: for remote files, ``href -> href to open`` (catalogs that sign their URLs), see `geo.cloud`.
     """
     labels = parse_labels(labels)
     owned = isinstance(model, str | os.PathLike)  # loaded here: nobody else holds the fp32 model
@@ -164,10 +170,9 @@ def classify_scene(
     model = load_encoder(model, backend, precision, processor, inplace=owned)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    text = torch.from_numpy(class_embeddings(model, processor, labels, language)).float()
+    text = class_embeddings(model, processor, labels, language)
     device = model_device(model)
-    scale = logit_scale(model)
-    with RasterReader(scene, preset=preset, bands=bands, stretch=stretch) as reader:
+    with open_scene(scene, preset=preset, bands=bands, stretch=stretch, bbox=bbox, signer=signer) as reader:
         tiles = iter_tiles(
             reader,
             length_to_pixels(tile_size, reader),
@@ -180,11 +185,11 @@ def classify_scene(
         probabilities = np.full((grid.n_rows, grid.n_cols, len(labels)), np.nan, dtype=np.float32)
         features = []
         for batch in _batched(tiles, batch_size):
-            pixels = pixel_values(processor, [t.rgb for t in batch]).to(device)
+            inputs = image_inputs(processor, [t.rgb for t in batch])
             with autocast(precision, device):
-                pooled = model.get_image_features(pixel_values=pixels).pooler_output
-            image = F.normalize(pooled.float(), dim=-1)
-            probs = torch.softmax(scale * image.cpu() @ text.T, dim=-1).numpy()
+                pooled = image_features(model, inputs, device=device)
+            image = F.normalize(pooled.float(), dim=-1).cpu()
+            probs = zero_shot_probabilities(model, image, text).astype(np.float32)
             for tile, p in zip(batch, probs):
                 best = int(p.argmax())
                 class_ids[tile.row, tile.col] = best
@@ -200,7 +205,8 @@ def classify_scene(
                     )
                 )
         result = SceneClassification(
-            scene=Path(scene),
+            scene=scene_label(scene),
+            scene_window=reader.view_window,
             labels=labels,
             language=language,
             class_ids=class_ids,

@@ -6,9 +6,14 @@ Index folder layout::
       manifest.json          model id + fingerprint, processor settings, index type and parameters, counts, versions
       index.faiss            FAISS index over the L2-normalised embeddings (inner product = cosine)
       metadata.parquet       one row per FAISS id: id, path, window, footprint, content hash, label, source, ...
-      report.json            unreadable files, mostly-nodata tiles, duplicates, unchanged files (with paths)
+      report.json            unreadable files, mostly-nodata tiles, duplicates, unchanged files (with paths); for
+                             STAC sources also network errors (by item and window) and items without the bands
       shards/shard-rRRR-SSSSSS.parquet   embeddings (float16) + metadata of run R, shard S (done = exists)
-      runs/run-RRR.json      what run R embeds (sources, options, work-list digest, shard count)
+      runs/run-RRR.json      what run R embeds (sources or STAC query, options, work-list digest, shard count)
+      runs/listing-RRR.items.json, listing-RRR.report.json   a STAC run's work list and listing report (`index.catalog`)
+
+``metadata.parquet`` is GeoParquet when the index is georeferenced (`index.geoparquet`: the tiles' footprints as a
+WKB ``geometry`` column in lon/lat).
 
 A run (``build`` or ``add``) expands its sources into a fixed work list, cut into shards of ``shard_size`` items.
 Shard ``S`` is embedded by process ``S % world_size``, so ``accelerate launch`` / ``torchrun`` split the work and
@@ -39,6 +44,7 @@ from ..inference import (
     resolve_device,
     resolve_model_source,
 )
+from ..inference.families import embedding_dim, model_family, text_rule
 from .common import FINGERPRINT_VERSION, index_fingerprint, require_index_dependencies
 from .embed import _atomic_write_json, embed_shard, new_progress, shard_name, write_shard
 from .search import RSMCLIPIndex
@@ -115,7 +121,7 @@ def build_faiss(embeddings: np.ndarray, factory: str, seed: int = 0, max_train: 
     return index
 
 
-def processor_settings(processor: Any) -> dict[str, Any]:
+def processor_settings(processor: Any, max_text_length: int = 77) -> dict[str, Any]:
     image_processor = getattr(processor, "image_processor", None)
     tokenizer = getattr(processor, "tokenizer", None)
     settings: dict[str, Any] = {}
@@ -127,7 +133,7 @@ def processor_settings(processor: Any) -> dict[str, Any]:
         settings["tokenizer"] = {
             "class": type(tokenizer).__name__,
             "vocab_size": len(tokenizer),
-            "max_length": 77,
+            "max_length": int(max_text_length),
         }
     return settings
 
@@ -273,6 +279,7 @@ def _run(
     exact_threshold: int,
     progress: bool,
     backend: str = "torch",
+    stac: Any = None,
     engine: str = "local",
     ray_address: str | None = None,
     ray_actors: int | None = None,
@@ -309,9 +316,13 @@ def _run(
         raise FileNotFoundError(
             f"no index at {output} (no manifest.json): build it first with `rsmclip index build`"
         )
-    items = collect_items(sources, options)
-    if not items:
-        raise ValueError(f"no images found in {', '.join(map(str, sources))}")
+    listing = None
+    if stac is not None:
+        items, listing = _stac_items(kind, output, stac, options, progress)
+    else:
+        items = collect_items(sources, options)
+        if not items:
+            raise ValueError(f"no images found in {', '.join(map(str, sources))}")
     if kind == "add" and model is None:
         model = manifest["model"]["name_or_path"]
     owned = isinstance(model, str | os.PathLike)  # loaded here: int8 may quantise it in place (one copy)
@@ -348,7 +359,7 @@ def _run(
         plan = {
             "run": len(runs),
             "kind": kind,
-            "sources": [str(Path(s).resolve()) for s in sources],
+            "sources": [str(Path(s).resolve()) for s in sources] if stac is None else [stac.url],
             "options": options.to_dict(),
             "digest": digest,
             "fingerprint": fingerprint,
@@ -361,7 +372,13 @@ def _run(
             "complete": False,
             "started": _now(),
         }
+        if stac is not None:
+            plan["stac"] = stac.to_dict()
         if procs.rank == 0:
+            if stac is not None:
+                from .catalog import save_listing
+
+                save_listing(output, plan["run"], items, listing)
             (output / "runs").mkdir(parents=True, exist_ok=True)
             _atomic_write_json(output / "runs" / f"run-{plan['run']:03d}.json", plan)
     procs.barrier()
@@ -373,7 +390,8 @@ def _run(
         if s % procs.world == procs.rank and not _shard_done(output, run, s)
     ]
     known = _known_hashes(output)
-    dim = int(model.config.projection_dim)
+    dim = embedding_dim(model)
+    family = model_family(model)
     todo = {shard_name(run, s): items[s * size : (s + 1) * size] for s in mine}
     if engine == "ray":
         from .ray_engine import embed_shards
@@ -424,6 +442,8 @@ def _run(
             fingerprint=fingerprint,
             processor=processor,
             dim=dim,
+            family=family.name,
+            max_text_length=text_rule(model).max_length,
             index_type=plan.get("index_type", index_type),
             exact_threshold=exact_threshold,
             manifest=manifest,
@@ -445,6 +465,31 @@ def _run(
     return RSMCLIPIndex.load(output, model=model, processor=processor, **query_backend)
 
 
+def _stac_items(kind: str, output: Path, stac: Any, options: Any, progress: bool) -> tuple[list, dict]:
+    """The work list and listing report of a STAC query (`index.catalog`); a build with nothing to embed is an
+    error that says why."""
+    from .catalog import stac_work_list
+
+    # A build lists every item (a second build of the same query is then recognised as done); an add leaves out
+    # the items already indexed.
+    items, listing = stac_work_list(output, stac, options, progress=progress, skip_indexed=kind == "add")
+    if not items and kind == "build":
+        reasons = [
+            f"{len(entries)} {key.replace('_', ' ')} (first: {entries[0].get('error') or entries[0].get('reason')})"
+            for key, entries in listing.items()
+            if entries
+        ]
+        raise ValueError(
+            f"nothing to index from {stac.url}: "
+            + (
+                "; ".join(reasons)
+                if reasons
+                else "the query found no items (check --collection, --bbox, --datetime)"
+            )
+        )
+    return items, listing
+
+
 def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
@@ -461,14 +506,28 @@ def finalize(
     manifest: dict[str, Any] | None = None,
     backend: str = "torch",
     precision: str = "fp32",
+    family: str | None = None,
+    max_text_length: int = 77,
 ) -> dict[str, Any]:
-    """Merge every shard into ``metadata.parquet``, ``index.faiss``, ``report.json`` and ``manifest.json``."""
+    """Merge every shard into ``metadata.parquet``, ``index.faiss``, ``report.json`` and ``manifest.json``
+    (``family``: the model family, `inference.families`, recorded with the model)."""
     import faiss
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from .catalog import merge_listing_reports, settle_network_errors
+    from .geoparquet import with_geometry
+
     shard_files = sorted((output / "shards").glob("*.parquet"))
-    tables, report = [], {"unreadable": [], "nodata_tiles": [], "duplicates": [], "unchanged": []}
+    tables = []
+    report: dict[str, list] = {
+        "unreadable": [],
+        "nodata_tiles": [],
+        "duplicates": [],
+        "unchanged": [],
+        "network_errors": [],
+        "missing_bands": [],
+    }
     for path in shard_files:
         tables.append(pq.read_table(path))
         part = _read_json(path.with_name(path.name[: -len(".parquet")] + ".report.json"))
@@ -490,14 +549,19 @@ def finalize(
     if not keep.all():
         table = table.filter(pa.array(keep))
     n = table.num_rows
+    merge_listing_reports(output, report)
+    if "stac_item" in table.column_names:
+        items = zip(table["stac_collection"].to_pylist(), table["stac_item"].to_pylist())
+        settle_network_errors(report, table["id"].to_pylist(), items)
     if n == 0:
+        _atomic_write_json(output / "report.json", report)
         raise ValueError(f"{output}: nothing could be indexed; see {output / 'report.json'}")
     flat = table["embedding"].combine_chunks().flatten().to_numpy(zero_copy_only=False)
     embeddings = flat.astype(np.float32).reshape(n, dim)
     embeddings /= np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
     factory, params = choose_index(n, dim, index_type, exact_threshold)
     index = build_faiss(embeddings, factory)
-    metadata = table.drop_columns(["embedding"])
+    metadata = with_geometry(table.drop_columns(["embedding"]))
     tmp_index = output / ".index.faiss.tmp"
     faiss.write_index(index, str(tmp_index))
     tmp_meta = output / ".metadata.parquet.tmp"
@@ -512,13 +576,14 @@ def finalize(
         "format_version": FORMAT_VERSION,
         "model": {
             "name_or_path": model_name,
+            "family": family or (manifest or {}).get("model", {}).get("family"),
             "fingerprint": fingerprint,
             # An index keeps the recipe it was made with (checked against the model above).
             "fingerprint_version": FINGERPRINT_VERSION
             if manifest is None
             else manifest["model"].get("fingerprint_version", 2),
         },
-        "processor": processor_settings(processor),
+        "processor": processor_settings(processor, max_text_length),
         "embedding": {
             "dim": dim,
             "stored_dtype": "float16",
@@ -542,13 +607,15 @@ def finalize(
             "nodata_tiles": len(report["nodata_tiles"]),
             "duplicates": len(report["duplicates"]),
             "unchanged": len(report["unchanged"]),
+            "network_errors": len(report["network_errors"]),
+            "missing_bands": len(report["missing_bands"]),
         },
         "georeferenced": bool(georeferenced),
         "columns": [c for c in metadata.column_names],
         "runs": [
             {
                 **{k: r[k] for k in ("run", "kind", "sources", "num_items", "num_shards", "options")},
-                **{k: r[k] for k in ("backend", "precision") if k in r},
+                **{k: r[k] for k in ("backend", "precision", "stac") if k in r},
             }
             for r in runs
         ],
@@ -583,6 +650,10 @@ def build_index(
     device: str | None = None,
     exact_threshold: int = EXACT_THRESHOLD,
     progress: bool = True,
+    stac: Any = None,
+    retry: Any = None,
+    gdal_options: dict[str, Any] | None = None,
+    signer: Any = None,
     engine: str = "local",
     ray_address: str | None = None,
     ray_actors: int | None = None,
@@ -590,6 +661,10 @@ def build_index(
     """Embed every image of ``sources`` (folders, image files, GeoTIFF scenes with ``tile_size``) and of a builder
     ``dataset`` split into a new index folder ``output``; resume it if a previous build of the same sources was
     interrupted. Returns the loaded `RSMCLIPIndex`. See the module docstring for the folder layout.
+
+    ``stac``: a `geo.stac.StacQuery` (or its URL) instead of ``sources``: the query's items cut into tiles of
+    ``tile_size`` (`index.catalog`), their bands chosen by ``preset`` / ``bands`` from their metadata. Remote files
+    are read with ``retry`` (`geo.cloud.RetryPolicy`), ``gdal_options`` and ``signer`` (``href -> href to open``).
 
     ``precision`` is ``fp32``, ``bf16``/``fp16`` (autocast, GPU) or ``int8``; ``backend`` is ``torch`` or ``onnx``
     (ONNX Runtime). ONNX and int8 run on the CPU through `inference.load_encoder`; the index's fingerprint is that
@@ -599,8 +674,9 @@ def build_index(
     a Ray Data pipeline (`ray_engine`) on the cluster at ``ray_address`` (``auto``, ``ray://host:10001``, ...;
     default: an already initialised Ray, else a local one) with ``ray_actors`` model actors (default: one per GPU,
     else one per CPU). Both write the same shards; needs ``pip install "rsmclip[ray]"``."""
-    if not sources and not dataset:
-        raise ValueError("nothing to index: give image folders, files, scenes or a dataset")
+    stac = _stac_query(stac, sources, dataset)
+    if not sources and not dataset and stac is None:
+        raise ValueError("nothing to index: give image folders, files, scenes, a dataset or a STAC query")
     choose_index(1, 8, index_type)  # validate early
     options = SourceOptions(
         tile_size=tile_size,
@@ -610,6 +686,9 @@ def build_index(
         min_valid=min_valid,
         dataset=dataset,
         split=split,
+        retry=retry,
+        gdal_options=gdal_options,
+        signer=signer,
     )
     return _run(
         "build",
@@ -627,10 +706,24 @@ def build_index(
         exact_threshold=exact_threshold,
         progress=progress,
         backend=backend,
+        stac=stac,
         engine=engine,
         ray_address=ray_address,
         ray_actors=ray_actors,
     )
+
+
+def _stac_query(stac: Any, sources: Sequence[Any], dataset: str | None) -> Any:
+    """A `geo.stac.StacQuery` from a query or a URL; STAC and other sources do not mix in one run."""
+    if stac is None:
+        return None
+    from ..geo.stac import StacQuery
+
+    if sources or dataset:
+        raise ValueError(
+            "a run indexes either a STAC query or SOURCEs / a dataset: add the others with another `index add`"
+        )
+    return stac if isinstance(stac, StacQuery) else StacQuery(str(stac))
 
 
 def add_to_index(
@@ -655,14 +748,22 @@ def add_to_index(
     device: str | None = None,
     exact_threshold: int = EXACT_THRESHOLD,
     progress: bool = True,
+    stac: Any = None,
+    retry: Any = None,
+    gdal_options: dict[str, Any] | None = None,
+    signer: Any = None,
     engine: str = "local",
     ray_address: str | None = None,
     ray_actors: int | None = None,
 ) -> Any:
     """Append ``sources`` to an existing index (same model: the manifest's, unless ``model`` is given and has the
     same fingerprint). Files whose content hash is already indexed are not embedded again (listed as unchanged in
-    the report). The FAISS index is rebuilt over all rows, so the result equals a build of the union. ``engine``,
+    the report). The FAISS index is rebuilt over all rows, so the result equals a build of the union.
+
+    ``stac``: a STAC query instead of ``sources`` (see `build_index`); items already in the index (same id and asset
+    hrefs) are not read again, so a query with a later ``datetime`` embeds the new items only. ``engine``,
     ``ray_address`` and ``ray_actors`` as for `build_index`."""
+    stac = _stac_query(stac, sources, dataset)
     index_dir = Path(index_dir)
     if index_type is None:
         manifest_path = index_dir / "manifest.json"
@@ -675,6 +776,9 @@ def add_to_index(
         min_valid=min_valid,
         dataset=dataset,
         split=split,
+        retry=retry,
+        gdal_options=gdal_options,
+        signer=signer,
     )
     return _run(
         "add",
@@ -692,6 +796,7 @@ def add_to_index(
         exact_threshold=exact_threshold,
         progress=progress,
         backend=backend,
+        stac=stac,
         engine=engine,
         ray_address=ray_address,
         ray_actors=ray_actors,

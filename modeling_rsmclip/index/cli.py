@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError, cli_type
-from ..geo.options import parse_bands, parse_bbox
+from ..geo.options import check_datetime, parse_bands, parse_bbox
 from ..inference.options import add_backend_arguments
 
 DEFAULT_DEMO = "the bundled demo model"
@@ -19,7 +19,46 @@ def _add_source_arguments(parser: argparse.ArgumentParser) -> None:
         "sources",
         nargs="*",
         metavar="SOURCE",
-        help="image folders (recursive), image files or GeoTIFF scenes",
+        help="image folders (recursive), image files or GeoTIFF scenes (or none, with --stac)",
+    )
+    stac = parser.add_argument_group(
+        "STAC catalogs (instead of SOURCEs: the query's items, cut into --tile-size tiles; pip install "
+        '"rsmclip[stac]")'
+    )
+    stac.add_argument(
+        "--stac",
+        metavar="URL",
+        default=None,
+        help="a STAC API, or a static catalog / collection / item collection JSON (URL or path)",
+    )
+    stac.add_argument(
+        "--collection",
+        action="append",
+        default=None,
+        help="collection id (repeat or comma-separate for several), e.g. sentinel-2-l2a",
+    )
+    stac.add_argument(
+        "--bbox", type=cli_type(parse_bbox), default=None, help="lon/lat box west,south,east,north"
+    )
+    stac.add_argument(
+        "--datetime",
+        type=cli_type(check_datetime),
+        default=None,
+        help="RFC 3339 instant or interval, e.g. 2024-06-01/2024-08-31 or 2024-06-01/..",
+    )
+    stac.add_argument("--filter", default=None, help='CQL2 text or JSON, e.g. "eo:cloud_cover < 20"')
+    stac.add_argument("--max-items", type=int, default=None, help="the first N items (in acquisition order)")
+    stac.add_argument(
+        "--signer",
+        default=None,
+        metavar="MODULE:FUNCTION",
+        help="sign asset hrefs before reading them, e.g. planetary_computer:sign",
+    )
+    stac.add_argument(
+        "--retries",
+        type=int,
+        default=3,
+        help="attempts per remote window before it is reported in report.json (default 3, with back-off)",
     )
     data = parser.add_argument_group("datasets and scenes")
     data.add_argument("--dataset", help="a builder dataset: save_to_disk folder or Hub dataset id")
@@ -35,7 +74,8 @@ def _add_source_arguments(parser: argparse.ArgumentParser) -> None:
         "--bands",
         type=cli_type(parse_bands),
         default=None,
-        help="bands used as R,G,B: 0-based indices (3,2,1) or, for GeoTIFFs, band names (B4,B3,B2)",
+        help="bands used as R,G,B: 0-based indices (3,2,1) or, for GeoTIFFs, band names (B4,B3,B2); for STAC "
+        "items band ids or common names (nir,red,green)",
     )
     data.add_argument(
         "--min-valid", type=float, default=0.5, help="skip (and report) tiles with less valid data than this"
@@ -101,22 +141,74 @@ def _common_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def _stac_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """The STAC query and remote-read settings of ``--stac`` (nothing without it; its options alone are refused)."""
+    given = [
+        f"--{name.replace('_', '-')}"
+        for name in ("collection", "bbox", "datetime", "filter", "max_items", "signer")
+        if getattr(args, name) is not None
+    ]
+    if args.stac is None:
+        if given:
+            raise ValueError(f"{', '.join(given)} search a STAC catalog: give its URL with --stac")
+        return {}
+    if args.sources or args.dataset:
+        raise ValueError("--stac indexes the query's items: give SOURCEs / --dataset in another `index add`")
+    if args.tile_size is None:
+        raise ValueError(
+            "--stac needs --tile-size (the items' scenes are cut into tiles of that many pixels)"
+        )
+    if args.bands is not None and any(isinstance(b, int) for b in args.bands):
+        raise ValueError(f"with --stac, name the bands (red,green,blue or B04,B03,B02), got {args.bands}")
+    if args.retries < 1:
+        raise ValueError(f"--retries must be at least 1, got {args.retries}")
+    from ..geo.cloud import RetryPolicy, load_signer
+    from ..geo.stac import StacQuery
+
+    collections = [c.strip() for value in args.collection or [] for c in value.split(",") if c.strip()]
+    query = StacQuery(
+        args.stac,
+        collections=collections,
+        bbox=args.bbox,
+        datetime=args.datetime,
+        filter=args.filter,
+        max_items=args.max_items,
+    )
+    return {
+        "stac": query,
+        "retry": RetryPolicy(attempts=args.retries),
+        "signer": load_signer(args.signer) if args.signer else None,
+    }
+
+
 def _summary(index: Any) -> str:
     counts = index.manifest["counts"]
+    remote = ""
+    if any(r.get("stac") for r in index.manifest.get("runs", [])):
+        remote = (
+            f", network errors {counts.get('network_errors', 0)}, items without the bands "
+            f"{counts.get('missing_bands', 0)}"
+        )
     return (
         f"{index.path}: {counts['items']} items, {index.manifest['index']['factory']} index; "
         f"unreadable {counts['unreadable']}, nodata tiles {counts['nodata_tiles']}, duplicates "
-        f"{counts['duplicates']}, unchanged {counts['unchanged']} (listed in {index.path / 'report.json'})"
+        f"{counts['duplicates']}, unchanged {counts['unchanged']}{remote} (listed in {index.path / 'report.json'})"
     )
 
 
 def _run_build(args: argparse.Namespace) -> int:
     from . import build_index
 
-    if not args.sources and not args.dataset:
-        raise ValueError("nothing to index: give SOURCE folders/files or --dataset")
+    stac = _stac_kwargs(args)
+    if not args.sources and not args.dataset and not stac:
+        raise ValueError("nothing to index: give SOURCE folders/files, --dataset or --stac")
     index = build_index(
-        args.model or "demo", args.output, args.sources, index_type=args.index_type, **_common_kwargs(args)
+        args.model or "demo",
+        args.output,
+        args.sources,
+        index_type=args.index_type,
+        **_common_kwargs(args),
+        **stac,
     )
     print(_summary(index))
     return 0
@@ -125,10 +217,11 @@ def _run_build(args: argparse.Namespace) -> int:
 def _run_add(args: argparse.Namespace) -> int:
     from . import add_to_index
 
-    if not args.sources and not args.dataset:
-        raise ValueError("nothing to add: give SOURCE folders/files or --dataset")
+    stac = _stac_kwargs(args)
+    if not args.sources and not args.dataset and not stac:
+        raise ValueError("nothing to add: give SOURCE folders/files, --dataset or --stac")
     index = add_to_index(
-        args.index, args.sources, model=args.model, index_type=args.index_type, **_common_kwargs(args)
+        args.index, args.sources, model=args.model, index_type=args.index_type, **_common_kwargs(args), **stac
     )
     print(_summary(index))
     return 0
@@ -137,13 +230,21 @@ def _run_add(args: argparse.Namespace) -> int:
 def _format_table(results: list[dict[str, Any]]) -> str:
     headers = ["rank", "score", "label", "id"]
     geo = any(r.get("bbox") for r in results)
+    stac = any(r.get("stac_item") for r in results)
     if geo:
         headers.append("bbox (W,S,E,N)")
+    if stac:
+        headers += ["date", "cloud %", "STAC item"]
     lines = []
     for r in results:
         row = [str(r["rank"]), f"{r['score']:.4f}", str(r.get("label") or "-"), str(r["id"])]
         if geo:
             row.append(",".join(f"{v:.5f}" for v in r["bbox"]) if r.get("bbox") else "-")
+        if stac:
+            cloud = r.get("cloud_cover")
+            row.append(str(r.get("datetime") or "-")[:10])
+            row.append(f"{cloud:g}" if cloud is not None else "-")
+            row.append(str(r.get("stac_item_href") or r.get("stac_item") or "-"))
         lines.append(row)
     widths = [
         max(len(h), *(len(line[i]) for line in lines)) if lines else len(h) for i, h in enumerate(headers)

@@ -31,15 +31,21 @@ FINGERPRINT_VERSION = 3  # 3: the config without the folder it was loaded from
 
 def index_fingerprint(model: Any, processor: Any, manifest: dict[str, Any] | None = None) -> str:
     """What an index requires of the model that queries it: `evaluation.embed.model_fingerprint` of the weights,
-    config and processor (inference precision left out: a bf16 GPU build is queried in fp32 on a CPU; the folder
-    the model was loaded from left out: copies of one model are one model).
+    config and processor, and how its family tokenizes queries (inference precision left out: a bf16 GPU build is
+    queried in fp32 on a CPU; the folder the model was loaded from left out: copies of one model are one model).
 
     With the ``manifest`` of an index made before fingerprint version 3 (which hashed the model's folder too), the
     manifest's fingerprint is returned when the model matches it by that earlier recipe, so such indexes keep
     working with the model folder that built them."""
-    from ..evaluation.embed import DEFAULT_MAX_TEXT_LENGTH, model_fingerprint
+    from ..evaluation.embed import model_fingerprint
+    from ..inference.families import text_rule
 
-    extra = f"index\0{DEFAULT_MAX_TEXT_LENGTH}"
+    # How queries are tokenized (`inference.families`): RS-M-CLIP's rule (77 tokens, padded to the longest, with
+    # the attention mask) keeps the key of earlier indexes; SigLIP's fixed length without a mask is added to it.
+    rule = text_rule(model)
+    extra = f"index\0{rule.max_length}"
+    if rule.fixed_length or not rule.attention_mask:
+        extra += f"\0fixed_length={rule.fixed_length}\0attention_mask={rule.attention_mask}"
     fingerprint = model_fingerprint(model, processor, extra=extra)
     recorded = (manifest or {}).get("model", {})
     if (

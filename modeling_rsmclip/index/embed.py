@@ -22,6 +22,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from ..inference.families import image_batch_size, image_inputs, select_images
 from .sources import ReadResult, SourceOptions, WorkItem, read_item
 
 SHARD_PREFIX = "shard"
@@ -37,6 +38,7 @@ class ShardReport:
     nodata_tiles: list[dict[str, Any]] = field(default_factory=list)
     duplicates: list[dict[str, Any]] = field(default_factory=list)
     unchanged: list[dict[str, Any]] = field(default_factory=list)
+    network_errors: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -44,6 +46,7 @@ class ShardReport:
             "nodata_tiles": self.nodata_tiles,
             "duplicates": self.duplicates,
             "unchanged": self.unchanged,
+            "network_errors": self.network_errors,
         }
 
 
@@ -70,11 +73,9 @@ class _Collate:
         good = [(i, r) for i, r in batch if r.image is not None]
         pixels = None
         if good:
-            pixels = self.image_processor(images=[r.image for _, r in good], return_tensors="pt")[
-                "pixel_values"
-            ]
+            pixels = image_inputs(self.image_processor, [r.image for _, r in good])
         # The decoded arrays are not needed any further: do not send them back through the worker queue.
-        slim = [(i, ReadResult(None, r.content_hash, r.error, r.valid_fraction)) for i, r in batch]
+        slim = [(i, ReadResult(None, r.content_hash, r.error, r.valid_fraction, r.remote)) for i, r in batch]
         return slim, (pixels, [i for i, _ in good])
 
 
@@ -170,6 +171,8 @@ class ShardAssembler:
                     "valid_fraction": result.valid_fraction,
                 }
             )
+        elif result.remote is not None:
+            self.report.network_errors.append(network_error_entry(item, result.remote))
         elif result.error is not None:
             self.report.unreadable.append({"id": item.id, "path": item.path, "error": result.error})
         elif result.content_hash in self.known_hashes:
@@ -197,11 +200,12 @@ class ShardAssembler:
         return False
 
 
-def embed_selected(embedder: Any, pixels: torch.Tensor | None, rows: Sequence[int]) -> torch.Tensor | None:
-    """Embeddings of ``pixels[rows]`` (one forward pass; the whole batch when every row is kept), or None."""
+def embed_selected(embedder: Any, pixels: Any, rows: Sequence[int]) -> torch.Tensor | None:
+    """Embeddings of the rows ``rows`` of a batch of image inputs (`inference.families.image_inputs`, or a
+    ``pixel_values`` tensor) in one forward pass (the whole batch when every row is kept), or None."""
     if not rows:
         return None
-    selected = pixels if len(rows) == pixels.shape[0] else pixels[torch.tensor(list(rows))]
+    selected = pixels if len(rows) == image_batch_size(pixels) else select_images(pixels, rows)
     return embedder.embed_pixels(selected)
 
 
@@ -238,6 +242,18 @@ def embed_shard(
             progress.update(len(batch))
     embeddings = torch.cat(chunks).numpy() if chunks else np.zeros((0, 0), dtype=np.float32)
     return shard.rows, embeddings, shard.report
+
+
+def network_error_entry(item: WorkItem, remote: dict[str, Any]) -> dict[str, Any]:
+    """A ``network_errors`` entry of the report: the tile (id, STAC item and collection when it has them, its grid
+    window) and the read that failed (`geo.cloud.RemoteReadError.to_dict`: href, window read, attempts, error)."""
+    entry: dict[str, Any] = {"id": item.id, "path": item.path}
+    for key in ("stac_item", "stac_collection"):
+        if item.meta.get(key) is not None:
+            entry[key] = item.meta[key]
+    entry["tile_window"] = list(item.window) if item.window is not None else None
+    entry.update({k: remote.get(k) for k in ("href", "window", "attempts", "error")})
+    return entry
 
 
 def new_progress(total: int, desc: str, enabled: bool) -> Any:

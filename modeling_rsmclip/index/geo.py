@@ -1,4 +1,5 @@
-"""GeoTIFF scenes for the index: the tile grid, reading a tile as RGB with its valid mask, and its footprint.
+"""GeoTIFF scenes for the index: the tile grid, reading a tile as RGB with its valid mask, and its footprint; the
+same for the scenes of STAC items (`read_stac_window`, the bands `index.catalog` chose).
 
 Everything goes through `modeling_rsmclip.geo` (`raster.RasterReader`: band presets, stretch, nodata/alpha masks,
 footprints from the geotransform; `tiling`: the fixed window order and the rule for the edge), so a tile of the
@@ -86,3 +87,52 @@ def read_window(path: str, window: Window, preset: str | None = None, bands: lis
     from ..geo.tiling import read_tile_pixels
 
     return read_tile_pixels(reader, _as_window(window))
+
+
+_STAC_READERS: dict[tuple[str, str], Any] = {}
+
+
+def _stac_reader(scene: str, how: str, name: str, options: Any) -> Any:
+    """A STAC scene's reader, opened once per process (data-loader worker). A scene that cannot be opened fails
+    every later tile at once with the error of its one open (after its retries), and one whose files changed since
+    the work list was made (another grid) is refused."""
+    cached = _STAC_READERS.get((scene, how))
+    if isinstance(cached, BaseException):
+        raise cached
+    if cached is not None:
+        return cached
+    import json
+
+    _require_rasterio()
+    from ..geo.raster import BandSource, RasterReader
+
+    spec = json.loads(how)
+    try:
+        reader = RasterReader(
+            [BandSource(**band) for band in spec["bands"]],
+            preset=spec["preset"],
+            retry=options.retry,
+            signer=options.signer,
+            gdal_options=options.gdal_options,
+            name=name,
+        )
+        if [reader.height, reader.width] != list(spec["shape"]):
+            reader.close()
+            raise ValueError(
+                f"{name}: its files are {reader.width} x {reader.height} pixels now, {spec['shape'][1]} x "
+                f"{spec['shape'][0]} when the work list was made: rebuild the index"
+            )
+    except Exception as err:
+        _STAC_READERS[(scene, how)] = err
+        raise
+    _STAC_READERS[(scene, how)] = reader
+    return reader
+
+
+def read_stac_window(scene: str, how: str, window: Window, name: str, options: Any) -> Any:
+    """The tile with grid window ``window`` of a STAC scene as a `geo.tiling.TilePixels`, by `geo.tiling`'s rule
+    for the edge. ``scene``: its hash; ``how``: its ``stac_bands`` (preset, band sources, grid shape) from
+    `index.catalog`; ``options``: the `sources.SourceOptions` (remote retry, signer, GDAL settings)."""
+    from ..geo.tiling import read_tile_pixels
+
+    return read_tile_pixels(_stac_reader(scene, how, name, options), _as_window(window))

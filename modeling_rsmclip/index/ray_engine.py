@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from ..inference import autocast_precision, check_backend, load_encoder, load_model
+from ..inference.families import as_image_inputs
 from .embed import ShardAssembler, _Collate, embed_selected, new_progress, write_shard
 from .sources import SourceOptions, WorkItem, read_item
 
@@ -135,35 +136,26 @@ def chunk_rows(shards: Mapping[str, Sequence[WorkItem]], batch_size: int) -> lis
 def decode_chunks(
     batch: dict[str, np.ndarray], options: SourceOptions, image_processor: Any
 ) -> dict[str, Any]:
-    """Ray Data task: read and preprocess each chunk's items (`read_item`, then the image processor). Adds the
-    read results (``results``: pickled (results without images, positions of the decoded items)) and the
-    ``pixels`` of the decoded items."""
+    """Ray Data task: read and preprocess each chunk's items (`read_item`, then the image processor, as the
+    data-loader workers do). Adds ``results`` (pickled: the read results without their images, and the positions of
+    the decoded items) and ``inputs`` (pickled: the image tower's inputs of the decoded items, numpy arrays)."""
     collate = _Collate(image_processor)
-    results, pixels = [], []
+    results, inputs = [], []
     for blob in batch["items"]:
         items: list[WorkItem] = pickle.loads(blob)
         slim, (values, good) = collate(
             [(i, read_item(item, options, _DATASET_CACHE)) for i, item in enumerate(items)]
         )
         results.append(pickle.dumps(([r for _, r in slim], good)))
-        pixels.append(values.numpy() if values is not None else np.zeros((0, 3, 1, 1), dtype=np.float32))
+        arrays = {k: v.numpy() for k, v in as_image_inputs(values).items()} if values is not None else None
+        inputs.append(pickle.dumps(arrays, protocol=pickle.HIGHEST_PROTOCOL))
     return {
         "shard": batch["shard"],
         "chunk": batch["chunk"],
         "items": batch["items"],
         "results": np.array(results, dtype=object),
-        "pixels": _ragged(pixels),
+        "inputs": np.array(inputs, dtype=object),
     }
-
-
-def _ragged(arrays: list[np.ndarray]) -> np.ndarray:
-    """A column of arrays of different lengths (Ray Data stores it as a variable-shaped tensor column)."""
-    if len({a.shape for a in arrays}) == 1:
-        return np.stack(arrays)
-    column = np.empty(len(arrays), dtype=object)
-    for i, array in enumerate(arrays):
-        column[i] = array
-    return column
 
 
 class EmbedActor:
@@ -201,7 +193,6 @@ class EmbedActor:
             show_progress=False,
             model_key=fingerprint,
         )
-        self.dim = int(net.config.projection_dim)
         self.pid = os.getpid()
         self.decode = decode  # `decode_chunks` arguments, when this actor decodes its chunks itself
 
@@ -212,24 +203,22 @@ class EmbedActor:
             batch = decode_chunks(batch, **self.decode)
 
         kept_column, embeddings = [], []
-        for blob, result_blob, pixels in zip(batch["items"], batch["results"], batch["pixels"]):
+        for blob, result_blob, input_blob in zip(batch["items"], batch["results"], batch["inputs"]):
             items: list[WorkItem] = pickle.loads(blob)
             results, good = pickle.loads(result_blob)
             assembler = ShardAssembler(self.known_hashes)  # the chunk alone: what the shard keeps is a subset
             kept = [p for p, (item, result) in enumerate(zip(items, results)) if assembler.add(item, result)]
-            values = embed_selected(
-                self.embedder, torch.tensor(np.asarray(pixels)), [good.index(p) for p in kept]
-            )
+            arrays = pickle.loads(input_blob)
+            inputs = {k: torch.from_numpy(v) for k, v in arrays.items()} if arrays is not None else None
+            values = embed_selected(self.embedder, inputs, [good.index(p) for p in kept])
             kept_column.append(pickle.dumps(kept))
-            embeddings.append(
-                values.numpy() if values is not None else np.zeros((0, self.dim), dtype=np.float32)
-            )
+            embeddings.append(pickle.dumps(values.numpy() if values is not None else None))
         return {
             "shard": batch["shard"],
             "chunk": batch["chunk"],
             "results": batch["results"],
             "kept": np.array(kept_column, dtype=object),
-            "embeddings": _ragged(embeddings),
+            "embeddings": np.array(embeddings, dtype=object),
             "pid": np.full(len(kept_column), self.pid, dtype=np.int64),
         }
 
@@ -266,12 +255,20 @@ class _ShardWriter:
         self.directory, self.shards, self.batch_size = directory, shards, batch_size
         self.known_hashes, self.dim, self.progress = known_hashes, dim, progress
         self.expected = {name: math.ceil(len(items) / batch_size) for name, items in shards.items()}
-        self.pending: dict[str, dict[int, tuple[list[Any], list[int], np.ndarray]]] = {n: {} for n in shards}
+        self.pending: dict[str, dict[int, tuple[list[Any], list[int], np.ndarray | None]]] = {
+            n: {} for n in shards
+        }
         self.stats = RayRunStats()
         self.started = time.perf_counter()
 
     def add(
-        self, shard: str, chunk: int, results: list[Any], kept: list[int], embeddings: np.ndarray, pid: int
+        self,
+        shard: str,
+        chunk: int,
+        results: list[Any],
+        kept: list[int],
+        embeddings: np.ndarray | None,
+        pid: int,
     ) -> None:
         if shard not in self.pending or chunk in self.pending[shard]:
             self.stats.repeated += 1  # a retried chunk whose first result arrived too: keep the first
@@ -421,7 +418,7 @@ def embed_shards(
                     int(batch["chunk"][i]),
                     results,
                     pickle.loads(batch["kept"][i]),
-                    np.asarray(batch["embeddings"][i]),
+                    pickle.loads(batch["embeddings"][i]),
                     int(batch["pid"][i]),
                 )
         writer.check_complete()

@@ -19,6 +19,8 @@ import numpy as np
 
 from ..inference import autocast_precision, check_backend, load_encoder, load_model, model_name
 from .common import apply_search_params, index_fingerprint, require_index_dependencies
+from .geoparquet import GEOMETRY_COLUMN
+from .geoparquet import counter_clockwise as _counter_clockwise
 
 
 class IndexModelMismatchError(ValueError):
@@ -304,11 +306,26 @@ class RSMCLIPIndex:
 
             if isinstance(query, str | os.PathLike):
                 query = load_image_file(query)
-            pixels = embedder.image_processor(images=[to_rgb(query)], return_tensors="pt")["pixel_values"]
-            return embedder.embed_pixels(pixels).numpy()
+            from ..inference.families import image_inputs
+
+            return embedder.embed_pixels(image_inputs(embedder.image_processor, [to_rgb(query)])).numpy()
         if not isinstance(query, str) or not query.strip():
             raise ValueError(f"the query must be a non-empty text or an image, got {query!r}")
         return embedder.embed_texts([query]).numpy()
+
+    def embed_queries(self, texts: list[str]) -> np.ndarray:
+        """The L2-normalised embeddings (n x dim float32) of several text queries in one forward pass, padded to the
+        longest (for a server that batches concurrent queries). Each row equals `embed_query` of its text within
+        float tolerance (padding is masked out of the mean pooling)."""
+        import copy
+
+        texts = list(texts)
+        for i, text in enumerate(texts):
+            if not isinstance(text, str) or not text.strip():
+                raise ValueError(f"query {i} must be a non-empty text, got {text!r}")
+        embedder = copy.copy(self._ensure_model())  # a batch size of its own: the shared one stays 1
+        embedder.batch_size = max(1, len(texts))
+        return embedder.embed_texts(texts).numpy()
 
     def search(
         self,
@@ -429,6 +446,7 @@ class RSMCLIPIndex:
 
     def _result(self, rank: int, score: float, i: int) -> dict[str, Any]:
         row = dict(self.row(i))
+        row.pop(GEOMETRY_COLUMN, None)  # the GeoParquet WKB of footprint_lonlat
         footprint = row.pop("footprint_lonlat", None)
         ring = row.pop("footprint", None)
         out = {
@@ -448,7 +466,8 @@ class RSMCLIPIndex:
 # ---------------------------------------------------------------------------------------------------- GeoJSON
 def to_geojson(results: list[dict[str, Any]]) -> dict[str, Any]:
     """A GeoJSON FeatureCollection (RFC 7946, lon/lat) of the results' footprints, with the score, rank, id, path,
-    label and the other scalar metadata as properties; a result without a footprint gets a null geometry."""
+    label and the other scalar metadata as properties; a result without a footprint gets a null geometry. A hit
+    from a STAC item links to it (``links``: rel ``via``, the item's own href)."""
     features = []
     for result in results:
         polygon = result.get("footprint_lonlat")
@@ -464,14 +483,17 @@ def to_geojson(results: list[dict[str, Any]]) -> dict[str, Any]:
         feature: dict[str, Any] = {"type": "Feature", "geometry": geometry, "properties": properties}
         if result.get("bbox") is not None:
             feature["bbox"] = list(result["bbox"])
+        if result.get("stac_item_href"):
+            feature["links"] = [
+                {
+                    "rel": "via",
+                    "href": result["stac_item_href"],
+                    "type": "application/geo+json",
+                    "title": f"STAC item {result.get('stac_item')}",
+                }
+            ]
         features.append(feature)
     return {"type": "FeatureCollection", "features": features}
-
-
-def _counter_clockwise(ring: list[list[float]]) -> list[list[float]]:
-    """RFC 7946's right-hand rule for an exterior ring: counter-clockwise (same first point)."""
-    area = sum(x0 * y1 - x1 * y0 for (x0, y0), (x1, y1) in zip(ring, ring[1:]))
-    return ring if area >= 0 else ring[::-1]
 
 
 def _json_scalar(value: Any) -> bool:

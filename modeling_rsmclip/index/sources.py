@@ -1,4 +1,5 @@
-"""What an index is built from: image folders, a builder dataset, GeoTIFF scenes cut into tiles.
+"""What an index is built from: image folders, a builder dataset, GeoTIFF scenes cut into tiles, and the scenes of a
+STAC query (`index.catalog`).
 
 Every source is expanded into a fixed, ordered work list of `WorkItem`s before anything is embedded; the order is
 what makes shards reproducible (shard ``i`` is always the same items), so a killed build resumes, and a build
@@ -14,7 +15,7 @@ import io
 import json
 import os
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,7 @@ class WorkItem:
     """
 
     id: str
-    kind: str  # "file" | "tile" | "dataset"
+    kind: str  # "file" | "tile" | "dataset" | "stac-tile"
     path: str
     row: int | None = None
     window: tuple[int, int, int, int] | None = None  # col_off, row_off, width, height
@@ -48,21 +49,39 @@ class WorkItem:
     def key(self) -> str:
         return json.dumps(asdict(self), sort_keys=True, default=str)
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> WorkItem:
+        """The item `key` / a stored work list describes (JSON turns the window into a list: back to a tuple)."""
+        window = data.get("window")
+        return cls(**{**data, "window": tuple(int(v) for v in window) if window is not None else None})
+
 
 @dataclass
 class SourceOptions:
-    """How sources are read: tiling of scenes and band selection."""
+    """How sources are read: tiling of scenes and band selection; for remote files (STAC assets) also ``retry``
+    (`geo.cloud.RetryPolicy`, None: its default), ``gdal_options`` (over the package's cloud settings) and
+    ``signer`` (``href -> href to open``; not recorded)."""
 
     tile_size: int | None = None
     overlap: int = 0
     preset: str | None = None
-    bands: list[int] | None = None
+    bands: list[int | str] | None = None
     min_valid: float = 0.5
     dataset: str | None = None
     split: str | None = None
+    retry: Any = None
+    gdal_options: dict[str, Any] | None = None
+    signer: Any = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("signer", "retry")}
+        if self.retry is not None:
+            data["retry"] = asdict(self.retry)
+        if self.signer is not None:
+            data["signer"] = (
+                f"{getattr(self.signer, '__module__', '?')}:{getattr(self.signer, '__qualname__', '?')}"
+            )
+        return data
 
 
 def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
@@ -233,15 +252,30 @@ def list_scene_tiles(path: Path, options: SourceOptions, scene_id: str) -> list[
     return items
 
 
+def tile_content_hash(
+    scene_hash: str, window: Sequence[int], read_window: Sequence[int] | None = None
+) -> str:
+    """The content hash of a scene's tile: its scene, its grid window and, for an edge tile read moved back inside
+    the scene (`geo.tiling.clamp_window`), the window its pixels come from."""
+    window = tuple(int(v) for v in window)
+    key = f"{scene_hash}@{window}"
+    if read_window is not None and tuple(int(v) for v in read_window) != window:
+        key += f"<-{tuple(int(v) for v in read_window)}"
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
 # ------------------------------------------------------------------------------------------------- reading
 @dataclass
 class ReadResult:
-    """A decoded item (``image`` HxWx3 uint8) with its content hash, or ``error``/``nodata`` saying why not."""
+    """A decoded item (``image`` HxWx3 uint8) with its content hash, or ``error``/``nodata`` saying why not.
+    ``remote``: for a remote read that failed after its retries, `geo.cloud.RemoteReadError.to_dict` (href,
+    window, attempts, error)."""
 
     image: np.ndarray | None
     content_hash: str | None
     error: str | None = None
     valid_fraction: float | None = None
+    remote: dict[str, Any] | None = None
 
 
 def read_item(
@@ -253,15 +287,19 @@ def read_item(
         if item.kind == "file":
             content_hash = file_sha256(item.path)
             return ReadResult(_to_rgb(load_image_file(item.path), bands=options.bands), content_hash)
-        if item.kind == "tile":
+        if item.kind in ("tile", "stac-tile"):
             from ..geo.tiling import keep_tile
-            from .geo import read_window
+            from .geo import read_stac_window, read_window
 
-            pixels = read_window(item.path, item.window, preset=options.preset, bands=options.bands)
-            key = f"{item.scene_hash}@{item.window}"
-            if pixels.read_window != tuple(item.window):  # an edge tile, read moved inside the raster
-                key += f"<-{pixels.read_window}"
-            content_hash = hashlib.sha256(key.encode()).hexdigest()
+            if item.kind == "tile":
+                pixels = read_window(item.path, item.window, preset=options.preset, bands=options.bands)
+            else:  # the bands index.catalog chose from the item's metadata
+                name = f"STAC item {item.meta.get('stac_item')}"
+                pixels = read_stac_window(
+                    item.scene_hash, item.meta["stac_bands"], item.window, name, options
+                )
+            # An edge tile is read moved inside the raster: its hash says so.
+            content_hash = tile_content_hash(item.scene_hash, item.window, pixels.read_window)
             fraction = pixels.valid_fraction
             if not keep_tile(fraction, options.min_valid):
                 return ReadResult(None, content_hash, error="nodata", valid_fraction=fraction)
@@ -273,7 +311,8 @@ def read_item(
         message = str(err)
         if item.path not in message:
             message = f"{item.path}: {message}"
-        return ReadResult(None, None, error=f"{type(err).__name__}: {message}")
+        remote = err.to_dict() if hasattr(err, "to_dict") and hasattr(err, "href") else None
+        return ReadResult(None, None, error=f"{type(err).__name__}: {message}", remote=remote)
 
 
 def _read_dataset_row(item: WorkItem, options: SourceOptions, cache: dict[str, Any]) -> ReadResult:

@@ -4,6 +4,8 @@
 - `load_encoder(model, backend, precision, device=...)`: the one encoder factory; `check_backend` is the one check
   of the backend / precision / device vocabulary (`options`), which the command-line options share.
 - `class_embeddings(encoder, processor, labels, language)`: the one class-embedding builder.
+- `families`: what differs between the model families it runs (RS-M-CLIP, CLIP, SigLIP, SigLIP 2, AltCLIP): text
+  tokenization, zero-shot scoring (`zero_shot_probabilities`), embedding size, dense features, ONNX support.
 - ONNX export (`rsmclip export --to-onnx`), ONNX Runtime and PyTorch int8 encoders.
 
 Names are imported on first use; ONNX Runtime only when an ONNX backend is used (`pip install "rsmclip[onnx]"`).
@@ -30,6 +32,11 @@ _EXPORTS = {
     "average_prompt_embeddings": ".classes",
     "class_embeddings": ".classes",
     "class_prompts": ".classes",
+    "FAMILIES": ".families",
+    "ModelFamily": ".families",
+    "embedding_dim": ".families",
+    "model_family": ".families",
+    "zero_shot_probabilities": ".families",
     "OnnxEncoder": ".encoders",
     "TorchInt8Encoder": ".encoders",
     "default_onnx_cache_dir": ".encoders",

@@ -52,8 +52,10 @@ def class_prompts(
 
 def embed_texts(encoder: Any, processor: Any, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
     """Un-normalised float32 text embeddings of ``texts`` (``get_text_features(...).pooler_output``), in batches,
-    on the device of the encoder's parameters."""
+    on the device of the encoder's parameters; tokenized by the model family's rule (`families.text_inputs`)."""
     import torch
+
+    from .families import text_features, text_inputs
 
     first = next(iter(encoder.parameters()), None) if hasattr(encoder, "parameters") else None
     device = first.device if first is not None else torch.device("cpu")
@@ -61,13 +63,8 @@ def embed_texts(encoder: Any, processor: Any, texts: Sequence[str], batch_size: 
     chunks = []
     with torch.inference_mode():
         for start in range(0, len(texts), batch_size):
-            batch = tokenizer(
-                list(texts[start : start + batch_size]), padding=True, truncation=True, return_tensors="pt"
-            )
-            out = encoder.get_text_features(
-                input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)
-            )
-            chunks.append(out.pooler_output.float().cpu().numpy())
+            batch = text_inputs(encoder, tokenizer, texts[start : start + batch_size])
+            chunks.append(text_features(encoder, batch, device).float().cpu().numpy())
     return np.concatenate(chunks)
 
 

@@ -2,7 +2,9 @@
 
 `load_encoder(model, backend, precision)` returns an object that `evaluation.embed.Embedder` (and anything else
 that calls `get_image_features(pixel_values=...)` / `get_text_features(input_ids=..., attention_mask=...)` and
-reads `.pooler_output`) uses in place of an `RSMCLIPModel`:
+reads `.pooler_output`) uses in place of the model, for every family of `families` (RS-M-CLIP, CLIP, SigLIP,
+SigLIP 2, AltCLIP; ONNX for the families `families.check_onnx_export` allows). An encoder carries the model's
+config (so it is of the model's family) and its `logit_scale` (and SigLIP's `logit_bias`) for zero-shot scores:
 
 | backend | precision | what runs |
 |---|---|---|
@@ -30,6 +32,7 @@ from torch import nn
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from ..cache_dirs import user_cache_dir
+from .families import check_onnx_export, patch_features
 from .loading import load_model, portable_config_json
 from .options import check_backend
 from .runtime import MANIFEST_FILE
@@ -82,13 +85,14 @@ class _Encoder(nn.Module):
 
 
 def quantize_model(model: nn.Module, inplace: bool = False) -> nn.Module:
-    """A copy of `model` (an `RSMCLIPModel`) with every `nn.Linear` of both towers and projections dynamically
-    quantised to int8 weights (`torch.ao`, CPU only); `model` itself is left as it is, unless `inplace=True`
-    (then `model` is quantised and returned: no second copy in memory, for callers that no longer need fp32).
+    """A copy of `model` (an `RSMCLIPModel`, or a model of another family: `families`) with every `nn.Linear` of
+    both towers and projections dynamically quantised to int8 weights (`torch.ao`, CPU only); `model` itself is
+    left as it is, unless `inplace=True` (then `model` is quantised and returned: no second copy in memory, for
+    callers that no longer need fp32).
 
-    The copy is still an `RSMCLIPModel`: `get_image_features`, `get_text_features`, `get_patch_features` (NACLIP
-    included), `forward` and the transformers pipelines (`zero-shot-image-classification`, the retrieval
-    pipeline) take it as they take the fp32 model. It runs on the CPU in fp32 activations, and cannot be trained
+    The copy is still a model of its class: `get_image_features`, `get_text_features`, patch features (NACLIP
+    included, `families.patch_features`), `forward` and the transformers pipelines (`zero-shot-image-classification`,
+    the retrieval pipeline) take it as they take the fp32 model. It runs on the CPU in fp32 activations, and cannot be trained
     or saved with `save_pretrained` (keep the fp32 model for that and quantise again after loading).
 
     Dynamic quantisation picks one activation scale per call, so an embedding depends slightly on the other inputs
@@ -96,7 +100,7 @@ def quantize_model(model: nn.Module, inplace: bool = False) -> nn.Module:
     """
     import copy
 
-    from torch.ao.quantization import quantize_dynamic
+    from torch.ao.quantization import default_dynamic_qconfig, quantize_dynamic
 
     if not isinstance(model, nn.Module):
         raise TypeError(f"quantize_model takes a loaded model (nn.Module), got {type(model).__name__}")
@@ -104,7 +108,15 @@ def quantize_model(model: nn.Module, inplace: bool = False) -> nn.Module:
     if hasattr(quantized, "distillation_head"):
         # The training-only DINO head (weight-normalised, unused at inference) is not quantisable: drop it.
         quantized.distillation_head = nn.Identity()
-    quantize_dynamic(quantized, {nn.Linear}, dtype=torch.qint8, inplace=True)
+    # Every `nn.Linear` (exactly: not the subclass inside `nn.MultiheadAttention`, which it calls as a tensor) but
+    # those of the embeddings: SigLIP 2 embeds its patches with a linear layer whose weight's dtype it reads.
+    # RS-M-CLIP, CLIP, SigLIP and AltCLIP have no linear layer there: all of theirs are quantised.
+    layers = {
+        name: default_dynamic_qconfig
+        for name, module in quantized.named_modules()
+        if type(module) is nn.Linear and "embeddings" not in name.split(".")
+    }
+    quantize_dynamic(quantized, layers, dtype=torch.qint8, inplace=True)
     return quantized.requires_grad_(False).eval()
 
 
@@ -119,12 +131,15 @@ class TorchInt8Encoder(_Encoder):
         # and `fingerprint` already names the source weights.
         self.__dict__["quantized"] = quantize_model(model, inplace=inplace)
         self.logit_scale = self.quantized.logit_scale.detach().clone()
+        bias = getattr(self.quantized, "logit_bias", None)  # SigLIP
+        self.logit_bias = None if bias is None else bias.detach().clone()
 
     @torch.inference_mode()
     def get_patch_features(self, pixel_values: torch.Tensor, **kwargs: Any) -> torch.Tensor:
-        """Dense patch embeddings, as `RSMCLIPModel.get_patch_features` (NACLIP options included)."""
+        """Dense patch embeddings, as `families.patch_features` gives them for the fp32 model (NACLIP options
+        included)."""
         self._check_cpu(pixel_values)
-        return self.quantized.get_patch_features(pixel_values.float(), **kwargs)
+        return patch_features(self.quantized, pixel_values.float(), **kwargs)
 
     @torch.inference_mode()
     def get_image_features(self, pixel_values: torch.Tensor, **kwargs: Any) -> BaseModelOutputWithPooling:
@@ -150,6 +165,7 @@ class OnnxEncoder(_Encoder):
         precision: str = "fp32",
         threads: int | None = None,
         logit_scale: float | None = None,
+        logit_bias: float | None = None,
     ) -> None:
         from transformers import AutoConfig
 
@@ -177,6 +193,10 @@ class OnnxEncoder(_Encoder):
             )
             logit_scale = math.exp(float(getattr(config, "logit_scale_init_value", math.log(100.0))))
         self.logit_scale = torch.tensor(math.log(float(logit_scale)))
+        # SigLIP's bias of zero-shot scores: given (from the source model), else the manifest's (None otherwise).
+        if logit_bias is None:
+            logit_bias = runner.logit_bias
+        self.logit_bias = None if logit_bias is None else torch.tensor(float(logit_bias))
 
     def get_image_features(self, pixel_values: torch.Tensor, **kwargs: Any) -> BaseModelOutputWithPooling:
         self._check_cpu(pixel_values)
@@ -186,6 +206,8 @@ class OnnxEncoder(_Encoder):
     def get_text_features(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs: Any
     ) -> BaseModelOutputWithPooling:
+        """Text embeddings from the text graph; a graph exported without a mask input (SigLIP) is given the
+        ids alone, as its PyTorch model is."""
         self._check_cpu(input_ids)
         mask = None if attention_mask is None else attention_mask.detach().numpy()
         embeds = self.runner.encode_text(input_ids.detach().numpy(), mask)
@@ -260,12 +282,16 @@ def load_encoder(
     if isinstance(model, _Encoder) and (model.backend, model.precision) == (backend, precision):
         return model  # made once and shared (the web app's encoder)
     if backend == "onnx":
+        if isinstance(model, nn.Module):
+            check_onnx_export(model)  # before anything is exported (SigLIP 2 is refused with its reason)
         scale = getattr(model, "logit_scale", None) if isinstance(model, nn.Module) else None
+        bias = getattr(model, "logit_bias", None) if isinstance(model, nn.Module) else None
         return OnnxEncoder(
             onnx_folder_for(model, processor, cache_dir),
             precision=precision,
             threads=threads,
-            logit_scale=None if scale is None else float(scale.detach().exp()),
+            logit_scale=None if scale is None else float(scale.detach().exp().reshape(-1)[0]),
+            logit_bias=None if bias is None else float(bias.detach().reshape(-1)[0]),
         )
     if not isinstance(model, nn.Module) and is_onnx_folder(model):
         raise ValueError(f"{model} is an ONNX export folder: use backend='onnx'")

@@ -11,18 +11,58 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ..cache_dirs import user_cache_dir
+
 DEMO_MODEL_DIR = Path(__file__).resolve().parents[1] / "demo_model"
 DEMO_NAME = "demo"
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
 
 
+def converted_models_dir() -> Path:
+    """Where known OpenCLIP models are kept once converted: ``$RSMCLIP_MODELS_CACHE``, else
+    ``~/.cache/rsmclip/models``."""
+    return user_cache_dir("models", "RSMCLIP_MODELS_CACHE")
+
+
+def resolve_known_model(name: str) -> str:
+    """The folder or Hub id of a known model (`known_models`): a transformers-native model's Hub id; an OpenCLIP
+    checkpoint converted once into `converted_models_dir()` (downloaded from the Hub the first time; offline, the
+    error says what to download and how). A tower this project cannot hold is refused, saying why."""
+    from ..known_models import get_known_model
+
+    known = get_known_model(name)
+    if not known.supported:
+        raise ValueError(f"{known.name} ({known.title}) cannot be used: {known.note}")
+    if known.format == "transformers":
+        return str(known.hub_id)
+    folder = converted_models_dir() / known.name
+    if (folder / "config.json").is_file():
+        return str(folder)
+    # The one conversion path (`rsmclip convert`): it resolves the known name to its Hub file and architecture.
+    from ..conversion.convert import convert_open_clip
+
+    tmp = folder.with_name(f"{folder.name}.tmp{os.getpid()}")
+    try:
+        convert_open_clip(known.name, tmp)
+        os.replace(tmp, folder)
+    finally:
+        if tmp.exists():
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)
+    return str(folder)
+
+
 def resolve_model_source(model: str | os.PathLike) -> str:
     """Where `load_model` reads ``model`` from: the bundled demo model's folder for ``"demo"``, a local folder
-    (checked), or a Hub id as given.
+    (checked), a known model (`known_models`, e.g. ``"remoteclip-vit-b-32"``; see `resolve_known_model`), or a
+    Hub id as given. An existing folder wins over a known name.
 
     A name that can only be a local path (absolute, starting with ``.`` or ``~``, or with more than one ``/``) and
     does not exist raises `FileNotFoundError`; a folder without ``config.json`` raises `ValueError`.
     """
+    from ..known_models import is_known_model
+
     name = os.fspath(model)
     if name == DEMO_NAME:
         return str(DEMO_MODEL_DIR)
@@ -35,6 +75,8 @@ def resolve_model_source(model: str | os.PathLike) -> str:
         if not (path / "config.json").is_file():
             raise ValueError(f"{path} is not a model folder: it has no config.json")
         return str(path)
+    if is_known_model(name):
+        return resolve_known_model(name)
     if path.is_absolute() or name.startswith((".", "~")) or name.count("/") > 1 or "\\" in name:
         raise FileNotFoundError(
             f"model folder not found: {name} (give a model folder, a Hub id org/name or 'demo')"
@@ -139,6 +181,8 @@ def _load_processor(source: str) -> Any:
 __all__ = [
     "DEMO_MODEL_DIR",
     "DEMO_NAME",
+    "converted_models_dir",
+    "resolve_known_model",
     "load_model",
     "model_name",
     "portable_config_json",

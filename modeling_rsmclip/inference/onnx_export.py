@@ -1,16 +1,20 @@
-"""Export the two RS-M-CLIP towers as ONNX graphs, with int8 variants (`rsmclip export --to-onnx MODEL OUT_DIR`).
+"""Export the two towers of a model as ONNX graphs, with int8 variants (`rsmclip export --to-onnx MODEL OUT_DIR`).
+
+Any family of `families` whose towers a fixed graph holds: RS-M-CLIP, CLIP, SigLIP and AltCLIP (`get_image_features`
+/ `get_text_features` as they are); SigLIP 2 is refused with the reason (`families.check_onnx_export`).
 
 The folder holds:
 - `image_encoder.onnx`: `pixel_values (batch, 3, H, W)` -> `image_embeds (batch, D)`;
-- `text_encoder.onnx`: `input_ids, attention_mask (batch, sequence)` -> `text_embeds (batch, D)`;
-  both outputs are the projected, un-normalised embeddings (`get_*_features(...).pooler_output`), batch and
-  sequence axes are dynamic;
+- `text_encoder.onnx`: `input_ids, attention_mask (batch, sequence)` -> `text_embeds (batch, D)` (SigLIP: `input_ids`
+  alone, padded to its text length, as it was trained); both outputs are the projected, un-normalised embeddings
+  (`get_*_features(...).pooler_output`), batch and sequence axes are dynamic;
 - `image_encoder.int8.onnx`, `text_encoder.int8.onnx`: the same graphs after ONNX Runtime's transformer fusions
   (attention, layer norm, GELU) and dynamic int8 quantisation of the weight matrices (int8 weights, activations
   quantised per call);
 - the processor and tokenizer files (`processor_config.json`, `tokenizer.json`, ...), the model's `config.json`,
-  `onnx_manifest.json` (files, SHA-256, the parity measured at export) and `rsmclip_onnx.py`, a runner that needs
-  only onnxruntime, tokenizers, Pillow and numpy (see `modeling_rsmclip/inference/runtime.py`).
+  `onnx_manifest.json` (the family, how texts are padded, the zero-shot scoring, files, SHA-256, the parity measured
+  at export) and `rsmclip_onnx.py`, a runner that needs only onnxruntime, tokenizers, Pillow and numpy (see
+  `modeling_rsmclip/inference/runtime.py`).
 
 Graphs are traced with `torch.onnx.export(dynamo=True)` (opset 18) and checked against PyTorch at export time.
 """
@@ -30,6 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .families import ModelFamily, check_onnx_export, embedding_dim, text_rule
 from .runtime import GRAPH_FILES, MANIFEST_FILE
 
 logger = logging.getLogger(__name__)
@@ -52,13 +57,14 @@ class ImageEncoder(nn.Module):
 
 
 class TextEncoder(nn.Module):
-    """`input_ids, attention_mask -> text_embeds`: the text tower, masked mean pooling and the projection."""
+    """`input_ids, attention_mask -> text_embeds`: the text tower, its pooling and the projection (SigLIP:
+    `input_ids -> text_embeds`, no mask)."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         return self.model.get_text_features(input_ids=input_ids, attention_mask=attention_mask).pooler_output
 
 
@@ -95,30 +101,61 @@ def _save_graph(onnx: Any, source: Path, target: Path) -> None:
     )
 
 
+def _special_ids(config: Any) -> tuple[int, int, int]:
+    """(start, end, pad) token ids of the text tower (XLM-R's 0, 2, 1 when the config does not say)."""
+    text = config.text_config
+
+    def first(*values: Any) -> int:
+        return next(int(v) for v in values if isinstance(v, int))
+
+    return (
+        first(getattr(text, "bos_token_id", None), 0),
+        first(getattr(text, "eos_token_id", None), 2),
+        first(getattr(text, "pad_token_id", None), 1),
+    )
+
+
+def _tokenizer_pad_id(tokenizer: Any, config: Any) -> int:
+    pad = getattr(tokenizer, "pad_token_id", None)
+    return int(pad) if pad is not None else _special_ids(config)[2]
+
+
 def _example_inputs(
     model: nn.Module, batch: int = 2, length: int = 7
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Random pixel values and texts that exercise what the graph must hold: texts of two lengths (padding, and the
+    mask where the family reads one); SigLIP's texts padded to its fixed length."""
     config = model.config
+    rule = text_rule(model)
     size = config.vision_config.image_size
     generator = torch.Generator().manual_seed(0)
     pixel_values = torch.randn(batch, 3, size, size, generator=generator)
+    bos, eos, pad = _special_ids(config)
     vocab = config.text_config.vocab_size
-    input_ids = torch.randint(5, vocab, (batch, length), generator=generator)
-    input_ids[:, 0] = 0
+    length = rule.max_length if rule.fixed_length else min(length, rule.max_length)
+    input_ids = torch.randint(0, vocab, (batch, length), generator=generator)
+    # Content tokens avoid the special ids: the end token's position decides CLIP's pooling.
+    input_ids = torch.where(
+        torch.isin(input_ids, torch.tensor([bos, eos, pad])), (input_ids + 7) % vocab, input_ids
+    )
+    input_ids[:, 0] = bos
+    input_ids[:-1, -1] = eos
     attention_mask = torch.ones_like(input_ids)
-    # One shorter text: padding and the mask are part of the traced graph.
-    input_ids[-1, length // 2 :] = config.text_config.pad_token_id
-    attention_mask[-1, length // 2 :] = 0
-    input_ids[-1, length // 2 - 1] = 2
-    input_ids[:-1, -1] = 2
-    return pixel_values, input_ids, attention_mask
+    # One shorter text: padding (and the mask) are part of the traced graph.
+    short = max(2, min(length // 2, 5))
+    input_ids[-1, short - 1] = eos
+    input_ids[-1, short:] = pad
+    attention_mask[-1, short:] = 0
+    texts = {"input_ids": input_ids}
+    if rule.attention_mask:
+        texts["attention_mask"] = attention_mask
+    return pixel_values, texts
 
 
 def _export_towers(model: nn.Module, workdir: Path) -> tuple[Path, Path]:
-    pixel_values, input_ids, attention_mask = _example_inputs(model)
+    pixel_values, texts = _example_inputs(model)
     batch = torch.export.Dim("batch")
-    max_length = int(model.config.text_config.max_position_embeddings) - 3
-    sequence = torch.export.Dim("sequence", min=1, max=max(2, max_length))
+    sequence = torch.export.Dim("sequence", min=1, max=max(2, text_rule(model).max_length))
     image_path, text_path = workdir / "image.onnx", workdir / "text.onnx"
     torch.onnx.export(
         ImageEncoder(model).eval(),
@@ -133,11 +170,11 @@ def _export_towers(model: nn.Module, workdir: Path) -> tuple[Path, Path]:
     )
     torch.onnx.export(
         TextEncoder(model).eval(),
-        (input_ids, attention_mask),
+        tuple(texts.values()),
         str(text_path),
-        input_names=["input_ids", "attention_mask"],
+        input_names=list(texts),
         output_names=["text_embeds"],
-        dynamic_shapes={"input_ids": {0: batch, 1: sequence}, "attention_mask": {0: batch, 1: sequence}},
+        dynamic_shapes={name: {0: batch, 1: sequence} for name in texts},
         dynamo=True,
         opset_version=OPSET,
         verbose=False,
@@ -197,17 +234,16 @@ def _check(model: nn.Module, folder: Path, quantized: bool, threads: int | None 
     different lengths, so padding is exercised)."""
     from .runtime import ONNXRSMCLIP
 
-    pixel_values, input_ids, attention_mask = _example_inputs(model, batch=3, length=11)
+    pixel_values, texts = _example_inputs(model, batch=3, length=11)
+    mask = texts.get("attention_mask")
     with torch.inference_mode():
         image_ref = model.get_image_features(pixel_values=pixel_values).pooler_output.numpy()
-        text_ref = model.get_text_features(
-            input_ids=input_ids, attention_mask=attention_mask
-        ).pooler_output.numpy()
+        text_ref = model.get_text_features(**texts).pooler_output.numpy()
     report: dict[str, float] = {}
     for precision in ("fp32", "int8") if quantized else ("fp32",):
         runner = ONNXRSMCLIP(folder, precision=precision, threads=threads)
         image = runner.encode_image(pixel_values.numpy())
-        text = runner.encode_text(input_ids.numpy(), attention_mask.numpy())
+        text = runner.encode_text(texts["input_ids"].numpy(), None if mask is None else mask.numpy())
         if precision == "fp32":
             report["image_max_abs_diff"] = float(np.abs(image - image_ref).max())
             report["text_max_abs_diff"] = float(np.abs(text - text_ref).max())
@@ -229,7 +265,8 @@ def export_onnx(
     quantize: bool = True,
     verify: bool = True,
 ) -> Path:
-    """Write the ONNX export folder of `model` (an `RSMCLIPModel`, or a model folder / Hub id) to `output_dir`.
+    """Write the ONNX export folder of `model` (a model of a family `families.check_onnx_export` allows, or a model
+    folder / Hub id) to `output_dir`.
 
     Args:
         model: the model, or where to load it (and its processor) from.
@@ -238,13 +275,15 @@ def export_onnx(
         quantize: also write the int8 graphs.
         verify: run the graphs in ONNX Runtime against PyTorch and record the differences in the manifest.
 
-    Returns the folder. Raises `ValueError` when a fp32 graph differs from PyTorch by more than 1e-3.
+    Returns the folder. Raises `ValueError` when a fp32 graph differs from PyTorch by more than 1e-3, or for a family
+    whose towers ONNX does not hold (SigLIP 2), before anything is written.
     """
     onnx, _ = _import_onnx()
     from .loading import load_model, model_name
 
     source = model_name(model) if isinstance(model, nn.Module) else str(model)
     net, processor = load_model(model, processor)
+    family = check_onnx_export(net)
     net = net.float().eval()
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -279,16 +318,31 @@ def export_onnx(
         for name in sorted(GRAPH_FILES.values())
         if (out / name).is_file() and (quantize or ".int8." not in name)
     }
+    rule = text_rule(net)
+    tokenizer = getattr(processor, "tokenizer", processor)
     manifest: dict[str, Any] = {
         "format": "rsmclip-onnx-v1",
         "source": source,
+        "family": family.name,
+        "model_class": family.model_class,
         "opset": OPSET,
-        "projection_dim": int(config.projection_dim),
-        "logit_scale": float(net.logit_scale.detach().exp()),
+        "projection_dim": embedding_dim(net),
+        "logit_scale": float(net.logit_scale.detach().exp().reshape(-1)[0]),
+        **_scoring(net, family),
         "image_size": int(config.vision_config.image_size),
-        "pad_token_id": int(config.text_config.pad_token_id),
-        "max_text_length": int(min(77, config.text_config.max_position_embeddings - 3)),
-        "inputs": {"image": ["pixel_values"], "text": ["input_ids", "attention_mask"]},
+        # The id the export's tokenizer pads with (CLIP's pads with its end token, whatever its config says).
+        "pad_token_id": int(_tokenizer_pad_id(tokenizer, config)),
+        "max_text_length": rule.max_length,
+        "text": {
+            "padding": "max_length" if rule.fixed_length else "longest",
+            "padding_side": getattr(tokenizer, "padding_side", "right"),
+            "pad_token": str(getattr(tokenizer, "pad_token", "<pad>")),
+            "attention_mask": rule.attention_mask,
+        },
+        "inputs": {
+            "image": ["pixel_values"],
+            "text": ["input_ids", "attention_mask"] if rule.attention_mask else ["input_ids"],
+        },
         "outputs": {"image": "image_embeds", "text": "text_embeds"},
         "files": files,
         "quantization": quantization,
@@ -304,6 +358,13 @@ def export_onnx(
         if worst > 1e-3:
             raise ValueError(f"the ONNX graphs in {out} differ from PyTorch by up to {worst:.2e}")
     return out
+
+
+def _scoring(model: nn.Module, family: ModelFamily) -> dict[str, Any]:
+    """How zero-shot scores are made (`families.zero_shot_probabilities`): softmax, or sigmoid with the bias."""
+    if family.scoring == "sigmoid":
+        return {"scoring": "sigmoid", "logit_bias": float(model.logit_bias.detach().reshape(-1)[0])}
+    return {"scoring": "softmax"}
 
 
 __all__ = ["ImageEncoder", "TextEncoder", "export_onnx", "quantize_graph"]

@@ -1,4 +1,4 @@
-"""RS-M-CLIP embeddings with ONNX Runtime alone: no PyTorch, no transformers.
+"""RS-M-CLIP (and CLIP, SigLIP, AltCLIP) embeddings with ONNX Runtime alone: no PyTorch, no transformers.
 
 This file has no import of the `modeling_rsmclip` package (only numpy, onnxruntime, Pillow and, for texts,
 `tokenizers`): `rsmclip export --to-onnx` copies it into the export folder as `rsmclip_onnx.py`, so a deployment
@@ -13,8 +13,10 @@ needs the folder and `pip install onnxruntime tokenizers pillow numpy`, nothing 
 
 The graphs take what the PyTorch model takes and return what it returns: `image_encoder*.onnx` maps
 `pixel_values (batch, 3, H, W)` to `image_embeds (batch, D)`, `text_encoder*.onnx` maps
-`input_ids, attention_mask (batch, sequence)` (int64) to `text_embeds (batch, D)`: projected and un-normalised,
-like `RSMCLIPModel.get_image_features(...).pooler_output`.
+`input_ids, attention_mask (batch, sequence)` (int64; `input_ids` alone for SigLIP, which reads no mask) to
+`text_embeds (batch, D)`: projected and un-normalised, like `RSMCLIPModel.get_image_features(...).pooler_output`.
+The manifest says how texts are padded (`text`: to the longest, or SigLIP's fixed length) and how zero-shot
+scores are made (`scoring`: softmax, or SigLIP's sigmoid with `logit_bias`).
 """
 
 from __future__ import annotations
@@ -82,17 +84,27 @@ def l2_normalize(x: np.ndarray) -> np.ndarray:
 
 
 class ImagePreprocessor:
-    """CLIP preprocessing from `processor_config.json` with Pillow and numpy: resize the shortest side (bicubic),
-    centre crop, scale to [0, 1], normalise with the mean and std. Inputs are RGB PIL images or HxWx3 uint8
-    arrays."""
+    """The image processor of `processor_config.json` with Pillow and numpy: CLIP's (resize the shortest side,
+    bicubic, then centre crop) or SigLIP's (resize to the exact height and width, bilinear, no crop); then scale to
+    [0, 1] and normalise with the mean and std. Inputs are RGB PIL images or HxWx3 uint8 arrays."""
 
     def __init__(self, config: dict[str, Any]) -> None:
         size = config.get("size") or {}
         crop = config.get("crop_size") or {}
-        self.shortest_edge = int(size.get("shortest_edge") or size.get("height") or 224)
-        self.crop = (int(crop.get("height", self.shortest_edge)), int(crop.get("width", self.shortest_edge)))
+        self.shortest_edge = size.get("shortest_edge")
+        # Without a shortest edge the size is exact: SigLIP's {"height", "width"}.
+        self.exact = (
+            None if self.shortest_edge else (int(size.get("height", 224)), int(size.get("width", 224)))
+        )
+        self.shortest_edge = int(self.shortest_edge or 0)
+        self.do_resize = bool(config.get("do_resize", True))
+        self.do_crop = bool(config.get("do_center_crop", self.exact is None)) and bool(crop)
+        edge = self.shortest_edge or 224
+        self.crop = (int(crop.get("height", edge)), int(crop.get("width", edge)))
         self.resample = int(config.get("resample", 3))
+        self.do_rescale = bool(config.get("do_rescale", True))
         self.rescale = float(config.get("rescale_factor", 1 / 255))
+        self.do_normalize = bool(config.get("do_normalize", True))
         self.mean = np.asarray(config.get("image_mean", (0.48145466, 0.4578275, 0.40821073)), np.float32)
         self.std = np.asarray(config.get("image_std", (0.26862954, 0.26130258, 0.27577711)), np.float32)
 
@@ -105,16 +117,24 @@ class ImagePreprocessor:
             image = Image.fromarray(image)
         if image.mode != "RGB":
             image = image.convert("RGB")
-        width, height = image.size
-        scale = self.shortest_edge / min(width, height)
-        new_w = max(self.shortest_edge, int(round(width * scale)))
-        new_h = max(self.shortest_edge, int(round(height * scale)))
-        image = image.resize((new_w, new_h), resample=self.resample)
-        crop_h, crop_w = self.crop
-        top, left = max(0, (new_h - crop_h) // 2), max(0, (new_w - crop_w) // 2)
-        image = image.crop((left, top, left + crop_w, top + crop_h))
-        array = np.asarray(image, dtype=np.float32) * self.rescale
-        array = (array - self.mean) / self.std
+        if self.do_resize and self.exact is not None:
+            image = image.resize((self.exact[1], self.exact[0]), resample=self.resample)
+        elif self.do_resize:
+            width, height = image.size
+            scale = self.shortest_edge / min(width, height)
+            new_w = max(self.shortest_edge, int(round(width * scale)))
+            new_h = max(self.shortest_edge, int(round(height * scale)))
+            image = image.resize((new_w, new_h), resample=self.resample)
+        if self.do_crop:
+            width, height = image.size
+            crop_h, crop_w = self.crop
+            top, left = max(0, (height - crop_h) // 2), max(0, (width - crop_w) // 2)
+            image = image.crop((left, top, left + crop_w, top + crop_h))
+        array = np.asarray(image, dtype=np.float32)
+        if self.do_rescale:
+            array = array * self.rescale
+        if self.do_normalize:
+            array = (array - self.mean) / self.std
         return array.transpose(2, 0, 1)
 
     def __call__(self, images: Sequence[Any]) -> np.ndarray:
@@ -122,9 +142,19 @@ class ImagePreprocessor:
 
 
 class TextTokenizer:
-    """The export folder's `tokenizer.json` (XLM-R layout) with padding to the longest text and truncation."""
+    """The export folder's `tokenizer.json` with truncation at `max_length` and padding to the longest text, or to
+    `max_length` with `fixed_length` (SigLIP), with the pad token of the export's manifest (XLM-R's `<pad>` by
+    default)."""
 
-    def __init__(self, folder: str | os.PathLike, max_length: int = 77) -> None:
+    def __init__(
+        self,
+        folder: str | os.PathLike,
+        max_length: int = 77,
+        pad_token: str = "<pad>",
+        pad_id: int | None = None,
+        fixed_length: bool = False,
+        padding_side: str = "right",
+    ) -> None:
         try:
             from tokenizers import Tokenizer
         except ImportError as error:  # pragma: no cover - depends on the environment
@@ -133,12 +163,20 @@ class TextTokenizer:
             ) from error
         path = Path(folder) / "tokenizer.json"
         if not path.is_file():
-            raise FileNotFoundError(f"tokenizer file not found: {path}")
+            raise FileNotFoundError(
+                f"tokenizer file not found: {path} (a SentencePiece tokenizer such as SigLIP's has none: tokenize "
+                "with transformers' AutoTokenizer from this folder and call encode_text(input_ids))"
+            )
         self.tokenizer = Tokenizer.from_file(str(path))
-        pad_id = self.tokenizer.token_to_id("<pad>")
-        self.pad_id = 1 if pad_id is None else pad_id
+        found = self.tokenizer.token_to_id(pad_token)
+        self.pad_id = pad_id if pad_id is not None else (1 if found is None else found)
         self.tokenizer.enable_truncation(max_length=max_length)
-        self.tokenizer.enable_padding(pad_id=self.pad_id, pad_token="<pad>")
+        self.tokenizer.enable_padding(
+            pad_id=self.pad_id,
+            pad_token=pad_token,
+            length=max_length if fixed_length else None,
+            direction=padding_side,
+        )
 
     def __call__(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         for i, text in enumerate(texts):
@@ -188,6 +226,23 @@ class ONNXRSMCLIP:
         value = self.manifest.get("logit_scale")
         return None if value is None else float(value)
 
+    @property
+    def logit_bias(self) -> float | None:
+        """SigLIP's bias: its zero-shot probabilities are `sigmoid(logit_scale * cos + logit_bias)`, each label on
+        its own (`scoring` "sigmoid" in the manifest); None for the softmax models."""
+        value = self.manifest.get("logit_bias")
+        return None if value is None else float(value)
+
+    def zero_shot_probabilities(self, image_embeds: np.ndarray, class_embeds: np.ndarray) -> np.ndarray:
+        """Zero-shot probabilities of L2-normalised embeddings by the model's rule (the manifest's `scoring`):
+        softmax over the classes, or SigLIP's sigmoid per class."""
+        scale = self.logit_scale if self.logit_scale is not None else 100.0
+        logits = scale * (np.asarray(image_embeds, np.float64) @ np.asarray(class_embeds, np.float64).T)
+        if self.manifest.get("scoring") == "sigmoid":
+            return 0.5 * (1.0 + np.tanh(0.5 * (logits + (self.logit_bias or 0.0))))
+        exp = np.exp(logits - logits.max(axis=-1, keepdims=True))
+        return exp / exp.sum(axis=-1, keepdims=True)
+
     # -------------------------------------------------------------------------------------------- raw graphs
     def encode_image(self, pixel_values: np.ndarray) -> np.ndarray:
         """Projected, un-normalised image embeddings `(batch, D)` of preprocessed `pixel_values`."""
@@ -200,11 +255,14 @@ class ONNXRSMCLIP:
         """Projected, un-normalised text embeddings `(batch, D)` of token ids (mean over unmasked tokens)."""
         if "text" not in self.sessions:
             raise ValueError("the text tower was not loaded (towers=...)")
+        session = self.sessions["text"]
         input_ids = np.ascontiguousarray(input_ids, dtype=np.int64)
-        if attention_mask is None:
-            attention_mask = (input_ids != int(self.manifest.get("pad_token_id", 1))).astype(np.int64)
-        attention_mask = np.ascontiguousarray(attention_mask, dtype=np.int64)
-        return self.sessions["text"].run(None, {"input_ids": input_ids, "attention_mask": attention_mask})[0]
+        feeds = {"input_ids": input_ids}
+        if "attention_mask" in {node.name for node in session.get_inputs()}:
+            if attention_mask is None:
+                attention_mask = (input_ids != int(self.manifest.get("pad_token_id", 1))).astype(np.int64)
+            feeds["attention_mask"] = np.ascontiguousarray(attention_mask, dtype=np.int64)
+        return session.run(None, feeds)[0]
 
     # ------------------------------------------------------------------------------------ images and texts
     @property
@@ -220,7 +278,15 @@ class ONNXRSMCLIP:
     @property
     def tokenizer(self) -> TextTokenizer:
         if self._tokenizer is None:
-            self._tokenizer = TextTokenizer(self.folder, int(self.manifest.get("max_text_length", 77)))
+            text = self.manifest.get("text") or {}  # absent in RS-M-CLIP exports made before it was recorded
+            self._tokenizer = TextTokenizer(
+                self.folder,
+                int(self.manifest.get("max_text_length", 77)),
+                pad_token=text.get("pad_token", "<pad>"),
+                pad_id=self.manifest.get("pad_token_id"),
+                fixed_length=text.get("padding") == "max_length",
+                padding_side=text.get("padding_side", "right"),
+            )
         return self._tokenizer
 
     def embed_images(self, images: Sequence[Any], batch_size: int = 32) -> np.ndarray:

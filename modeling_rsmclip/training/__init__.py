@@ -8,6 +8,7 @@ from __future__ import annotations
 from .._lazy import lazy_exports
 
 _EXPORTS = {
+    "ConfigError": ".config",
     "TrainingConfig": ".config",
     "ClipLoss": ".losses",
     "DINOLoss": ".losses",

@@ -1,4 +1,7 @@
-"""The model card written next to a trained model: data, languages, hyper-parameters and validation results."""
+"""The model card written next to a trained model: data, languages, hyper-parameters and validation results.
+
+The card is huggingface_hub's `ModelCard.from_template`: `ModelCardData` for the metadata and the Jinja template
+`MODEL_CARD_TEMPLATE` for the text; `build_model_card` only gathers the values the template shows."""
 
 from __future__ import annotations
 
@@ -18,6 +21,74 @@ PAPER_CITATION = """@inproceedings{silva2024rsmclip,
   year      = {2024},
   note      = {arXiv:2410.23370}
 }"""
+
+MODEL_CARD_TEMPLATE = """\
+---
+{{ card_data }}
+---
+
+# RS-M-CLIP
+
+A multilingual CLIP for remote-sensing imagery (ViT image tower + XLM-RoBERTa text tower), \
+{% if config.model_name_or_path %}fine-tuned from `{{ config.model_name_or_path }}`\
+{% else %}trained from scratch (architecture preset `{{ config.preset }}`){% endif %} with \
+the CLIP loss (symmetric InfoNCE, negatives gathered across processes)\
+{% if config.distillation %} plus {{ "%g"|format(config.distillation_weight) }} x a DINO-style self-distillation \
+loss on the image tower ({{ config.num_global_crops }} global + {{ config.num_local_crops }} local crops, EMA \
+teacher){% endif %}.
+
+## Training data
+
+- Dataset: `{{ config.dataset }}`, split `{{ config.train_split }}` \
+{% if train_rows is not none %}({{ train_rows }} images){% else %}(streamed){% endif %}
+{% if sources %}- Sources: {% for name, count in sources %}{{ name }} ({{ count }} images)\
+{% if not loop.last %}, {% endif %}{% endfor %}
+{% endif -%}
+- Caption languages: {% for code, name in caption_languages %}{{ name }} (`{{ code }}`)\
+{% if not loop.last %}, {% endif %}{% endfor %}; at every step each image's caption is drawn from a uniformly \
+chosen language.
+
+## Training procedure
+
+{{ total_steps }} optimiser steps on {{ num_processes }} process(es), global batch {{ global_batch }}, mixed \
+precision `{{ mixed_precision }}`.
+
+| hyper-parameter | value |
+|---|---|
+{% for name, value in hyperparameters -%}
+| {{ name }} | {{ value }} |
+{% endfor %}
+## Results
+
+{% if results -%}
+Retrieval on the validation split (`{{ config.validation_split }}`), recall in percent:
+
+| language | {{ recall_keys|join(" | ") }} | mR |
+{{ "|---" * (recall_keys|length + 2) }}|
+{% for lang, metrics in results.items() -%}
+| {{ lang }} | {% for key in recall_keys %}{{ "%.2f"|format(metrics[key]) }} | {% endfor %}\
+{{ "%.2f"|format(metrics["mR"]) }} |
+{% endfor %}
+{%- else -%}
+No validation split was evaluated.
+{% endif %}
+## Usage
+
+```python
+import modeling_rsmclip  # registers the model type
+from transformers import AutoModel, AutoProcessor
+
+model = AutoModel.from_pretrained("path/or/hub-id")
+processor = AutoProcessor.from_pretrained("path/or/hub-id")
+```
+
+## Citation
+
+```bibtex
+{{ citation }}
+```
+
+"""
 
 # Hyper-parameters of the self-distillation loss: shown only when it is on.
 DISTILLATION_HYPERPARAMETERS = (
@@ -104,89 +175,31 @@ def build_model_card(
         datasets=[config.dataset] if _looks_like_hub_id(config.dataset) else None,
         base_model=config.model_name_or_path if _looks_like_hub_id(config.model_name_or_path) else None,
     )
-    start = (
-        f"fine-tuned from `{config.model_name_or_path}`"
-        if config.model_name_or_path
-        else f"trained from scratch (architecture preset `{config.preset}`)"
-    )
-    objective = (
-        f"the CLIP loss (symmetric InfoNCE, negatives gathered across processes) plus "
-        f"{config.distillation_weight:g} x a DINO-style self-distillation loss on the image tower "
-        f"({config.num_global_crops} global + {config.num_local_crops} local crops, EMA teacher)"
-        if config.distillation
-        else "the CLIP loss (symmetric InfoNCE, negatives gathered across processes)"
-    )
-    global_batch = config.per_device_train_batch_size * config.gradient_accumulation_steps * num_processes
-    lines = [
-        "# RS-M-CLIP",
-        "",
-        "A multilingual CLIP for remote-sensing imagery (ViT image tower + XLM-RoBERTa text tower), "
-        f"{start} with {objective}.",
-        "",
-        "## Training data",
-        "",
-        f"- Dataset: `{config.dataset}`, split `{config.train_split}`"
-        + (f" ({train_rows} images)" if train_rows is not None else " (streamed)"),
-    ]
-    if sources:
-        lines.append(
-            "- Sources: " + ", ".join(f"{name} ({count} images)" for name, count in sorted(sources.items()))
-        )
-    lines.append(
-        "- Caption languages: "
-        + ", ".join(f"{LANGUAGE_NAMES.get(lang, lang)} (`{lang}`)" for lang in languages)
-        + "; at every step each image's caption is drawn from a uniformly chosen language."
-    )
-    lines += [
-        "",
-        "## Training procedure",
-        "",
-        f"{total_steps} optimiser steps on {num_processes} process(es), global batch {global_batch}, mixed "
-        f"precision `{mixed_precision}`.",
-        "",
-        "| hyper-parameter | value |",
-        "|---|---|",
-    ]
     values = config.to_dict()
-    for name in CARD_HYPERPARAMETERS:
-        if not config.lora and name.startswith("lora_"):
-            continue
-        if not config.distillation and name in DISTILLATION_HYPERPARAMETERS:
-            continue
-        lines.append(f"| {name} | {_fmt(values[name])} |")
-    lines += ["", "## Results", ""]
-    if results:
-        ks = [key for key in next(iter(results.values())) if key.startswith(("i2t_R@", "t2i_R@"))]
-        lines += [
-            f"Retrieval on the validation split (`{config.validation_split}`), recall in percent:",
-            "",
-            "| language | " + " | ".join(ks) + " | mR |",
-            "|---" * (len(ks) + 2) + "|",
-        ]
-        for lang, metrics in results.items():
-            lines.append(
-                f"| {lang} | " + " | ".join(f"{metrics[k]:.2f}" for k in ks) + f" | {metrics['mR']:.2f} |"
-            )
-    else:
-        lines.append("No validation split was evaluated.")
-    lines += [
-        "",
-        "## Usage",
-        "",
-        "```python",
-        "import modeling_rsmclip  # registers the model type",
-        "from transformers import AutoModel, AutoProcessor",
-        "",
-        'model = AutoModel.from_pretrained("path/or/hub-id")',
-        'processor = AutoProcessor.from_pretrained("path/or/hub-id")',
-        "```",
-        "",
-        "## Citation",
-        "",
-        "```bibtex",
-        PAPER_CITATION,
-        "```",
-        "",
+    hyperparameters = [
+        (name, _fmt(values[name]))
+        for name in CARD_HYPERPARAMETERS
+        if (config.lora or not name.startswith("lora_"))
+        and (config.distillation or name not in DISTILLATION_HYPERPARAMETERS)
     ]
-    content = f"---\n{card_data.to_yaml()}\n---\n\n" + "\n".join(lines)
-    return ModelCard(content)
+    recall_keys = (
+        [key for key in next(iter(results.values())) if key.startswith(("i2t_R@", "t2i_R@"))]
+        if results
+        else []
+    )
+    return ModelCard.from_template(
+        card_data,
+        template_str=MODEL_CARD_TEMPLATE,
+        config=config,
+        train_rows=train_rows,
+        sources=sorted(sources.items()) if sources else [],
+        caption_languages=[(lang, LANGUAGE_NAMES.get(lang, lang)) for lang in languages],
+        total_steps=total_steps,
+        num_processes=num_processes,
+        global_batch=config.per_device_train_batch_size * config.gradient_accumulation_steps * num_processes,
+        mixed_precision=mixed_precision,
+        hyperparameters=hyperparameters,
+        results=results or {},
+        recall_keys=recall_keys,
+        citation=PAPER_CITATION,
+    )

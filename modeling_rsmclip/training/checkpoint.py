@@ -1,8 +1,12 @@
-"""Atomic training checkpoints: `accelerator.save_state` plus the teacher, the DINO center and the loop position.
+"""Atomic training checkpoints: `accelerator.save_state` plus the state of named modules that live outside
+`prepare` (the EMA teacher, the DINO loss and its center) and the loop position.
 
 A checkpoint is written to `checkpoint-N.tmp` and renamed to `checkpoint-N` only once every file is on disk, so a
 crash mid-write leaves the previous checkpoints untouched and usable; a leftover `.tmp` folder is never loaded.
-The teacher and the center are stored as safetensors and the loop position as JSON (no pickles of ours).
+The named modules are passed as keywords, as DINO's `restart_from_checkpoint(path, teacher=..., dino_loss=...)`
+takes them (a new piece of state changes no signature); their tensors are stored in one safetensors file, each
+under its module's prefix (`teacher.`, `dino_`: the DINO center is `dino_center`), and the loop position as JSON
+(no pickles of ours).
 
 A checkpoint damaged afterwards (a truncated `model.safetensors`, a corrupt `trainer_state.json`, ...) is found by
 `check_checkpoint` before anything is restored from it; resuming from the latest checkpoint then warns, naming the
@@ -29,8 +33,45 @@ from torch import nn
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
-TEACHER_FILE = "teacher.safetensors"
+TEACHER_FILE = "teacher.safetensors"  # the named modules' tensors (the teacher's, the DINO center)
 STATE_FILE = "trainer_state.json"
+# Key prefix of each named module's tensors in TEACHER_FILE; another name `x` is stored under `x.`.
+STATE_PREFIXES = {"teacher": "teacher.", "dino_loss": "dino_"}
+
+
+def _prefix(name: str) -> str:
+    return STATE_PREFIXES.get(name, f"{name}.")
+
+
+def _module_tensors(modules: dict[str, nn.Module | None]) -> dict[str, torch.Tensor]:
+    """Every tensor of the named modules' state dicts, on the CPU, under their prefixes."""
+    tensors: dict[str, torch.Tensor] = {}
+    for name, module in modules.items():
+        if module is not None:
+            prefix = _prefix(name)
+            tensors.update(
+                {prefix + k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
+            )
+    return tensors
+
+
+def _load_module_tensors(path: Path, modules: dict[str, nn.Module | None]) -> None:
+    """Restore each named module (strictly: every tensor it has, nothing else) from `path/TEACHER_FILE`."""
+    modules = {name: module for name, module in modules.items() if module is not None}
+    if not modules:
+        return
+    tensors_path = path / TEACHER_FILE
+    if not tensors_path.is_file():
+        raise FileNotFoundError(
+            f"{path} has no {TEACHER_FILE}: it was saved without distillation and cannot resume a run with it"
+        )
+    tensors = load_file(str(tensors_path), device="cpu")
+    for name, module in modules.items():
+        prefix = _prefix(name)
+        state = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+        if not state and module.state_dict():
+            raise KeyError(f"{tensors_path} has no {name} state (no {prefix}* tensor)")
+        module.load_state_dict(state, strict=True)
 
 
 @dataclass
@@ -123,12 +164,16 @@ def save_checkpoint(
     accelerator: Accelerator,
     root: str | Path,
     state: TrainerState,
-    teacher: nn.Module | None,
-    center: torch.Tensor | None,
-    total_limit: int | None,
+    *,
+    total_limit: int | None = None,
     extra_files: dict[str, str] | None = None,
+    **modules: nn.Module | None,
 ) -> Path:
-    """Write `root/checkpoint-<step>` atomically on every process (collective: all processes must call it)."""
+    """Write `root/checkpoint-<step>` atomically on every process (collective: all processes must call it).
+
+    `modules` are the named modules outside `accelerator.prepare` whose state is saved too (`teacher=`,
+    `dino_loss=`; None is skipped); `total_limit` keeps only the newest checkpoints; `extra_files` maps a file
+    name to its text."""
     root = Path(root)
     final = root / f"checkpoint-{state.step}"
     tmp = root / f"checkpoint-{state.step}.tmp"
@@ -141,13 +186,7 @@ def save_checkpoint(
     position = {"epoch": state.epoch, "batches_in_epoch": state.batches_in_epoch}
     (tmp / f"position_{accelerator.process_index}.json").write_text(json.dumps(position), encoding="utf-8")
     if accelerator.is_main_process:
-        tensors: dict[str, torch.Tensor] = {}
-        if teacher is not None:
-            tensors.update(
-                {f"teacher.{k}": v.detach().contiguous().cpu() for k, v in teacher.state_dict().items()}
-            )
-        if center is not None:
-            tensors["dino_center"] = center.detach().contiguous().cpu()
+        tensors = _module_tensors(modules)
         if tensors:
             save_file(tensors, str(tmp / TEACHER_FILE))
         for name, text in (extra_files or {}).items():
@@ -175,13 +214,9 @@ def save_checkpoint(
     return final
 
 
-def load_checkpoint(
-    accelerator: Accelerator,
-    path: str | Path,
-    teacher: nn.Module | None,
-    center: torch.Tensor | None,
-) -> TrainerState:
-    """Restore model, optimiser, scheduler, scaler and RNG states (accelerate), the teacher and the center.
+def load_checkpoint(accelerator: Accelerator, path: str | Path, **modules: nn.Module | None) -> TrainerState:
+    """Restore model, optimiser, scheduler, scaler and RNG states (accelerate) and the named `modules` (`teacher=`,
+    `dino_loss=`, as saved by `save_checkpoint`; None is skipped).
 
     The checkpoint is checked first (`check_checkpoint`); a damaged one raises `CorruptCheckpointError` naming the
     file, before anything is restored when the damage is in a JSON or safetensors file.
@@ -194,20 +229,7 @@ def load_checkpoint(
         accelerator.load_state(str(path))
     except Exception as error:  # a damaged pickle of accelerate's (optimizer.bin, random_states_0.pkl, ...)
         raise CorruptCheckpointError(path, f"accelerate could not restore it ({error!r})") from error
-    if teacher is not None or center is not None:
-        teacher_path = path / TEACHER_FILE
-        if not teacher_path.is_file():
-            raise FileNotFoundError(
-                f"{path} has no {TEACHER_FILE}: it was saved without distillation and cannot resume a run with it"
-            )
-        tensors = load_file(str(teacher_path), device="cpu")
-        if teacher is not None:
-            teacher_state = {k[len("teacher.") :]: v for k, v in tensors.items() if k.startswith("teacher.")}
-            teacher.load_state_dict(teacher_state, strict=True)
-        if center is not None:
-            if "dino_center" not in tensors:
-                raise KeyError(f"{teacher_path} has no dino_center")
-            center.copy_(tensors["dino_center"].to(center.device))
+    _load_module_tensors(path, modules)
     state = TrainerState.from_json((path / STATE_FILE).read_text(encoding="utf-8"))
     position_file = path / f"position_{accelerator.process_index}.json"
     if position_file.is_file():
@@ -217,10 +239,7 @@ def load_checkpoint(
 
 
 def resume_latest_checkpoint(
-    accelerator: Accelerator,
-    root: str | Path,
-    teacher: nn.Module | None,
-    center: torch.Tensor | None,
+    accelerator: Accelerator, root: str | Path, **modules: nn.Module | None
 ) -> tuple[Path | None, TrainerState]:
     """Restore the newest checkpoint under `root` that can be restored; `(None, TrainerState())` when there is none.
 
@@ -232,7 +251,7 @@ def resume_latest_checkpoint(
     candidates = [path for _, path in reversed(list_checkpoints(root))]
     for index, path in enumerate(candidates):
         try:
-            return path, load_checkpoint(accelerator, path, teacher, center)
+            return path, load_checkpoint(accelerator, path, **modules)
         except CorruptCheckpointError as error:
             if error.file == path:
                 half_restored.append(str(error))

@@ -24,13 +24,12 @@ EPILOG = (
 
 def run(args: argparse.Namespace) -> int:
     """Train with the options in `args`; returns the exit code."""
-    from .loop import NonFiniteLossError, train
-
     try:
-        config = config_from_args(args)
-        config.validate()
+        config = config_from_args(args, validate=True)  # every problem at once, before anything runs
     except (ValueError, FileNotFoundError) as error:
         return report_user_error(error)
+    from .loop import NonFiniteLossError, train
+
     try:
         result = train(config)
     except NonFiniteLossError as error:
