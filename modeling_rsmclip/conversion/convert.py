@@ -10,6 +10,7 @@ self-distillation; inference never touches it).
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 from ..configuration_rsmclip import RSMCLIPConfig
 from ..modeling_rsmclip import RSMCLIPModel
 from ..processing_rsmclip import RSMCLIPImageProcessor, RSMCLIPProcessor
+from ..safe_io import atomic_folder, check_outputs_not_inputs
 from .checkpoint import CONFIG_FILE, OpenCLIPCheckpoint, load_open_clip_checkpoint
 from .open_clip_config import image_processor_kwargs_from_preprocess_cfg, rsmclip_config_from_open_clip
 from .open_clip_keys import ConversionError, open_clip_to_rsmclip_state_dict
@@ -201,6 +203,9 @@ def convert_open_clip(
         private: visibility of a repository created by `push_to_hub`.
         config_overrides: other `RSMCLIPConfig` fields, e.g. the distillation head's `dino_out_dim`.
     """
+    out = Path(output_dir)
+    local_inputs = [source, tokenizer if isinstance(tokenizer, str | os.PathLike) else None]
+    check_outputs_not_inputs([], local_inputs, owned=[out])
     checkpoint = load_open_clip_checkpoint(
         source, revision, cache_dir, token, local_files_only, open_clip_model
     )
@@ -229,11 +234,10 @@ def convert_open_clip(
         )
     model.eval()
 
-    out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
-    RSMCLIPProcessor(image_processor=image_processor, tokenizer=text_tokenizer).save_pretrained(out)
-    write_model_card(out, checkpoint, config, tokenizer_source, push_to_hub)
+    with atomic_folder(out) as tmp:  # the files reach `out` only once all are written
+        model.save_pretrained(tmp)
+        RSMCLIPProcessor(image_processor=image_processor, tokenizer=text_tokenizer).save_pretrained(tmp)
+        write_model_card(tmp, checkpoint, config, tokenizer_source, push_to_hub)
     if push_to_hub:
         upload_folder(out, push_to_hub, private=private, token=token, message=f"Convert {checkpoint.source}")
     return out

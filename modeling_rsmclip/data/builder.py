@@ -17,6 +17,7 @@ from typing import Any
 from datasets import Dataset, DatasetDict, Features, Image, List, Value
 from datasets.utils.logging import disable_progress_bar, enable_progress_bar, is_progress_bar_enabled
 
+from ..safe_io import atomic_output
 from ..templates import (
     CLASS_NAMES,
     LANGUAGES,
@@ -445,7 +446,8 @@ def save_dataset(
     """``save_to_disk`` plus the dataset card (README.md) and ``build_report.json`` in the same folder."""
     output_dir = Path(output_dir)
     dataset.save_to_disk(str(output_dir), max_shard_size=max_shard_size)
-    make_dataset_card(report, translation_model=translation_model).save(output_dir / "README.md")
+    with atomic_output(output_dir / "README.md") as tmp:
+        make_dataset_card(report, translation_model=translation_model).save(tmp)
     report.save(output_dir / "build_report.json")
     return output_dir
 

@@ -18,7 +18,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..inference import autocast, class_embeddings, load_encoder, load_model
+from ..inference import autocast, class_embeddings, load_encoder, load_model, local_model_folder
+from ..safe_io import check_outputs_not_inputs
 from .raster import RasterReader
 from .tiling import TileGrid, iter_tiles, length_to_pixels
 
@@ -159,6 +160,12 @@ def classify_scene(
             ``"int8"`` (see `modeling_rsmclip.inference.load_encoder`).
     """
     labels = parse_labels(labels)
+    if output_dir is not None:
+        from .writer import CLASSIFICATION_FILES
+
+        check_outputs_not_inputs(
+            [Path(output_dir) / name for name in CLASSIFICATION_FILES], [scene, local_model_folder(model)]
+        )
     owned = isinstance(model, str | os.PathLike)  # loaded here: nobody else holds the fp32 model
     model, processor = load_model(model, processor)
     model = load_encoder(model, backend, precision, processor, inplace=owned)

@@ -42,6 +42,16 @@ def resolve_model_source(model: str | os.PathLike) -> str:
     return name
 
 
+def local_model_folder(model: Any) -> Path | None:
+    """The local folder a model is (or was) read from: for a name, the folder `resolve_model_source` finds (None for
+    a Hub id); for a loaded model, the folder it was loaded from, if local. Commands list it among their inputs
+    (`safe_io.check_outputs_not_inputs`) so that no output lands in it."""
+    if model is None:
+        return None
+    source = model_name(model) if not isinstance(model, str | os.PathLike) else resolve_model_source(model)
+    return Path(source) if source and Path(source).is_dir() else None
+
+
 def model_name(model: Any) -> str:
     """A loaded model's folder or Hub id, as recorded by ``from_pretrained`` (empty when unknown)."""
     return str(
@@ -140,6 +150,7 @@ __all__ = [
     "DEMO_MODEL_DIR",
     "DEMO_NAME",
     "load_model",
+    "local_model_folder",
     "model_name",
     "portable_config_json",
     "resolve_model_source",

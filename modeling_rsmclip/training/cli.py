@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import logging
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 from ..errors import ArgumentParser, report_user_error, run_command
 from .config import add_training_arguments, config_from_args
@@ -31,6 +33,7 @@ def run(args: argparse.Namespace) -> int:
         config.validate()
     except (ValueError, FileNotFoundError) as error:
         return report_user_error(error)
+    check_training_outputs(config, getattr(args, "config", None))
     try:
         result = train(config)
     except NonFiniteLossError as error:
@@ -38,6 +41,20 @@ def run(args: argparse.Namespace) -> int:
         return 1
     print(f"trained {result.step} steps; model saved to {result.output_dir}")
     return 0
+
+
+def check_training_outputs(config: Any, config_file: str | None = None) -> None:
+    """Before any work: the run folder (which training owns: checkpoints are rotated, the model written there) is
+    not the dataset, the starting model or the tokenizer, and holds none of them; the YAML given with --config is
+    not the resolved copy written into the run folder."""
+    from ..safe_io import check_outputs_not_inputs
+
+    if config.output_dir is None:
+        return
+    output_dir = Path(config.output_dir)
+    inputs = [config.dataset, config.model_name_or_path, config.tokenizer_name_or_path]
+    check_outputs_not_inputs([], inputs, owned=[output_dir])
+    check_outputs_not_inputs([output_dir / "training_config.yaml"], [config_file])
 
 
 def _configure(parser: argparse.ArgumentParser) -> None:
