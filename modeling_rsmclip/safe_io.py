@@ -216,6 +216,88 @@ def atomic_folder(path: PathLike) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+# ----------------------------------------------------------------------------------------- damaged inputs
+def find_damaged_file(folder: PathLike, names: Iterable[str] | None = None) -> str | None:
+    """The first file of a local folder that cannot be read, as ``"<file>: <what is wrong>"``; None when every file
+    reads (or ``folder`` is not a local folder).
+
+    Libraries that read a folder of files (transformers, tokenizers, datasets) report a damaged one with a message
+    that often names no file; a loader that fails calls this to name it. ``names`` are the files to check, in order
+    (default: every file below ``folder``). A file is damaged when it is empty, or by its kind: ``.json`` not UTF-8
+    or not a JSON object; ``tokenizer.json`` not readable by tokenizers; ``.model`` not a SentencePiece model;
+    ``.arrow`` not an Arrow stream that reads to its end.
+    """
+    root = Path(folder)
+    if not root.is_dir():
+        return None
+    paths = [root / name for name in names] if names is not None else sorted(p for p in root.rglob("*"))
+    for path in paths:
+        if not path.is_file():
+            continue
+        problem = _file_problem(path)
+        if problem:
+            return f"{path}: {problem}"
+    return None
+
+
+def _file_problem(path: Path) -> str | None:
+    data = path.read_bytes() if path.suffix in (".json", ".model") else b""
+    if path.stat().st_size == 0:
+        return "the file is empty"
+    if path.suffix == ".json":
+        try:
+            text = data.decode("utf-8")
+            value = json.loads(text)
+        except UnicodeDecodeError as error:
+            return f"not UTF-8 text (byte {error.start}): the file is damaged"
+        except json.JSONDecodeError as error:
+            return f"not valid JSON ({error}): the file is damaged or truncated"
+        if not isinstance(value, dict | list):
+            return f"expected a JSON object, found a {type(value).__name__}"
+        if path.name == "tokenizer.json":
+            try:
+                from tokenizers import Tokenizer
+
+                Tokenizer.from_str(text)
+            except ImportError:
+                pass
+            except Exception as error:  # the Rust library raises plain exceptions
+                return f"not a readable tokenizer ({error})"
+    elif path.suffix == ".model":
+        try:
+            import sentencepiece
+
+            sentencepiece.SentencePieceProcessor(model_proto=data)
+        except ImportError:
+            pass
+        except Exception as error:
+            return f"not a readable SentencePiece model ({error})"
+    elif path.suffix == ".arrow":
+        try:
+            import pyarrow as pa
+
+            with pa.memory_map(str(path)) as source:
+                reader = pa.ipc.open_stream(source)
+                while True:
+                    try:
+                        reader.read_next_batch()
+                    except StopIteration:
+                        break
+        except ImportError:
+            pass
+        except Exception as error:  # pyarrow.lib.ArrowInvalid, ...
+            return f"not a readable Arrow file ({error}): the file is damaged or truncated"
+    return None
+
+
+def raise_for_damaged_folder(folder: PathLike, error: BaseException) -> None:
+    """Called by a loader whose library failed on ``folder``: raise a `ValueError` naming the damaged file when one
+    is found (`find_damaged_file`), else return (the caller re-raises ``error``)."""
+    damaged = find_damaged_file(folder)
+    if damaged:
+        raise ValueError(damaged) from error
+
+
 __all__ = [
     "OutputOverwritesInputError",
     "PendingFile",
@@ -225,4 +307,6 @@ __all__ = [
     "atomic_write_json",
     "atomic_write_text",
     "check_outputs_not_inputs",
+    "find_damaged_file",
+    "raise_for_damaged_folder",
 ]

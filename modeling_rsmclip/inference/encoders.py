@@ -261,12 +261,24 @@ def load_encoder(
         return model  # made once and shared (the web app's encoder)
     if backend == "onnx":
         scale = getattr(model, "logit_scale", None) if isinstance(model, nn.Module) else None
-        return OnnxEncoder(
-            onnx_folder_for(model, processor, cache_dir),
-            precision=precision,
-            threads=threads,
-            logit_scale=None if scale is None else float(scale.detach().exp()),
-        )
+        options = {
+            "precision": precision,
+            "threads": threads,
+            "logit_scale": None if scale is None else float(scale.detach().exp()),
+        }
+        folder = onnx_folder_for(model, processor, cache_dir)
+        try:
+            return OnnxEncoder(folder, **options)
+        except ValueError as error:  # a damaged graph (SHA-256, ONNX Runtime)
+            if not isinstance(model, nn.Module) and is_onnx_folder(model):
+                raise  # the user's own export folder: reported
+            logger.warning(
+                "the cached ONNX export %s is damaged (%s): exporting the model again", folder, error
+            )
+            import shutil
+
+            shutil.rmtree(folder, ignore_errors=True)
+            return OnnxEncoder(onnx_folder_for(model, processor, cache_dir), **options)
     if not isinstance(model, nn.Module) and is_onnx_folder(model):
         raise ValueError(f"{model} is an ONNX export folder: use backend='onnx'")
     net, _ = _load_torch_model(model, processor)

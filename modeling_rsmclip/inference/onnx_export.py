@@ -17,7 +17,6 @@ Graphs are traced with `torch.onnx.export(dynamo=True)` (opset 18) and checked a
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -30,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .runtime import GRAPH_FILES, MANIFEST_FILE
+from .runtime import GRAPH_FILES, MANIFEST_FILE, file_sha256
 
 logger = logging.getLogger(__name__)
 
@@ -69,14 +68,6 @@ def _import_onnx() -> tuple[Any, Any]:
     except ImportError as error:
         raise ImportError('ONNX export needs onnx and onnxruntime: pip install "rsmclip[onnx]"') from error
     return onnx, onnxruntime
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _save_graph(onnx: Any, source: Path, target: Path) -> None:
@@ -292,7 +283,7 @@ def _write_export(
     config.to_json_file(str(folder / "config.json"))
     shutil.copyfile(Path(__file__).with_name("runtime.py"), folder / RUNNER_FILE)
     files = {
-        name: _sha256(folder / name)
+        name: file_sha256(folder / name)
         for name in sorted(GRAPH_FILES.values())
         if (folder / name).is_file() and (quantize or ".int8." not in name)
     }

@@ -80,6 +80,10 @@ def check_checkpoint(path: str | Path) -> None:
             int(position["epoch"]), int(position["batches_in_epoch"])
         except (ValueError, TypeError, KeyError, UnicodeDecodeError) as error:
             raise CorruptCheckpointError(position_file, f"not a loop position ({error!r})") from error
+    if not any(path.glob("model*.safetensors")) and not any(path.glob("pytorch_model*.bin")):
+        raise CorruptCheckpointError(
+            path / "model.safetensors", "missing: the checkpoint has no model weights"
+        )
     for weights in sorted(path.rglob("*.safetensors")):
         try:
             with safe_open(str(weights), framework="pt") as handle:
@@ -193,7 +197,9 @@ def load_checkpoint(
     try:
         accelerator.load_state(str(path))
     except Exception as error:  # a damaged pickle of accelerate's (optimizer.bin, random_states_0.pkl, ...)
-        raise CorruptCheckpointError(path, f"accelerate could not restore it ({error!r})") from error
+        missing = getattr(error, "filename", None) if isinstance(error, FileNotFoundError) else None
+        reason = f"{missing} is missing" if missing else repr(error)
+        raise CorruptCheckpointError(path, f"accelerate could not restore it ({reason})") from error
     if teacher is not None or center is not None:
         teacher_path = path / TEACHER_FILE
         if not teacher_path.is_file():
