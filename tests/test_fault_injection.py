@@ -22,7 +22,13 @@ from modeling_rsmclip.cli import main as cli_main
 from modeling_rsmclip.testing import sample_dir
 
 REPO = Path(__file__).resolve().parents[1]
-MODEL_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "processor_config.json")
+MODEL_FILES = (
+    "config.json",
+    "model.safetensors",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "processor_config.json",
+)
 DAMAGES = ("truncate", "zero", "flip", "delete")
 
 
@@ -84,12 +90,26 @@ def captions(tmp_path_factory) -> tuple[Path, Path]:
     return path, sample_dir() / "ucm" / "images"
 
 
-def commands(model: Path, out: Path, scene: Path, captions: tuple[Path, Path]) -> dict[str, tuple[list, Path]]:
+def commands(
+    model: Path, out: Path, scene: Path, captions: tuple[Path, Path]
+) -> dict[str, tuple[list, Path]]:
     """Every command that reads a model folder: its argv and the result file it must not write."""
     rsscn7 = sample_dir() / "rsscn7"
-    eval_options = ["--output-dir", out, "--no-cache", "--no-plots", "--languages", "en", "--num-workers", "0"]
+    eval_options = [
+        "--output-dir",
+        out,
+        "--no-cache",
+        "--no-plots",
+        "--languages",
+        "en",
+        "--num-workers",
+        "0",
+    ]
     return {
-        "demo": (["demo", "--model", model, "--languages", "en", "--json", out / "demo.json"], out / "demo.json"),
+        "demo": (
+            ["demo", "--model", model, "--languages", "en", "--json", out / "demo.json"],
+            out / "demo.json",
+        ),
         "eval-zero-shot": (
             ["eval-zero-shot", "--model", model, "--image-folder", rsscn7, *eval_options, "--quiet"],
             out / "zero_shot_rsscn7.json",
@@ -105,7 +125,18 @@ def commands(model: Path, out: Path, scene: Path, captions: tuple[Path, Path]) -
             out / "classes.tif",
         ),
         "index build": (
-            ["index", "build", "--model", model, "--output", out / "index", rsscn7, "--quiet", "--num-workers", "0"],
+            [
+                "index",
+                "build",
+                "--model",
+                model,
+                "--output",
+                out / "index",
+                rsscn7,
+                "--quiet",
+                "--num-workers",
+                "0",
+            ],
             out / "index" / "manifest.json",
         ),
         "export --to-open-clip": (["export", "--to-open-clip", model, out / "oc"], out / "oc"),
@@ -114,7 +145,12 @@ def commands(model: Path, out: Path, scene: Path, captions: tuple[Path, Path]) -
 
 
 # --------------------------------------------------------------------------------------------- model folders
-CASES = [(name, how) for name in MODEL_FILES for how in DAMAGES if (name, how) != ("tokenizer_config.json", "delete")]
+CASES = [
+    (name, how)
+    for name in MODEL_FILES
+    for how in DAMAGES
+    if (name, how) != ("tokenizer_config.json", "delete")
+]
 
 
 @pytest.mark.parametrize(("name", "how"), CASES, ids=[f"{n}-{h}" for n, h in CASES])
@@ -226,7 +262,11 @@ def test_a_real_process_prints_only_the_error_line(name, argv, tiny_saved, scene
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     env.pop("RSMCLIP_DEBUG", None)
     done = subprocess.run(
-        [sys.executable, "-m", "modeling_rsmclip.cli", *argv], capture_output=True, text=True, env=env, timeout=300
+        [sys.executable, "-m", "modeling_rsmclip.cli", *argv],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
     )
     errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert done.returncode == 2 and len(errors) == 1 and name in errors[0], done.stderr[-3000:]
@@ -256,7 +296,9 @@ def training_run(tmp_path_factory):
         rows["source"].append("ucm-captions")
         rows["label"].append(None)
         rows["captions"].append([{"lang": "en", "text": s["raw"]} for s in entry["sentences"]])
-    datasets.DatasetDict({"train": datasets.Dataset.from_dict(rows, features=FEATURES)}).save_to_disk(root / "data")
+    datasets.DatasetDict({"train": datasets.Dataset.from_dict(rows, features=FEATURES)}).save_to_disk(
+        root / "data"
+    )
     _, processor = make_tiny_model_and_processor(root / "build")
     processor.save_pretrained(root / "processor")
     config = {
@@ -374,7 +416,12 @@ def saved_dataset(tmp_path_factory) -> Path:
     return path
 
 
-DATASET_FILES = ("dataset_dict.json", "test/state.json", "test/dataset_info.json", "test/data-00000-of-00001.arrow")
+DATASET_FILES = (
+    "dataset_dict.json",
+    "test/state.json",
+    "test/dataset_info.json",
+    "test/data-00000-of-00001.arrow",
+)
 
 
 @pytest.mark.parametrize("name", DATASET_FILES)

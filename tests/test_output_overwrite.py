@@ -88,9 +88,13 @@ def scene(tmp_path) -> Path:
 
 
 # ------------------------------------------------------------------------------------------------------- maps
-@pytest.mark.parametrize(("action", "written"), [("classify", "classes.tif"), ("segment", "segmentation.tif")])
+@pytest.mark.parametrize(
+    ("action", "written"), [("classify", "classes.tif"), ("segment", "segmentation.tif")]
+)
 @pytest.mark.parametrize("via", ["direct", "symlink", "hardlink"])
-def test_map_output_folder_holding_a_scene_of_an_output_name(action, written, via, scene, model, tmp_path, capsys):
+def test_map_output_folder_holding_a_scene_of_an_output_name(
+    action, written, via, scene, model, tmp_path, capsys
+):
     out = tmp_path / "out"
     out.mkdir()
     named = out / written
@@ -99,7 +103,9 @@ def test_map_output_folder_holding_a_scene_of_an_output_name(action, written, vi
         target, named = named, tmp_path / "scene-link.tif"
         os.link(target, named)
     output = link(tmp_path, out) if via == "symlink" else out
-    line = refused(capsys, ["map", action, named, "--labels", "a,b", "--model", model, "--output", output], named)
+    line = refused(
+        capsys, ["map", action, named, "--labels", "a,b", "--model", model, "--output", output], named
+    )
     assert written in line
 
 
@@ -296,7 +302,11 @@ def test_check_outputs_not_inputs_rules(tmp_path):
         ([tmp_path / "out.txt"], [data], ()),  # beside the input
         ([tmp_path / "o" / "x"], [data / "a.txt"], ()),
         ([data.parent / "results"], [data], ()),  # a sibling folder
-        ([tmp_path / "x"], [None, "https://example.com/a.tif", tmp_path / "missing"], ()),  # nothing to overwrite
+        (
+            [tmp_path / "x"],
+            [None, "https://example.com/a.tif", tmp_path / "missing"],
+            (),
+        ),  # nothing to overwrite
         ([tmp_path / "b.txt"], [data / "a.txt"], [tmp_path / "o"]),
         ([], [data / "a.txt"], [tmp_path / "owned"]),
     ]

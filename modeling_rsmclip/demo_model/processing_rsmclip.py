@@ -191,6 +191,8 @@ def array_to_rgb(
     """
     array = np.asarray(array)
     hwc = _array_to_hwc(array, input_data_format, name)
+    if hwc.shape[0] == 0 or hwc.shape[1] == 0 or hwc.shape[2] == 0:
+        raise ValueError(f"{_prefix(name)}the image is empty (shape {tuple(array.shape)})")
     n_bands = hwc.shape[-1]
     if bands is not None:
         bands = list(bands)

@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from ..errors import UserError
+from ..errors import UserError, cli_type
 from ..inference.options import add_backend_arguments
 
 logger = logging.getLogger(__name__)
@@ -201,7 +201,7 @@ def _default_grid_languages(available: list[str]) -> list[str]:
 
 # ------------------------------------------------------------------------------------------------- zero-shot
 def add_zero_shot_arguments(parser: argparse.ArgumentParser) -> None:
-    from ..templates import CLASS_NAMES, DATASET_ALIASES, LANGUAGES
+    from ..templates import CLASS_NAMES, DATASET_ALIASES, LANGUAGES, parse_language_list
 
     data = parser.add_argument_group(
         "data (an ImageFolder, an image folder with a labels CSV, or a builder dataset)"
@@ -236,9 +236,9 @@ def add_zero_shot_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--languages",
-        type=_csv_list,
+        type=cli_type(parse_language_list),
         default=list(LANGUAGES),
-        help="comma-separated prompt languages (default: all)",
+        help="comma-separated prompt languages, or 'all' (default: all)",
     )
     parser.add_argument("--ks", type=_csv_ints, default=(1, 5), help="top-K accuracies (default: 1,5)")
     _add_model_arguments(parser)

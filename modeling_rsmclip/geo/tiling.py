@@ -47,8 +47,10 @@ def parse_length(value: int | float | str) -> tuple[float, str]:
 
 
 def length_to_pixels(value: int | float | str, reader: RasterReader | None = None) -> int:
-    """A length in pixels or metres (at the raster's resolution) as a whole number of pixels."""
+    """A length in pixels or metres (at the raster's resolution) as a whole number of pixels (at least 1)."""
     amount, unit = parse_length(value)
+    if not math.isfinite(amount) or amount <= 0:
+        raise ValueError(f"a length must be a positive number of pixels or metres, got {value!r}")
     if unit == "px":
         if amount != int(amount):
             raise ValueError(f"a length in pixels must be a whole number, got {value!r}")
