@@ -124,14 +124,15 @@ def test_fixed_stretch_of_two_numbers_round_trips(low, high):
 
 # ------------------------------------------------------------------------------------- --tile-size, lengths
 @FAST
-@given(st.one_of(ANY_TEXT, st.integers(-(10**12), 10**12), FLOATS))
-def test_a_length_in_pixels_is_a_positive_whole_number_or_a_value_error(value):
+@given(st.one_of(ANY_TEXT, st.integers(-(10**12), 10**12), FLOATS), st.sampled_from([0, 1]))
+def test_a_length_in_pixels_is_a_whole_number_of_at_least_the_minimum_or_a_value_error(value, minimum):
+    """Tile and window sizes are at least 1 pixel, overlaps at least 0."""
     try:
-        pixels = length_to_pixels(value)
+        pixels = length_to_pixels(value, minimum=minimum)
     except ValueError as error:
         assert str(error)
         return
-    assert isinstance(pixels, int) and pixels >= 1
+    assert isinstance(pixels, int) and pixels >= minimum
 
 
 @pytest.fixture(scope="module")

@@ -178,7 +178,7 @@ def classify_scene(
         tiles = iter_tiles(
             reader,
             length_to_pixels(tile_size, reader),
-            length_to_pixels(overlap, reader),
+            length_to_pixels(overlap, reader, minimum=0),
             min_valid=min_valid,
             progress=progress,
         )
