@@ -224,7 +224,7 @@ def test_a_damaged_onnx_graph_is_named(tiny, tmp_path, capsys):
     """A graph of an ONNX export that ONNX Runtime cannot load, or whose bytes differ from the SHA-256 recorded at
     export, is an error naming it; a damaged cached export is made again."""
     pytest.importorskip("onnxruntime", reason='needs pip install "rsmclip[onnx]"')
-    from modeling_rsmclip.inference import OnnxEncoder, export_onnx, load_encoder
+    from modeling_rsmclip.inference import OnnxEncoder, export_onnx, load_encoder, weights_digest
 
     model, processor = tiny
     folder = export_onnx(model, tmp_path / "onnx", processor=processor, quantize=False, verify=False)
@@ -238,8 +238,11 @@ def test_a_damaged_onnx_graph_is_named(tiny, tmp_path, capsys):
     graph.write_bytes(good[:-64] + bytes(b ^ 0xFF for b in good[-64:]))  # loadable, but not what was exported
     with pytest.raises(ValueError, match=r"image_encoder\.onnx: its SHA-256 differs"):
         OnnxEncoder(folder)
+    graph.write_bytes(good)
     cache = tmp_path / "cache"
-    first = load_encoder(model, "onnx", processor=processor, cache_dir=cache).folder
+    first = cache / weights_digest(model).hex()[:24]  # where load_encoder caches this model's export
+    shutil.copytree(folder, first)
+    assert load_encoder(model, "onnx", processor=processor, cache_dir=cache).folder == first
     damage(first / "text_encoder.onnx", "truncate")
     again = load_encoder(model, "onnx", processor=processor, cache_dir=cache)
     assert again.folder == first and (first / "text_encoder.onnx").stat().st_size > 1000
