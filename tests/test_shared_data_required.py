@@ -22,7 +22,10 @@ def test_missing_real_data_skips_or_fails_when_required(tmp_path, monkeypatch):
         need_shared_data("ucm-captions", "dataset.json")
     (tmp_path / "absent" / "ucm-captions").mkdir(parents=True)
     (tmp_path / "absent" / "ucm-captions" / "dataset.json").write_text("{}", encoding="utf-8")
-    assert need_shared_data("ucm-captions", "dataset.json") == tmp_path / "absent" / "ucm-captions" / "dataset.json"
+    assert (
+        need_shared_data("ucm-captions", "dataset.json")
+        == tmp_path / "absent" / "ucm-captions" / "dataset.json"
+    )
 
 
 def test_ci_requires_the_real_data():
