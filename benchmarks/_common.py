@@ -51,3 +51,60 @@ def ucm_batch(batch_size: int, text_batch_size: int) -> tuple[list[Path], list[s
     texts = [t for t in texts if t.strip()]
     random.Random(0).shuffle(texts)
     return files, (texts * (1 + text_batch_size // len(texts)))[:text_batch_size]
+
+
+def provenance() -> dict:
+    """Where and when a result was measured: the machine (CPU, cores, memory, GPU), the commit of the checkout
+    (with ``-dirty`` when it has uncommitted changes), the UTC date, the command and the library versions."""
+    import datetime
+    import os
+    import subprocess
+
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(
+                ["git", *args], cwd=REPO, capture_output=True, text=True, timeout=30
+            ).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    commit = git("rev-parse", "HEAD") or "unknown"
+    if git("status", "--porcelain", "--untracked-files=no"):
+        commit += "-dirty"
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    except (ValueError, OSError, AttributeError):
+        memory = float("nan")
+    machine = f"{cpu_model()}, {os.cpu_count()} logical CPUs, {memory:.0f} GiB RAM"
+    versions = {"python": platform.python_version()}
+    try:
+        import torch
+
+        versions["torch"] = torch.__version__
+        if torch.cuda.is_available():
+            machine += f", GPU {torch.cuda.get_device_name(0)}"
+        else:
+            machine += ", no GPU"
+    except ImportError:
+        pass
+    try:
+        with open("/proc/loadavg") as handle:
+            load = handle.read().split()[0]
+    except OSError:
+        load = "unknown"
+    return {
+        "machine": machine,
+        "load_average_1min_at_start": load,
+        "commit": commit,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "versions": versions,
+    }
+
+
+def write_result(path: str | Path, result: dict, measured: dict | None = None) -> Path:
+    """Save a benchmark's raw result as JSON with its `provenance` (``measured``: one taken at the start of the run,
+    else now), written to a temporary file and renamed into place."""
+    from modeling_rsmclip.safe_io import atomic_write_json
+
+    return atomic_write_json(path, {"provenance": measured or provenance(), **result}, indent=1)

@@ -26,7 +26,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from _common import REPO, cpu_model
+from _common import REPO, cpu_model, write_result
 
 CLASSIFY_LABELS = {
     "en": "airplanes, a beach, a forest, a harbor, a river",
@@ -221,7 +221,7 @@ def main() -> int:
     for key, value in result.items():
         print(f"{key:<{width}}  {value}")
     if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2, ensure_ascii=False))
+        write_result(args.json, result)
     return 0
 
 

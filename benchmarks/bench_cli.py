@@ -11,7 +11,6 @@ sample built once per tree with that tree's own demo model, so both trees answer
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -20,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import REPO, cpu_model
+from _common import REPO, cpu_model, write_result
 
 HELPS = ([], ["index", "build"], ["search"], ["map", "classify"], ["eval-zero-shot"], ["train"], ["app"])
 QUERY = "campos de futebol perto de um rio"
@@ -133,8 +132,7 @@ def main() -> int:
         print(line)
     for name, mem in memory.items():
         print(f"peak RSS ({name}): " + ", ".join(f"{k} {v:.0f} MiB" for k, v in mem.items()))
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(result, indent=1) + "\n")
+    write_result(args.output, result)
     print(f"wrote {args.output}")
     return 0
 

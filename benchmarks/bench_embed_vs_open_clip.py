@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import statistics
 import sys
@@ -32,7 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import REPO, cpu_model, ucm_batch
+from _common import REPO, cpu_model, ucm_batch, write_result
 
 PRECISIONS = ("fp32", "autocast-bf16", "bf16")
 
@@ -176,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['ratio']:>6.2f}x"
         )
     if args.output:
-        args.output.write_text(json.dumps({"setup": header, "results": rows}, indent=1))
+        write_result(args.output, {"setup": header, "results": rows})
     return 0
 
 

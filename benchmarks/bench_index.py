@@ -422,8 +422,10 @@ def main() -> None:
     text = json.dumps(result, indent=1)
     print(text)
     if args.json_out:
-        Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json_out).write_text(text)
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from _common import write_result
+
+        write_result(args.json_out, result)
 
 
 if __name__ == "__main__":

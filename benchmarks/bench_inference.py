@@ -13,7 +13,6 @@ rounds, and every ratio is against PyTorch fp32 from the same run.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -21,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import REPO, cpu_model, ucm_batch
+from _common import REPO, cpu_model, ucm_batch, write_result
 
 BACKENDS = (("torch", "fp32"), ("torch", "int8"), ("onnx", "fp32"), ("onnx", "int8"))
 
@@ -188,9 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {shape}: {ratio:.2f}x")
     print(f"CPU vector extensions: {', '.join(_cpu_flags()) or 'unknown'}")
     if args.output:
-        args.output.write_text(
-            json.dumps({"setup": setup, "results": results, "int8_kernel_speedup": kernels}, indent=1)
-        )
+        write_result(args.output, {"setup": setup, "results": results, "int8_kernel_speedup": kernels})
     if tmp is not None:
         tmp.cleanup()
     return 0

@@ -11,7 +11,6 @@ with the difference to PyTorch fp32.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 from pathlib import Path
@@ -68,7 +67,9 @@ def main(argv: list[str] | None = None) -> int:
         worst = max(abs(values[lang] - base[lang]) for lang in langs)
         print(f"| {key} | " + " | ".join(f"{values[lang]:.2f}" for lang in langs) + f" | {worst:.2f} |")
     if args.output:
-        args.output.write_text(json.dumps(results, indent=1))
+        from _common import write_result
+
+        write_result(args.output, {"model": args.model, "ties": args.ties, "mR": results})
     return 0
 
 

@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import REPO, cpu_model
+from _common import REPO, cpu_model, write_result
 
 CELL = 256
 PIXEL = 0.3
@@ -225,8 +225,7 @@ def main() -> int:
         "labels": LABELS,
         "results": results,
     }
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps(report, indent=2) + "\n")
+    write_result(args.output, report)
     print("| run | model | task | scene | window / stride | windows | s | Mpx/s | peak RSS (MiB) |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in results:

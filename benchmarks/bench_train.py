@@ -25,7 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-from _common import REPO, cpu_model, ucm_captions_root
+from _common import REPO, cpu_model, ucm_captions_root, write_result
 
 MODES = ("clip", "clip+distillation")
 
@@ -315,9 +315,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"({frozen['peak_memory_mb'] - plain['peak_memory_mb']:+.0f} MiB)"
             )
     if args.output:
-        args.output.write_text(
-            json.dumps({"setup": header, "results": results, "throughput_ratio": ratio}, indent=1)
-        )
+        write_result(args.output, {"setup": header, "results": results, "throughput_ratio": ratio})
     return 0
 
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from .templates import class_name
+from .testing import SAMPLE_DIR
 
 ARCHIVE_QUERIES = {
     "pt": "campos de futebol perto de um rio",
@@ -184,9 +184,16 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--json", default=None, help="also write the figures to this JSON file")
 
     def _run(args: argparse.Namespace) -> int:
+        from .safe_io import atomic_write_json, check_outputs_not_inputs
+
+        if args.json:
+            from .inference import local_model_folder
+
+            inputs = [local_model_folder(args.model or "demo"), args.sample or SAMPLE_DIR]
+            check_outputs_not_inputs([args.json], inputs)
         results = run_demo(args.model, args.sample, tuple(args.languages.split(",")))
         if args.json:
-            Path(args.json).write_text(json.dumps(results, indent=2, ensure_ascii=False))
+            atomic_write_json(args.json, results)
         return 0
 
     parser.set_defaults(func=_run)

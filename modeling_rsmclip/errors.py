@@ -31,10 +31,44 @@ class UserError(ValueError):
 # AttributeError, ...) keep their traceback.
 USER_ERRORS: tuple[type[BaseException], ...] = (UserError, ValueError, OSError, ImportError)
 
+# Errors that libraries raise on damaged or unreadable data and that derive from none of the above, named by class
+# (matched along the error's class hierarchy, so that none of these libraries is imported here). Commands catch them
+# where they open the file, to name it; this list is the net under those places, so that a damaged file is always
+# reported as one line. Only data errors belong here, never a library's programming errors.
+LIBRARY_DATA_ERRORS: frozenset[str] = frozenset(
+    {
+        "safetensors._safetensors_rust.SafetensorError",  # damaged weights
+        "safetensors_rust.SafetensorError",
+        "rasterio.errors.RasterioError",  # GDAL/rasterio: unreadable or truncated rasters, bad CRS or window
+        "rasterio._err.CPLE_BaseError",  # GDAL's own errors (CPLE_AppDefinedError on a truncated TIFF, ...)
+        "yaml.error.YAMLError",  # YAML syntax
+        "PIL.Image.DecompressionBombError",  # an image over the pixel limit
+        "pyarrow.lib.ArrowException",  # Arrow / Parquet files
+        "datasets.exceptions.DatasetsError",  # a damaged or incomplete datasets folder
+        "google.protobuf.message.DecodeError",  # a damaged ONNX graph read by onnx
+        "onnxruntime.capi.onnxruntime_pybind11_state.Fail",  # ONNX Runtime: damaged or wrong graphs
+        "onnxruntime.capi.onnxruntime_pybind11_state.InvalidGraph",
+        "onnxruntime.capi.onnxruntime_pybind11_state.InvalidProtobuf",
+        "onnxruntime.capi.onnxruntime_pybind11_state.NoSuchFile",
+    }
+)
+
+
+def is_user_error(error: BaseException) -> bool:
+    """Whether the command line reports ``error`` as one ``error:`` line (`USER_ERRORS` and `LIBRARY_DATA_ERRORS`)."""
+    if isinstance(error, USER_ERRORS):
+        return True
+    return any(f"{cls.__module__}.{cls.__qualname__}" in LIBRARY_DATA_ERRORS for cls in type(error).__mro__)
+
 
 def one_line(error: BaseException) -> str:
-    """The error's message on one line: the lines of a multi-line message (e.g. a list of problems) joined by "; "."""
+    """The error's message on one line: the lines of a multi-line message (e.g. a list of problems) joined by "; ".
+
+    A library's data error (`LIBRARY_DATA_ERRORS`) is prefixed with its class name, which says which library failed.
+    """
     text = str(error).strip() or type(error).__name__
+    if not isinstance(error, USER_ERRORS) and type(error).__name__ not in text:
+        text = f"{type(error).__name__}: {text}"
     out = ""
     for line in text.splitlines():
         line = line.strip().removeprefix("- ").removeprefix("* ").strip()
@@ -46,6 +80,8 @@ def one_line(error: BaseException) -> str:
 def report_user_error(error: BaseException | str) -> int:
     """Print ``error: <message>`` on stderr; returns the exit status for a user error (2)."""
     message = error if isinstance(error, str) else one_line(error)
+    # A message quoting undecodable input (a non-UTF-8 file name) is printed with escapes, never fails to print.
+    message = message.encode("utf-8", "backslashreplace").decode("utf-8")
     print(f"error: {message}", file=sys.stderr, flush=True)
     return EXIT_USER_ERROR
 
@@ -54,13 +90,13 @@ def run_command(func: Callable[[argparse.Namespace], Any], args: argparse.Namesp
     """Run a sub-command's function; a user error becomes one ``error:`` line and exit status 2."""
     try:
         return int(func(args) or 0)
-    except USER_ERRORS as error:
-        if os.environ.get("RSMCLIP_DEBUG"):
-            raise
-        return report_user_error(error)
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr, flush=True)
         return EXIT_INTERRUPTED
+    except Exception as error:
+        if os.environ.get("RSMCLIP_DEBUG") or not is_user_error(error):
+            raise
+        return report_user_error(error)
 
 
 def cli_type(parse: Callable[[str], Any]) -> Callable[[str], Any]:
@@ -96,16 +132,39 @@ class ArgumentParser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
         self._negative_number_matcher = self.NEGATIVE_NUMBERS
 
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        args = sys.argv[1:] if args is None else list(args)
+        for value in args:
+            if isinstance(value, str) and not _is_utf8(value):
+                shown = value.encode("utf-8", "surrogateescape")
+                self.error(
+                    f"the argument {shown!r} is not UTF-8 text: give texts, labels and file names in UTF-8 (rename "
+                    "such a file, or convert the text with iconv)"
+                )
+        return super().parse_known_args(args, namespace)
+
     def error(self, message: str) -> Any:
+        message = message.encode("utf-8", "backslashreplace").decode("utf-8")
         self.exit(EXIT_USER_ERROR, f"error: {message} (see {self.prog} --help)\n")
+
+
+def _is_utf8(text: str) -> bool:
+    """False for a command-line argument holding bytes that are not UTF-8 (Python keeps them as surrogates)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 __all__ = [
     "ArgumentParser",
     "EXIT_USER_ERROR",
+    "LIBRARY_DATA_ERRORS",
     "USER_ERRORS",
     "UserError",
     "cli_type",
+    "is_user_error",
     "report_user_error",
     "run_command",
 ]

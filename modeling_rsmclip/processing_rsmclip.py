@@ -7,8 +7,8 @@ float type, and torch tensors. `RSMCLIPProcessor` pairs it with the text tower's
 the XLM-RoBERTa tokenizer (`RSMCLIPTokenizer`), or for a CLIP text tower OpenAI CLIP's byte-level BPE tokenizer
 (`RSMCLIPBPETokenizer`, transformers' `CLIPTokenizer` giving the ids of `open_clip.tokenize`).
 
-Image files are decoded in one place, `load_image_file` (PIL, with its decompression-bomb guard; every error names
-the file), and every input is turned into RGB in one place, `to_rgb` / `array_to_rgb`, by the rules documented on
+Image files are decoded in one place, `load_image_file` (PIL, with one decompression-bomb limit,
+`DEFAULT_MAX_IMAGE_PIXELS`, settable with `$RSMCLIP_MAX_IMAGE_PIXELS`; every error names the file), and every input is turned into RGB in one place, `to_rgb` / `array_to_rgb`, by the rules documented on
 `array_to_rgb` (and in README's "Image inputs"): nothing is clipped, scaled or reordered by a guess without a
 warning, and inputs no rule fits are refused with an error that names the value.
 
@@ -20,6 +20,7 @@ from __future__ import annotations
 import html
 import os
 import re
+import threading
 import unicodedata
 import warnings
 from typing import IO, Any
@@ -195,6 +196,8 @@ def array_to_rgb(
     """
     array = np.asarray(array)
     hwc = _array_to_hwc(array, input_data_format, name)
+    if hwc.shape[0] == 0 or hwc.shape[1] == 0 or hwc.shape[2] == 0:
+        raise ValueError(f"{_prefix(name)}the image is empty (shape {tuple(array.shape)})")
     n_bands = hwc.shape[-1]
     if bands is not None:
         bands = list(bands)
@@ -252,14 +255,47 @@ def pil_to_rgb(
     return np.array(image)
 
 
-def load_image_file(path: str | os.PathLike | IO[bytes]) -> PIL.Image.Image:
+# The decompression-bomb guard: an image file whose header claims more pixels (width x height) than this is refused
+# before any pixel is decoded. 178,956,970 (about 179 megapixels, e.g. 13,377 x 13,377) is where PIL itself refuses
+# (twice its `MAX_IMAGE_PIXELS`); set `RSMCLIP_MAX_IMAGE_PIXELS` (a number, or "none" for no limit) or pass
+# `load_image_file(..., max_pixels=...)` to change it. Larger scenes are better read by windows (rasterio).
+DEFAULT_MAX_IMAGE_PIXELS = 178_956_970
+MAX_IMAGE_PIXELS_ENV = "RSMCLIP_MAX_IMAGE_PIXELS"
+_PIL_GUARD_LOCK = threading.Lock()
+
+
+def max_image_pixels(max_pixels: int | None = None) -> int | None:
+    """The pixel limit of `load_image_file`: ``max_pixels`` when given, else ``$RSMCLIP_MAX_IMAGE_PIXELS``, else
+    `DEFAULT_MAX_IMAGE_PIXELS`. None means no limit (the variable set to ``none``)."""
+    if max_pixels is not None:
+        value: Any = max_pixels
+        where = "max_pixels"
+    else:
+        value = os.environ.get(MAX_IMAGE_PIXELS_ENV, "").strip()
+        where = f"${MAX_IMAGE_PIXELS_ENV}"
+        if not value:
+            return DEFAULT_MAX_IMAGE_PIXELS
+        if value.lower() in ("none", "off", "unlimited"):
+            return None
+    try:
+        limit = int(str(value).replace("_", "").replace(",", ""))
+    except ValueError:
+        raise ValueError(f"{where} must be a number of pixels or 'none', got {value!r}") from None
+    if limit < 1:
+        raise ValueError(f"{where} must be at least 1 pixel, got {value!r}")
+    return limit
+
+
+def load_image_file(path: str | os.PathLike | IO[bytes], max_pixels: int | None = None) -> PIL.Image.Image:
     """Open an image file (TIFF included) without reducing its bit depth; EXIF orientation applied.
 
-    The one decoder of image files in this project. PIL's decompression-bomb guard stays on (an image whose header
-    claims more than twice `PIL.Image.MAX_IMAGE_PIXELS` pixels is refused before any pixel is decoded). A missing
-    path raises FileNotFoundError; anything else that cannot be decoded raises ValueError; both name the file.
+    The one decoder of image files in this project. An image whose header claims more than `max_image_pixels()`
+    pixels (178,956,970 by default; ``max_pixels`` or ``$RSMCLIP_MAX_IMAGE_PIXELS`` change it) is refused before
+    any pixel is decoded, with a `ValueError` naming the file, its size and how to raise the limit. A missing path
+    raises FileNotFoundError; anything else that cannot be decoded raises ValueError; both name the file.
     `path` may also be a binary file object (e.g. `io.BytesIO` of a dataset row's bytes), decoded the same way.
     """
+    limit = max_image_pixels(max_pixels)
     if hasattr(path, "read") and hasattr(path, "seek"):
         path_name = getattr(path, "name", None)
         path_name = path_name if isinstance(path_name, str) else "<in-memory image>"
@@ -272,20 +308,36 @@ def load_image_file(path: str | os.PathLike | IO[bytes]) -> PIL.Image.Image:
     else:
         path_name = str(path)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", PIL.Image.DecompressionBombWarning)
-            image = PIL.Image.open(path)
-            image.load()
+        # PIL's own guard (two limits, a global setting) is replaced by the one limit above: it is off only while
+        # the header is read, under a lock, so another thread's PIL.Image.open keeps it.
+        with _PIL_GUARD_LOCK:
+            saved = PIL.Image.MAX_IMAGE_PIXELS
+            PIL.Image.MAX_IMAGE_PIXELS = None
+            try:
+                image = PIL.Image.open(path)
+            finally:
+                PIL.Image.MAX_IMAGE_PIXELS = saved
+        width, height = image.size
+        if limit is not None and width * height > limit:
+            image.close()
+            raise _PixelLimitError(
+                f"cannot read image file {path_name}: {width} x {height} = {width * height:,} pixels, more than the "
+                f"limit of {limit:,} (a guard against decompression bombs). If the file is trusted, raise the "
+                f"limit: {MAX_IMAGE_PIXELS_ENV}={width * height} (or load_image_file(..., max_pixels=...)); or read "
+                "it by windows (GeoTIFF: rsmclip map / index with --tile-size)"
+            )
+        image.load()
         return PIL.ImageOps.exif_transpose(image)
+    except _PixelLimitError as error:
+        raise ValueError(str(error)) from None
     except FileNotFoundError:
         raise FileNotFoundError(f"image file not found: {path_name}") from None
-    except (PIL.Image.DecompressionBombError, PIL.Image.DecompressionBombWarning) as error:
-        raise ValueError(
-            f"cannot read image file {path_name}: refused as a possible decompression bomb ({error}). If the file is "
-            f"trusted, raise PIL.Image.MAX_IMAGE_PIXELS, or tile the image (rasterio windows)"
-        ) from error
     except Exception as error:  # PIL raises OSError, SyntaxError, ValueError, struct.error, ... on bad files
         raise ValueError(f"cannot read image file {path_name}: {type(error).__name__}: {error}") from error
+
+
+class _PixelLimitError(Exception):
+    """An image over the pixel limit (raised as a `ValueError` by `load_image_file`)."""
 
 
 def _is_torch_tensor(x: Any) -> bool:
@@ -635,5 +687,7 @@ __all__ = [
     "array_to_rgb",
     "pil_to_rgb",
     "load_image_file",
+    "max_image_pixels",
+    "DEFAULT_MAX_IMAGE_PIXELS",
     "content_free_texts",
 ]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 LANGUAGES: tuple[str, ...] = ("en", "pt", "es", "fr", "de", "nl", "it", "zh", "ko", "ru")
@@ -94,6 +95,24 @@ PROMPT_TEMPLATES: dict[str, list[str]] = {
 
 
 _CLASS_NAMES_FILE = Path(__file__).with_name("class_names.json")
+
+
+def parse_language_list(value: str | Sequence[str]) -> list[str]:
+    """``"all"``, ``"en,pt,zh"`` or a list -> language codes of `LANGUAGES` in the order given, each once (case and
+    spaces ignored). No code, or an unknown one, raises `ValueError` naming it."""
+    if isinstance(value, str):
+        items = list(LANGUAGES) if value.strip().lower() == "all" else value.split(",")
+    else:
+        items = [str(item) for item in value]
+    codes = [item.strip().lower() for item in items if item.strip()]
+    unknown = [code for code in codes if code not in LANGUAGES]
+    if unknown:
+        raise ValueError(
+            f"unsupported language(s) {', '.join(map(repr, unknown))}; choose from {', '.join(LANGUAGES)} or 'all'"
+        )
+    if not codes:
+        raise ValueError(f"no language given ({value!r}); choose from {', '.join(LANGUAGES)} or 'all'")
+    return list(dict.fromkeys(codes))
 
 
 def norm_key(name: str) -> str:

@@ -10,9 +10,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import pytest
-
-from modeling_rsmclip.testing import shared_data_dir
+from _shared_data import need_shared_data
 
 DEMO_MODEL = Path(__file__).resolve().parents[1] / "modeling_rsmclip" / "demo_model"
 
@@ -54,9 +52,7 @@ def use_demo_onnx_cache(tmp_path: Path, monkeypatch) -> Path:
 
 def ucm_images(count: int = 24) -> list[Path]:
     """`count` UCM-Captions test-split image files spread over the classes."""
-    root = shared_data_dir() / "ucm-captions"
-    if not (root / "dataset.json").is_file():
-        pytest.skip(f"the UCM-Captions data is absent at {root} (set RSMCLIP_SHARED_DATA)")
+    root = need_shared_data("ucm-captions", "dataset.json").parent
     data = json.loads((root / "dataset.json").read_text())
     test = [entry["filename"] for entry in data["images"] if entry["split"] == "test"]
     step = max(1, len(test) // count)
@@ -65,9 +61,7 @@ def ucm_images(count: int = 24) -> list[Path]:
 
 def ucm_captions(per_language: int = 4) -> list[str]:
     """Real captions: English and every translation (first `per_language` distinct texts of each)."""
-    root = shared_data_dir() / "ucm-captions"
-    if not (root / "dataset.json").is_file():
-        pytest.skip(f"the UCM-Captions data is absent at {root} (set RSMCLIP_SHARED_DATA)")
+    root = need_shared_data("ucm-captions", "dataset.json").parent
     data = json.loads((root / "dataset.json").read_text())
     english = list(dict.fromkeys(s["raw"] for e in data["images"][::97] for s in e["sentences"]))
     texts = english[:per_language]

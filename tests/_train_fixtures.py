@@ -12,16 +12,11 @@ import json
 from pathlib import Path
 
 import datasets
-import pytest
-
-from modeling_rsmclip.testing import shared_data_dir
+from _shared_data import need_shared_data
 
 
 def ucm_dir() -> Path:
-    path = shared_data_dir() / "ucm-captions"
-    if not (path / "dataset.json").is_file():
-        pytest.skip(f"the UCM-Captions data is absent at {path} (set RSMCLIP_SHARED_DATA)")
-    return path
+    return need_shared_data("ucm-captions", "dataset.json").parent
 
 
 FEATURES = datasets.Features(

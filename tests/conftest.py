@@ -5,17 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
-from modeling_rsmclip.testing import shared_data_dir
+from _shared_data import need_shared_data
 
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    """`../shared/data` (or `$RSMCLIP_SHARED_DATA`): the real UCM-Captions and RSSCN7-mini data."""
-    path = shared_data_dir()
-    if not (path / "ucm-captions" / "dataset.json").exists():
-        pytest.skip(f"real data not found at {path}: set RSMCLIP_SHARED_DATA to the shared/data folder")
-    return path
+    """`../shared/data` (or `$RSMCLIP_SHARED_DATA`): the real UCM-Captions and RSSCN7-mini data. Missing, the test
+    skips, or fails where `$RSMCLIP_REQUIRE_SHARED_DATA` is set (CI: `.ci/run`)."""
+    return need_shared_data("ucm-captions", "dataset.json").parents[1]
 
 
 @pytest.fixture(scope="session")

@@ -83,7 +83,7 @@ def _script(name: str):
             ["train", "--preset", "tiny", "--dataset", "{tmp}/ds", "--output-dir", "{tmp}/o"],
             ["--tokenizer-name-or-path"],
         ),
-        (["convert", "{tmp}", "{tmp}/out", "--offline"], ["open_clip_config.json"]),
+        (["convert", "{sample}", "{tmp}/out", "--offline"], ["open_clip_config.json"]),
         (["export", "{tmp}", "{tmp}/out"], ["--to-open-clip"]),
         (["model-index", "{tmp}/missing.json", "--card", "{tmp}/README.md"], ["missing.json"]),
         (

@@ -14,7 +14,7 @@ rasterio = pytest.importorskip("rasterio", reason='needs rasterio: pip install "
 from affine import Affine  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from modeling_rsmclip.testing import shared_data_dir  # noqa: E402
+from modeling_rsmclip.testing import sample_dir  # noqa: E402
 
 CLASSES = ["agricultural", "beach", "forest", "parkinglot", "river", "storagetanks"]
 LABELS = {
@@ -43,10 +43,7 @@ def _ucm_images(root: Path) -> dict[str, list[Path]]:
 @pytest.fixture(scope="module")
 def mosaic(tmp_path_factory):
     """A 3 x 5 mosaic GeoTIFF of 256 px UCM test images (RGBA, the last cell fully transparent)."""
-    root = shared_data_dir() / "ucm-captions"
-    if not (root / "labels.csv").exists():
-        pytest.skip(f"UCM-Captions not found at {root}: set RSMCLIP_SHARED_DATA to the shared/data folder")
-    chosen = _ucm_images(root)
+    chosen = _ucm_images(sample_dir() / "ucm")
     cells = [(label, path) for label in CLASSES for path in chosen[label]]
     cols, rows = 5, 3
     assert len(cells) == len(CLASSES) * PER_CLASS and len(cells) < cols * rows
@@ -196,10 +193,7 @@ def test_edge_tiles_of_a_scene_without_nodata_are_classified_with_their_valid_fr
     from modeling_rsmclip.geo import classify_scene
 
     model, processor = demo
-    root = shared_data_dir() / "ucm-captions"
-    if not (root / "labels.csv").exists():
-        pytest.skip(f"UCM-Captions not found at {root}: set RSMCLIP_SHARED_DATA to the shared/data folder")
-    chosen = _ucm_images(root)
+    chosen = _ucm_images(sample_dir() / "ucm")
     cells = [chosen[c][0] for c in ("forest", "beach", "river", "storagetanks")]
     rgb = np.zeros((512, 512, 3), dtype=np.uint8)
     for i, path in enumerate(cells):

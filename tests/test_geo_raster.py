@@ -10,22 +10,19 @@ import pytest
 
 rasterio = pytest.importorskip("rasterio", reason='needs rasterio: pip install "rsmclip[geo]"')
 
+from _shared_data import need_shared_data  # noqa: E402
 from affine import Affine  # noqa: E402
 
 from modeling_rsmclip.geo.bands import Stretch, list_band_presets, resolve_preset  # noqa: E402
 from modeling_rsmclip.geo.raster import RasterReader  # noqa: E402
 from modeling_rsmclip.geo.tiling import TileGrid, iter_tiles, length_to_pixels  # noqa: E402
-from modeling_rsmclip.testing import shared_data_dir  # noqa: E402
 
 PIXELS = [(0, 0), (17, 301), (255, 256), (400, 99), (511, 511)]
 
 
 @pytest.fixture(scope="module")
 def geo() -> Path:
-    path = shared_data_dir() / "geo"
-    if not (path / "sentinel" / "spain_7370579_s2_l1c_13band.tif").exists():
-        pytest.skip(f"real rasters not found at {path}: set RSMCLIP_SHARED_DATA to the shared/data folder")
-    return path
+    return need_shared_data("geo", "sentinel", "spain_7370579_s2_l1c_13band.tif").parents[1]
 
 
 def _unit(x: np.ndarray, low: float, high: float) -> np.ndarray:

@@ -8,10 +8,10 @@ import math
 import numpy as np
 import pytest
 import torch
+from _shared_data import need_shared_data
 
 from modeling_rsmclip import RSMCLIPConfig, RSMCLIPModel
 from modeling_rsmclip.modeling_rsmclip import naclip_attention, naclip_neighbourhood_bias
-from modeling_rsmclip.testing import shared_data_dir
 
 
 @pytest.fixture(scope="module")
@@ -114,10 +114,7 @@ rasterio = pytest.importorskip("rasterio", reason='needs rasterio: pip install "
 
 @pytest.fixture(scope="module")
 def geo():
-    path = shared_data_dir() / "geo"
-    if not (path / "sentinel" / "spain_7370579_s1_vv_vh_db.tif").exists():
-        pytest.skip(f"real rasters not found at {path}: set RSMCLIP_SHARED_DATA to the shared/data folder")
-    return path
+    return need_shared_data("geo", "sentinel", "spain_7370579_s1_vv_vh_db.tif").parents[1]
 
 
 @pytest.fixture(scope="module")

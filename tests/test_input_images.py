@@ -73,6 +73,42 @@ def test_decompression_bomb_is_a_clear_error_not_a_crash(tmp_path):
         ImageFiles([bomb])[0]
 
 
+def test_the_pixel_limit_is_one_documented_number_the_user_can_raise(tmp_path, monkeypatch):
+    """A 100-megapixel image (a legitimate aerial photo) loads under the default limit (178,956,970 pixels, as
+    documented); a larger one is refused naming the file, its size and the variable that raises the limit, which
+    then lets it through; PIL's own global setting is left as it was."""
+    import PIL.Image
+
+    from modeling_rsmclip.processing_rsmclip import DEFAULT_MAX_IMAGE_PIXELS, max_image_pixels
+
+    monkeypatch.delenv("RSMCLIP_MAX_IMAGE_PIXELS", raising=False)
+    assert max_image_pixels() == DEFAULT_MAX_IMAGE_PIXELS == 178_956_970
+    big = tmp_path / "aerial_100mp.png"
+    Image.new("1", (10_000, 10_000), 1).save(big)  # 1-bit: 12 MB decoded, a few kB on disk
+    pil_limit = PIL.Image.MAX_IMAGE_PIXELS
+    assert load_image_file(big).size == (10_000, 10_000)
+    bigger = _png_with_header_only(tmp_path / "huge.png", 15_000, 12_000)  # 180 M pixels
+    with pytest.raises(ValueError) as refused:
+        load_image_file(bigger)
+    message = str(refused.value)
+    assert "huge.png" in message and "15000 x 12000 = 180,000,000 pixels" in message
+    assert "RSMCLIP_MAX_IMAGE_PIXELS=180000000" in message and "178,956,970" in message
+    monkeypatch.setenv("RSMCLIP_MAX_IMAGE_PIXELS", "180000000")
+    with pytest.raises(ValueError, match="huge.png") as past_the_limit:  # only a header: decoding then fails
+        load_image_file(bigger)
+    assert "pixels, more than the limit" not in str(past_the_limit.value)
+    monkeypatch.setenv("RSMCLIP_MAX_IMAGE_PIXELS", "50_000_000")
+    with pytest.raises(ValueError, match="more than the limit of 50,000,000"):
+        load_image_file(big)
+    assert load_image_file(big, max_pixels=100_000_000).size == (10_000, 10_000)  # the argument wins
+    monkeypatch.setenv("RSMCLIP_MAX_IMAGE_PIXELS", "none")
+    assert max_image_pixels() is None
+    monkeypatch.setenv("RSMCLIP_MAX_IMAGE_PIXELS", "lots")
+    with pytest.raises(ValueError, match=r"\$RSMCLIP_MAX_IMAGE_PIXELS must be a number"):
+        load_image_file(big)
+    assert PIL.Image.MAX_IMAGE_PIXELS == pil_limit
+
+
 def test_16_bit_tiff_path_through_the_processor_is_not_clipped(tiny, tmp_path):
     _, processor = tiny
     grey = RGB[:, :, 1]

@@ -13,6 +13,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from _shared_data import need_shared_data
 
 from modeling_rsmclip.data import (
     HFTranslator,
@@ -29,10 +30,11 @@ UCM = SHARED_DATA / "ucm-captions"
 RSSCN7 = SHARED_DATA / "rsscn7-mini"
 TARGETS = ("pt", "es", "fr", "de", "nl", "it", "zh", "ko", "ru")
 
-pytestmark = pytest.mark.skipif(
-    not (UCM / "dataset.json").is_file(),
-    reason=f"shared UCM-Captions data not found at {UCM} (set RSMCLIP_SHARED_DATA)",
-)
+
+@pytest.fixture(autouse=True)
+def _real_data():
+    """ucm-captions: skip without it, or fail where the real data is required (CI)."""
+    need_shared_data("ucm-captions", "dataset.json")
 
 
 @pytest.fixture(autouse=True, scope="module")

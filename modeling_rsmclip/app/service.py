@@ -130,6 +130,21 @@ class _ArrayImages(ImageSource):
         return h.hexdigest()
 
 
+# The per-request folders `AppService.request_dir` makes (and later removes) in the work folder.
+_REQUEST_DIR = re.compile(r"^[a-z]+-\d+-\d+$")
+
+
+def _check_work_dir(work_dir: Any, model: Any, index: Any, index_path: Any = None) -> None:
+    """A work folder given by the caller must not be, hold or lie inside the model's folder or the index."""
+    if work_dir is None:
+        return
+    from ..inference import local_model_folder
+    from ..safe_io import check_outputs_not_inputs
+
+    inputs = [local_model_folder(model), getattr(index, "path", None), index_path]
+    check_outputs_not_inputs([], inputs, owned=[work_dir])
+
+
 class AppService:
     """The model, processor and (optional) archive index, loaded once and shared by every request.
 
@@ -167,6 +182,7 @@ class AppService:
     ) -> None:
         from ..inference import load_encoder
 
+        _check_work_dir(work_dir, model, index)
         self.model = model.eval()
         self.processor = processor
         self.index = index
@@ -206,6 +222,7 @@ class AppService:
         ``backend`` / ``precision`` as in the constructor, used by the index's queries too."""
         from ..inference import load_model
 
+        _check_work_dir(work_dir, model or "demo", None, index)
         net, processor = load_model(model or "demo")
         name = model or "bundled demo model (trained on the UCM-Captions train split, 10 languages)"
         # The index checks the model's fingerprint on the fp32 weights, before they may be quantised in place.
@@ -250,7 +267,7 @@ class AppService:
         for old in self.work_dir.iterdir():
             try:
                 if (
-                    old.name != "thumbnails"
+                    _REQUEST_DIR.match(old.name)  # only folders made here
                     and old.is_dir()
                     and now - old.stat().st_mtime > self.keep_outputs_s
                 ):

@@ -11,6 +11,7 @@ initialised one (used only to continue training with self-distillation; inferenc
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from ..configuration_rsmclip import RSMCLIPConfig
 from ..known_models import KnownModel, get_known_model, is_known_model
 from ..modeling_rsmclip import RSMCLIPModel
 from ..processing_rsmclip import RSMCLIPImageProcessor, RSMCLIPProcessor
+from ..safe_io import atomic_folder, check_outputs_not_inputs
 from .checkpoint import CONFIG_FILE, CheckpointNotFoundError, OpenCLIPCheckpoint, load_open_clip_checkpoint
 from .clip_tokenizer import BPE_FILE, clip_bpe_tokenizer
 from .open_clip_config import image_processor_kwargs_from_preprocess_cfg, rsmclip_config_from_open_clip
@@ -305,6 +307,9 @@ def convert_open_clip(
         private: visibility of a repository created by `push_to_hub`.
         config_overrides: other `RSMCLIPConfig` fields, e.g. the distillation head's `dino_out_dim`.
     """
+    out = Path(output_dir)
+    local_inputs = [source, tokenizer if isinstance(tokenizer, str | os.PathLike) else None]
+    check_outputs_not_inputs([], local_inputs, owned=[out])
     known = None
     if not Path(str(source)).expanduser().exists() and is_known_model(str(source)):
         known = resolve_known_model(str(source), output_dir)
@@ -351,11 +356,10 @@ def convert_open_clip(
         )
     model.eval()
 
-    out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
-    RSMCLIPProcessor(image_processor=image_processor, tokenizer=text_tokenizer).save_pretrained(out)
-    write_model_card(out, checkpoint, config, tokenizer_source, push_to_hub)
+    with atomic_folder(out) as tmp:  # the files reach `out` only once all are written
+        model.save_pretrained(tmp)
+        RSMCLIPProcessor(image_processor=image_processor, tokenizer=text_tokenizer).save_pretrained(tmp)
+        write_model_card(tmp, checkpoint, config, tokenizer_source, push_to_hub)
     if push_to_hub:
         upload_folder(out, push_to_hub, private=private, token=token, message=f"Convert {checkpoint.source}")
     return out

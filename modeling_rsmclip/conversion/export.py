@@ -23,6 +23,7 @@ from typing import Any
 from safetensors.torch import save_file
 
 from ..modeling_rsmclip import RSMCLIPModel
+from ..safe_io import atomic_folder, check_outputs_not_inputs
 from .checkpoint import CONFIG_FILE, SAFETENSORS_FILE
 from .convert import upload_folder
 from .open_clip_config import (
@@ -114,10 +115,12 @@ def export_to_open_clip(
             tokenizer files.
         push_to_hub: a Hub repository id to upload the folder to.
     """
+    from ..inference import local_model_folder
+
+    out = Path(output_dir)
+    check_outputs_not_inputs([], [local_model_folder(model)], owned=[out])
     net, processor, source = _load_model_and_processor(model, processor)
     config = net.config
-    out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
     self_reference = push_to_hub or str(out.resolve())
     write_text_config = False
     if config.is_clip_text:
@@ -132,22 +135,23 @@ def export_to_open_clip(
     preprocess_cfg = preprocess_cfg_from_image_processor(processor.image_processor)
     state_dict = rsmclip_to_open_clip_state_dict(net.state_dict(), config, source=source)
 
-    save_file(
-        {k: v.detach().contiguous().cpu() for k, v in state_dict.items()},
-        str(out / SAFETENSORS_FILE),
-        metadata={"format": "pt"},
-    )
-    (out / CONFIG_FILE).write_text(
-        json.dumps({"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg}, indent=2) + "\n",
-        encoding="utf-8",
-    )
-    if not config.is_clip_text:
-        processor.tokenizer.save_pretrained(out)
-    if write_text_config:
-        # OpenCLIP reads the text tower's architecture from here (AutoConfig.from_pretrained(hf_model_name)).
-        config.text_config.to_json_file(str(out / "config.json"))
     load_name = f"hf-hub:{push_to_hub}" if push_to_hub else f"local-dir:{out.resolve()}"
-    _write_card(out, model_cfg, source, load_name)
+    with atomic_folder(out) as tmp:  # the files reach `out` only once all are written
+        save_file(
+            {k: v.detach().contiguous().cpu() for k, v in state_dict.items()},
+            str(tmp / SAFETENSORS_FILE),
+            metadata={"format": "pt"},
+        )
+        (tmp / CONFIG_FILE).write_text(
+            json.dumps({"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg}, indent=2) + "\n",
+            encoding="utf-8",
+        )
+        if not config.is_clip_text:  # a CLIP text tower uses OpenCLIP's own tokenizer
+            processor.tokenizer.save_pretrained(tmp)
+        if write_text_config:
+            # OpenCLIP reads the text tower's architecture from here (AutoConfig.from_pretrained(hf_model_name)).
+            config.text_config.to_json_file(str(tmp / "config.json"))
+        _write_card(tmp, model_cfg, source, load_name)
     if push_to_hub:
         upload_folder(out, push_to_hub, private=private, token=token, message=f"Export {source} to OpenCLIP")
     return out

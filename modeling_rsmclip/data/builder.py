@@ -17,13 +17,14 @@ from typing import Any
 from datasets import Dataset, DatasetDict, Features, Image, List, Value
 from datasets.utils.logging import disable_progress_bar, enable_progress_bar, is_progress_bar_enabled
 
+from ..safe_io import atomic_output
 from ..templates import (
     CLASS_NAMES,
-    LANGUAGES,
     PROMPT_TEMPLATES,
     find_table,
     humanize_class_name,
     lookup_class,
+    parse_language_list,
 )
 from .card import make_dataset_card
 from .readers import LAYOUTS, SPLITS, SourceItem, check_images, read_imagefolder, read_karpathy
@@ -61,17 +62,8 @@ class BuildError(RuntimeError):
 
 def parse_languages(languages: str | Sequence[str]) -> list[str]:
     """``"all"``, ``"en,pt,zh"`` or a list -> a validated list starting with English (the source language)."""
-    if isinstance(languages, str):
-        requested = list(LANGUAGES) if languages.strip().lower() == "all" else languages.split(",")
-    else:
-        requested = list(languages)
-    requested = [lang.strip().lower() for lang in requested if lang.strip()]
-    unknown = [lang for lang in requested if lang not in LANGUAGES]
-    if unknown:
-        raise ValueError(
-            f"unsupported language(s) {', '.join(unknown)}; choose from {', '.join(LANGUAGES)} or 'all'"
-        )
-    return [SOURCE_LANGUAGE] + [lang for lang in dict.fromkeys(requested) if lang != SOURCE_LANGUAGE]
+    requested = parse_language_list(languages)
+    return [SOURCE_LANGUAGE] + [lang for lang in requested if lang != SOURCE_LANGUAGE]
 
 
 def _load_mapping(value: str | os.PathLike[str] | Mapping[str, Any] | None, what: str) -> dict[str, Any]:
@@ -445,7 +437,8 @@ def save_dataset(
     """``save_to_disk`` plus the dataset card (README.md) and ``build_report.json`` in the same folder."""
     output_dir = Path(output_dir)
     dataset.save_to_disk(str(output_dir), max_shard_size=max_shard_size)
-    make_dataset_card(report, translation_model=translation_model).save(output_dir / "README.md")
+    with atomic_output(output_dir / "README.md") as tmp:
+        make_dataset_card(report, translation_model=translation_model).save(tmp)
     report.save(output_dir / "build_report.json")
     return output_dir
 

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from ..errors import ArgumentParser, UserError, report_user_error, run_command
+from ..safe_io import check_outputs_not_inputs
 from .readers import LAYOUTS
 from .translate import RECOMMENDED_MODELS
 
@@ -117,6 +118,9 @@ def run_build_dataset(args: argparse.Namespace) -> int:
 
     if args.output is None and args.push_to_hub is None:
         raise UserError("give --output DIR and/or --push-to-hub REPO_ID")
+    inputs = [args.images, args.annotations, args.labels_csv, args.class_names, args.templates]
+    # The translation cache is read (and extended with new translations): the dataset folder must not hold it.
+    check_outputs_not_inputs([args.cache_dir], [*inputs, args.translations_cache], owned=[args.output])
     translator = None
     if args.translation_model:
         translator = HFTranslator(

@@ -345,21 +345,29 @@ def check_image(path: str | os.PathLike[str]) -> str | None:
     ``verify()`` catches corrupt headers and checksums, a full ``load()`` catches truncated pixel data
     (with ``ImageFile.LOAD_TRUNCATED_IMAGES`` off, which :func:`check_images` guarantees).
     """
+    from ..processing_rsmclip import load_image_file  # here: `rsmclip build-dataset --help` stays light
+
     path = Path(path)
     try:
         if path.stat().st_size == 0:
             return "empty file"
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            with Image.open(path) as image:
-                image.verify()
-            with Image.open(path) as image:
-                image.load()
-                if image.width < 1 or image.height < 1:
-                    return f"image has no pixels ({image.width}x{image.height})"
+            # The project's one decoder and pixel limit (`load_image_file`), then the format's own checksums.
+            image = load_image_file(path)
+            if image.width < 1 or image.height < 1:
+                return f"image has no pixels ({image.width}x{image.height})"
+            if (
+                image.width * image.height <= 2 * (Image.MAX_IMAGE_PIXELS or 0)
+                or Image.MAX_IMAGE_PIXELS is None
+            ):
+                with Image.open(path) as raw:
+                    raw.verify()
     except FileNotFoundError:
         return "image file not found"
-    except Exception as error:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError, ...
+    except ValueError as error:  # load_image_file: names the file and what is wrong
+        return f"unreadable image ({str(error).replace(f'cannot read image file {path}: ', '')})"
+    except Exception as error:  # PIL raises OSError, SyntaxError, struct.error, ... on bad files
         return f"unreadable image ({type(error).__name__}: {error})"
     return None
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from ..safe_io import atomic_write_text
 
 # What happened to a reported item.
 SKIPPED = "skipped"  # the item (an image row, a caption, a file) is not in the dataset
@@ -113,29 +114,3 @@ class BuildReport:
         if len(self.entries) > max_entries:
             lines.append(f"    ... and {len(self.entries) - max_entries} more (see the JSON report)")
         return "\n".join(lines)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same folder and ``os.replace``.
-
-    Readers (and a rerun after a crash) see either the old or the new file, never a truncated one.
-    """
-    path = Path(path)
-    try:
-        mode = path.stat().st_mode & 0o777  # keep the permissions of the file being replaced
-    except FileNotFoundError:
-        umask = os.umask(0)
-        os.umask(umask)
-        mode = 0o666 & ~umask
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp_name, mode)
-        os.replace(tmp_name, path)
-    except BaseException:
-        if os.path.exists(tmp_name):
-            os.unlink(tmp_name)
-        raise

@@ -29,8 +29,8 @@ from typing import Any, Protocol, runtime_checkable
 
 from tqdm.auto import tqdm
 
+from ..safe_io import atomic_write_text
 from ..templates import LANGUAGE_NAMES, LANGUAGES
-from .report import atomic_write_text
 
 SOURCE_LANGUAGE = "en"
 

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import os
 import re
 from pathlib import Path
 from typing import Any
 
-from ..errors import UserError
+from ..errors import UserError, cli_type
 from ..inference.options import add_backend_arguments
 
 logger = logging.getLogger(__name__)
@@ -38,12 +36,39 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "dataset"
 
 
+RETRIEVAL_OUTPUTS = (".json", "_languages.png", "_grid_queries.json", "_top5_grid.png")
+
+
 def _write_json(path: Path, data: Any) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    from ..safe_io import atomic_write_json
+
+    return atomic_write_json(path, data)
+
+
+# The options naming what an evaluation reads (files, folders, a local builder dataset, a class-name file).
+_INPUT_OPTIONS = (
+    "karpathy_json",
+    "images",
+    "translations",
+    "dataset",
+    "image_folder",
+    "labels_csv",
+    "class_names",
+)
+
+
+def _check_outputs(args: argparse.Namespace, names: list[str]) -> None:
+    """Before the model is loaded: the results, the plots and the embedding cache overwrite no input."""
+    from ..inference import local_model_folder
+    from ..safe_io import check_outputs_not_inputs
+    from .embed import default_cache_dir
+
+    out = Path(args.output_dir)
+    outputs = [out, *(out / name for name in names)]
+    if not args.no_cache:
+        outputs.append(args.cache_dir or default_cache_dir())
+    inputs = [getattr(args, option, None) for option in _INPUT_OPTIONS]
+    check_outputs_not_inputs(outputs, [*inputs, local_model_folder(args.model)])
 
 
 def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -141,9 +166,10 @@ def run_retrieval(args: argparse.Namespace) -> int:
         if args.translations is not None:
             raise UserError("--translations applies to --karpathy-json input only")
         data = load_builder_dataset(args.dataset, args.split, args.languages, args.dataset_name)
+    stem = f"retrieval_{_slug(data.name)}_{_slug(str(data.split))}"
+    _check_outputs(args, [f"{stem}{end}" for end in RETRIEVAL_OUTPUTS])
     embedder, model_name = _make_embedder(args)
     result = evaluate_retrieval(embedder, data, tuple(args.ks), model_name=model_name, ties=args.ties)
-    stem = f"retrieval_{_slug(data.name)}_{_slug(str(data.split))}"
     out = Path(args.output_dir)
     path = _write_json(out / f"{stem}.json", result.results)
     print(f"results: {path}")
@@ -175,7 +201,7 @@ def _default_grid_languages(available: list[str]) -> list[str]:
 
 # ------------------------------------------------------------------------------------------------- zero-shot
 def add_zero_shot_arguments(parser: argparse.ArgumentParser) -> None:
-    from ..templates import CLASS_NAMES, DATASET_ALIASES, LANGUAGES
+    from ..templates import CLASS_NAMES, DATASET_ALIASES, LANGUAGES, parse_language_list
 
     data = parser.add_argument_group(
         "data (an ImageFolder, an image folder with a labels CSV, or a builder dataset)"
@@ -210,9 +236,9 @@ def add_zero_shot_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--languages",
-        type=_csv_list,
+        type=cli_type(parse_language_list),
         default=list(LANGUAGES),
-        help="comma-separated prompt languages (default: all)",
+        help="comma-separated prompt languages, or 'all' (default: all)",
     )
     parser.add_argument("--ks", type=_csv_ints, default=(1, 5), help="top-K accuracies (default: 1,5)")
     _add_model_arguments(parser)
@@ -233,6 +259,9 @@ def run_zero_shot(args: argparse.Namespace) -> int:
     else:
         data = load_builder_labels(args.dataset, args.split or "test", args.dataset_name)
     table, user_names = _class_names_option(args.class_names)
+    stem = f"zero_shot_{_slug(data.name)}" + (f"_{_slug(data.split)}" if data.split else "")
+    ends = [".json", "_languages.png", *(f"_confusion_{lang}.png" for lang in args.languages)]
+    _check_outputs(args, [f"{stem}{end}" for end in ends])
     embedder, model_name = _make_embedder(args)
     results = evaluate_zero_shot(
         embedder,
@@ -243,7 +272,6 @@ def run_zero_shot(args: argparse.Namespace) -> int:
         model_name=model_name,
         class_names=user_names,
     )
-    stem = f"zero_shot_{_slug(data.name)}" + (f"_{_slug(data.split)}" if data.split else "")
     out = Path(args.output_dir)
     path = _write_json(out / f"{stem}.json", results)
     print(f"results: {path}")

@@ -17,6 +17,7 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard
 
+from ..safe_io import atomic_output, check_outputs_not_inputs
 from .retrieval import TASK_TYPE as RETRIEVAL_TASK
 from .zero_shot import TASK_TYPE as ZERO_SHOT_TASK
 
@@ -115,6 +116,8 @@ def update_model_card(
     default the card's existing one, else the card's first ``#`` heading, else the card folder's name.
     """
     card_path = Path(card_path)
+    results = list(results)
+    check_outputs_not_inputs([card_path], [r for r in results if not isinstance(r, Mapping)])
     new: list[EvalResult] = []
     for source in results:
         try:
@@ -132,6 +135,6 @@ def update_model_card(
     default_name = heading.group(1) if heading else card_path.resolve().parent.name
     card.data.model_name = model_name or card.data.model_name or default_name
     card.data.eval_results = merge_eval_results(card.data.eval_results or [], new)
-    card_path.parent.mkdir(parents=True, exist_ok=True)
-    card.save(card_path)
+    with atomic_output(card_path) as tmp:
+        card.save(tmp)
     return card

@@ -22,6 +22,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from ..safe_io import atomic_output  # noqa: E402
 from .embed import ImageSource  # noqa: E402
 from .fonts import (  # noqa: E402, F401  (font_plan, displayable, PLACEHOLDER, _font_coverage: re-exported)
     PLACEHOLDER,
@@ -36,9 +37,11 @@ logger = logging.getLogger(__name__)
 
 def _save(fig: Any, path: str | os.PathLike) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
+    try:
+        with atomic_output(path) as tmp:
+            fig.savefig(tmp, dpi=120, bbox_inches="tight")
+    finally:
+        plt.close(fig)
     return path
 
 

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..safe_io import raise_for_damaged_folder
 from .embed import DatasetImages, Embedder, ImageFiles, ImageSource
 from .metrics import DEFAULT_BLOCK_BYTES, DEFAULT_RETRIEVAL_KS, TIE_RULES, retrieval_metrics_chunked
 
@@ -155,7 +156,11 @@ def load_split(path_or_id: str, split: str | None) -> Any:
     import datasets
 
     if Path(path_or_id).exists():
-        loaded = datasets.load_from_disk(path_or_id)
+        try:
+            loaded = datasets.load_from_disk(path_or_id)
+        except Exception as error:  # datasets / Arrow name no file: find the damaged one
+            raise_for_damaged_folder(path_or_id, error)
+            raise
         if isinstance(loaded, datasets.DatasetDict):
             if split is None or split not in loaded:
                 raise ValueError(f"{path_or_id}: split {split!r} not found; available: {list(loaded)}")

@@ -202,9 +202,11 @@ def load_class_names_file(path: str | os.PathLike) -> dict[str, dict[str, str] |
     ``folder -> {language: name}``. Errors name the file and the entry."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_bytes().decode("utf-8")
     except FileNotFoundError:
         raise FileNotFoundError(f"class-names file not found: {path}") from None
+    except UnicodeDecodeError as err:
+        raise ValueError(f"class-names file {path} is not UTF-8 text (byte {err.start})") from None
     try:
         if path.suffix.lower() in (".yaml", ".yml"):
             import yaml

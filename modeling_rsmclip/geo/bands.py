@@ -55,6 +55,10 @@ class Stretch:
         if len(self.low) not in (1, 3) or len(self.high) not in (1, 3):
             raise ValueError(f"stretch limits must be 1 or 3 values, got low={self.low} high={self.high}")
         low, high = np.broadcast_arrays(np.asarray(self.low, float), np.asarray(self.high, float))
+        with np.errstate(over="ignore", invalid="ignore"):
+            finite = np.isfinite(low).all() and np.isfinite(high).all() and np.isfinite(high - low).all()
+        if not finite:
+            raise ValueError(f"stretch limits must be finite numbers, got low={self.low} high={self.high}")
         if not np.all(high > low):
             raise ValueError(f"stretch needs high > low, got low={self.low} high={self.high}")
         if self.kind == "percentile" and not (np.all(low >= 0) and np.all(high <= 100)):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 from typing import Any
 
 from ..errors import cli_type
@@ -78,10 +79,21 @@ def _signer(args: argparse.Namespace) -> Any:
     return load_signer(args.signer) if args.signer else None
 
 
+def _check_outputs(args: argparse.Namespace, names: tuple[str, ...]) -> None:
+    """Before the model is loaded: the files written into --output overwrite neither the scene nor the model."""
+    from ..inference import local_model_folder
+    from ..safe_io import check_outputs_not_inputs
+
+    outputs = [Path(args.output) / name for name in names]
+    check_outputs_not_inputs(outputs, [args.scene, local_model_folder(args.model)])
+
+
 def _classify(args: argparse.Namespace) -> int:
+    from .writer import CLASSIFICATION_FILES
     from .zero_shot import classify_scene
 
     signer = _signer(args)
+    _check_outputs(args, CLASSIFICATION_FILES)
     model, processor = _load(args)
     result = classify_scene(
         args.scene,
@@ -109,9 +121,11 @@ def _classify(args: argparse.Namespace) -> int:
 
 def _segment(args: argparse.Namespace) -> int:
     from .naclip import check_segment_backend, segment_scene
+    from .writer import SEGMENTATION_FILES
 
     check_segment_backend(args.backend)
     signer = _signer(args)
+    _check_outputs(args, SEGMENTATION_FILES)
     model, processor = _load(args)
     result = segment_scene(
         args.scene,

@@ -35,12 +35,20 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..inference import autocast, class_embeddings, load_encoder, load_model
+from ..inference import autocast, class_embeddings, load_encoder, load_model, local_model_folder
 from ..inference.families import check_dense_features, patch_features
+from ..safe_io import check_outputs_not_inputs
 from .raster import RasterReader
 from .scene import open_scene, scene_label
 from .tiling import TileGrid, length_to_pixels
-from .writer import CLASS_NODATA, ClassMapWriter, legend_path, read_class_map_preview, render_overlay
+from .writer import (
+    CLASS_NODATA,
+    SEGMENTATION_FILES,
+    ClassMapWriter,
+    legend_path,
+    read_class_map_preview,
+    render_overlay,
+)
 from .zero_shot import model_device, parse_labels, pixel_values
 
 IN_MEMORY_LIMIT = 100_000_000  # pixels: larger class maps are only written to the GeoTIFF
@@ -303,6 +311,10 @@ def segment_scene(
     labels = parse_labels(labels)
     if len(labels) >= CLASS_NODATA:
         raise ValueError(f"at most {CLASS_NODATA - 1} labels, got {len(labels)}")
+    if output_dir is not None:
+        check_outputs_not_inputs(
+            [Path(output_dir) / name for name in SEGMENTATION_FILES], [scene, local_model_folder(model)]
+        )
     owned = isinstance(model, str | os.PathLike)  # loaded here: nobody else holds the fp32 model
     model, processor = load_model(model, processor)
     check_segment_backend(backend)
@@ -348,9 +360,12 @@ def segment_scene(
                     writer.write(classes, 0, strip.top)
                 if class_map is not None:
                     class_map[strip.top : strip.top + classes.shape[0]] = classes
-        finally:
+        except BaseException:
             if writer is not None:
-                writer.close()
+                writer.discard()  # the output keeps what it was: no half-written map
+            raise
+        if writer is not None:
+            writer.close()
         result = SceneSegmentation(
             scene=scene_label(scene),
             scene_window=reader.view_window,

@@ -87,7 +87,7 @@ def parse_bands(value: str) -> list[int | str]:
         raise ValueError(f"give 1 or 3 comma-separated bands (red,green,blue), got {value!r}")
     bands: list[int | str] = []
     for item in items:
-        if item.lstrip("+-").isdigit():
+        if item.isascii() and item.lstrip("+-").isdigit():  # "²" or "٣" are digits to str.isdigit
             index = int(item)
             if index < 0:
                 raise ValueError(f"band indices are 0-based and not negative, got {item} in {value!r}")

@@ -65,6 +65,28 @@ def require_rasterio():
     return rasterio
 
 
+def is_gdal_error(error: BaseException) -> bool:
+    """Whether ``error`` is rasterio's or GDAL's (``RasterioError``, ``CPLE_*``): a file GDAL cannot read."""
+    from rasterio.errors import RasterioError
+
+    return isinstance(error, RasterioError) or any(
+        cls.__name__ == "CPLE_BaseError" for cls in type(error).__mro__
+    )
+
+
+def gdal_message(error: BaseException) -> str:
+    """The most specific message in a rasterio error's chain: GDAL's own (``TIFFReadEncodedTile() failed``) rather
+    than rasterio's ``Read failed. See previous exception for details.``"""
+    messages = []
+    seen: BaseException | None = error
+    while seen is not None and len(messages) < 5:
+        text = " ".join(str(seen).split())
+        if text and "see previous exception" not in text.lower():
+            messages.append(text)
+        seen = seen.__cause__ or seen.__context__
+    return messages[-1] if messages else type(error).__name__
+
+
 def gdal_env() -> contextlib.AbstractContextManager:
     """GDAL settings for reading and writing local scenes: the block cache capped at `DEFAULT_GDAL_CACHE_MB` unless
     the user chose a size (``GDAL_CACHEMAX`` in the environment or an enclosing ``rasterio.Env``). Remote reads add
@@ -475,7 +497,16 @@ class RasterReader:
             return part, masks
 
         if not is_remote(group.href):
-            return read()
+            try:
+                return read()
+            except Exception as err:  # GDAL: a truncated or corrupt file fails when its blocks are read
+                if not is_gdal_error(err):
+                    raise
+                window = (int(inner.col_off), int(inner.row_off), int(inner.width), int(inner.height))
+                raise ValueError(
+                    f"cannot read window {window} of raster {group.href}: {gdal_message(err)} (the file is "
+                    "damaged or truncated)"
+                ) from err
         from rasterio.errors import RasterioIOError
 
         window = (int(inner.col_off), int(inner.row_off), int(inner.width), int(inner.height))

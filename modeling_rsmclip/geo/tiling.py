@@ -46,9 +46,15 @@ def parse_length(value: int | float | str) -> tuple[float, str]:
     return float(match.group(1)), match.group(2) or "px"
 
 
-def length_to_pixels(value: int | float | str, reader: RasterReader | None = None) -> int:
-    """A length in pixels or metres (at the raster's resolution) as a whole number of pixels."""
+def length_to_pixels(value: int | float | str, reader: RasterReader | None = None, minimum: int = 1) -> int:
+    """A length in pixels or metres (at the raster's resolution) as a whole number of pixels, at least ``minimum``
+    (1 for a tile or window size, 0 for an overlap)."""
     amount, unit = parse_length(value)
+    if not math.isfinite(amount) or amount < 0 or (amount == 0 and minimum > 0):
+        raise ValueError(
+            f"a length must be a {'positive' if minimum else 'finite, not negative'} number of pixels or metres, "
+            f"got {value!r}"
+        )
     if unit == "px":
         if amount != int(amount):
             raise ValueError(f"a length in pixels must be a whole number, got {value!r}")
@@ -63,7 +69,7 @@ def length_to_pixels(value: int | float | str, reader: RasterReader | None = Non
             f"{'missing' if crs is None else 'geographic (degrees)'}: give the length in pixels"
         )
     pixel_metres = reader.pixel_size[0] * factor
-    return max(1, int(round(amount / pixel_metres)))
+    return max(minimum, int(round(amount / pixel_metres)))
 
 
 def clamp_window(window: tuple[int, int, int, int], width: int, height: int) -> tuple[int, int, int, int]:
@@ -329,7 +335,10 @@ def iter_tiles(
     if read_size is not None and read_size < 1:
         raise ValueError(f"read_size must be a positive number of pixels, got {read_size}")
     grid = TileGrid(
-        reader.width, reader.height, length_to_pixels(size, reader), length_to_pixels(overlap, reader)
+        reader.width,
+        reader.height,
+        length_to_pixels(size, reader),
+        length_to_pixels(overlap, reader, minimum=0),
     )
     return TileIterator(reader, grid, min_valid, progress, indices, read_size)
 

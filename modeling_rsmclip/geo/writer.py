@@ -14,8 +14,13 @@ from typing import Any
 
 import numpy as np
 
+from ..safe_io import PendingFile, atomic_output, atomic_write_json, atomic_write_text
 from .raster import RasterReader, gdal_env, require_rasterio
 
+# The files `rsmclip map classify` / `map segment` write into their output folder (checked against the inputs
+# before any work: `safe_io.check_outputs_not_inputs`).
+CLASSIFICATION_FILES = ("classes.tif", "tiles.geojson", "overlay.png", "overlay.legend.json", "summary.json")
+SEGMENTATION_FILES = ("segmentation.tif", "overlay.png", "overlay.legend.json")
 CLASS_NODATA = 255
 TILE_NODATA = -1.0
 GTIFF_OPTIONS = {
@@ -93,7 +98,7 @@ def write_tile_geotiff(
         "transform": transform,
         "nodata": TILE_NODATA,
     }
-    with rasterio.open(path, "w", **profile) as out:
+    with atomic_output(path) as tmp, rasterio.open(tmp, "w", **profile) as out:
         out.write(data)
         out.set_band_description(1, "class_id")
         out.set_band_description(2, "top1_probability")
@@ -103,7 +108,10 @@ def write_tile_geotiff(
 
 
 class ClassMapWriter:
-    """A uint8 class-id GeoTIFF at the scene's resolution, written window by window (nodata 255, colour table)."""
+    """A uint8 class-id GeoTIFF at the scene's resolution, written window by window (nodata 255, colour table).
+
+    It is written to a temporary file beside ``path`` and renamed onto ``path`` by `close` (`discard` removes it
+    instead), so ``path`` is never a half-written map."""
 
     def __init__(
         self,
@@ -119,8 +127,9 @@ class ClassMapWriter:
         if len(labels) >= CLASS_NODATA:
             raise ValueError(f"at most {CLASS_NODATA - 1} labels fit a uint8 class map, got {len(labels)}")
         self.path = path
+        self._pending = PendingFile(path)
         self._out = rasterio.open(
-            path,
+            self._pending.tmp,
             "w",
             **GTIFF_OPTIONS,
             width=width,
@@ -146,14 +155,25 @@ class ClassMapWriter:
             self._out.write(classes.astype(np.uint8)[None], window=Window(col_off, row_off, width, height))
 
     def close(self) -> None:
+        """Finish the file and rename it onto ``path``."""
         with gdal_env():
             self._out.close()
+        self._pending.commit()
+
+    def discard(self) -> None:
+        """Close and remove the unfinished file; ``path`` is left as it was."""
+        with gdal_env():
+            self._out.close()
+        self._pending.discard()
 
     def __enter__(self) -> ClassMapWriter:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
+    def __exit__(self, exc_type: Any, *exc: Any) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.discard()
 
 
 def read_class_map_preview(path: Path, max_size: int = 1024) -> np.ndarray:
@@ -170,8 +190,7 @@ def read_class_map_preview(path: Path, max_size: int = 1024) -> np.ndarray:
 
 
 def write_geojson(path: Path, collection: dict[str, Any]) -> Path:
-    path.write_text(json.dumps(collection, ensure_ascii=False), encoding="utf-8")
-    return path
+    return atomic_write_text(path, json.dumps(collection, ensure_ascii=False))
 
 
 def legend_path(png: Path) -> Path:
@@ -261,16 +280,18 @@ def render_overlay(
         title_fontsize=8,
     )
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    try:
+        with atomic_output(path) as tmp:
+            fig.savefig(tmp, dpi=110)
+    finally:
+        plt.close(fig)
     if by_id:
         total = max(1, sum(counts))
         table = [
             {"id": i, "label": label, "colour": "#" + bytes(class_colour(i)).hex(), "share": n / total}
             for i, (label, n) in enumerate(zip(labels, counts))
         ]
-        legend_file.write_text(json.dumps(table, ensure_ascii=False, indent=2), encoding="utf-8")
+        atomic_write_json(legend_file, table)
     else:  # a table from an earlier run in the same folder: this PNG has the labels
         legend_file.unlink(missing_ok=True)
     return path
@@ -321,7 +342,7 @@ def write_classification(result: Any, reader: RasterReader, out_dir: Path) -> di
     files["summary"] = summary
     data = result.summary()
     data["files"] = {k: str(v) for k, v in files.items()}
-    summary.write_text(json.dumps(data, ensure_ascii=False, indent=2), encoding="utf-8")
+    atomic_write_json(summary, data)
     return files
 
 
@@ -334,9 +355,11 @@ def ensure_output_dir(path: str | os.PathLike) -> Path:
 
 
 __all__ = [
+    "CLASSIFICATION_FILES",
     "CLASS_NODATA",
     "ClassMapWriter",
     "PALETTE",
+    "SEGMENTATION_FILES",
     "TILE_NODATA",
     "class_colour",
     "legend_entries",

@@ -19,8 +19,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..inference import autocast, class_embeddings, load_encoder, load_model
+from ..inference import autocast, class_embeddings, load_encoder, load_model, local_model_folder
 from ..inference.families import image_features, image_inputs, zero_shot_probabilities
+from ..safe_io import check_outputs_not_inputs
 from .scene import open_scene, scene_label
 from .tiling import TileGrid, iter_tiles, length_to_pixels
 
@@ -165,6 +166,12 @@ def classify_scene(
         signer: for remote files, ``href -> href to open`` (catalogs that sign their URLs), see `geo.cloud`.
     """
     labels = parse_labels(labels)
+    if output_dir is not None:
+        from .writer import CLASSIFICATION_FILES
+
+        check_outputs_not_inputs(
+            [Path(output_dir) / name for name in CLASSIFICATION_FILES], [scene, local_model_folder(model)]
+        )
     owned = isinstance(model, str | os.PathLike)  # loaded here: nobody else holds the fp32 model
     model, processor = load_model(model, processor)
     model = load_encoder(model, backend, precision, processor, inplace=owned)
@@ -176,7 +183,7 @@ def classify_scene(
         tiles = iter_tiles(
             reader,
             length_to_pixels(tile_size, reader),
-            length_to_pixels(overlap, reader),
+            length_to_pixels(overlap, reader, minimum=0),
             min_valid=min_valid,
             progress=progress,
         )

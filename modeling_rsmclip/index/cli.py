@@ -196,12 +196,22 @@ def _summary(index: Any) -> str:
     )
 
 
+def _check_index_outputs(index: Path, args: argparse.Namespace) -> None:
+    """Before any work: the index folder (which the command owns) is no source or model, and holds none."""
+    from ..inference import local_model_folder
+    from ..safe_io import check_outputs_not_inputs
+
+    inputs = [*args.sources, args.dataset, local_model_folder(args.model or "demo")]
+    check_outputs_not_inputs([], inputs, owned=[index])
+
+
 def _run_build(args: argparse.Namespace) -> int:
     from . import build_index
 
     stac = _stac_kwargs(args)
     if not args.sources and not args.dataset and not stac:
         raise ValueError("nothing to index: give SOURCE folders/files, --dataset or --stac")
+    _check_index_outputs(args.output, args)
     index = build_index(
         args.model or "demo",
         args.output,
@@ -220,6 +230,7 @@ def _run_add(args: argparse.Namespace) -> int:
     stac = _stac_kwargs(args)
     if not args.sources and not args.dataset and not stac:
         raise ValueError("nothing to add: give SOURCE folders/files, --dataset or --stac")
+    _check_index_outputs(args.index, args)
     index = add_to_index(
         args.index, args.sources, model=args.model, index_type=args.index_type, **_common_kwargs(args), **stac
     )
@@ -262,13 +273,18 @@ def _run_search(args: argparse.Namespace) -> int:
         raise ValueError(f"--top-k must be >= 1, got {args.top_k}")
     if args.image and not Path(args.query).is_file():
         raise FileNotFoundError(f"query image not found: {args.query}")
+    if args.geojson:
+        from ..inference import local_model_folder
+        from ..safe_io import check_outputs_not_inputs
+
+        query = args.query if args.image else None
+        check_outputs_not_inputs([args.geojson], [args.index, query, local_model_folder(args.model)])
     index = RSMCLIPIndex.load(args.index, model=args.model, backend=args.backend, precision=args.precision)
     results = index.search(args.query, top_k=args.top_k, image=args.image, where=args.where, bbox=args.bbox)
     if args.geojson:
-        Path(args.geojson).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.geojson).write_text(
-            json.dumps(to_geojson(results), ensure_ascii=False, indent=1), encoding="utf-8"
-        )
+        from ..safe_io import atomic_write_json
+
+        atomic_write_json(args.geojson, to_geojson(results), indent=1)
     if args.json:
         print(json.dumps(results, ensure_ascii=False, indent=1))
     else:

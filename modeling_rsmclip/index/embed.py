@@ -10,7 +10,6 @@ mostly-nodata tiles are listed there too.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from ..inference.families import image_batch_size, image_inputs, select_images
+from ..safe_io import atomic_write_json
 from .sources import ReadResult, SourceOptions, WorkItem, read_item
 
 SHARD_PREFIX = "shard"
@@ -80,9 +80,7 @@ class _Collate:
 
 
 def _atomic_write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False, default=str), encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_json(path, data, indent=1, default=str)
 
 
 def shard_schema(dim: int) -> Any:

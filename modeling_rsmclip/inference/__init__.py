@@ -26,6 +26,7 @@ _EXPORTS = {
     "resolve_device": ".options",
     "DEMO_MODEL_DIR": ".loading",
     "load_model": ".loading",
+    "local_model_folder": ".loading",
     "model_name": ".loading",
     "portable_config_json": ".loading",
     "resolve_model_source": ".loading",

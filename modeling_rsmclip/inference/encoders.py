@@ -286,13 +286,25 @@ def load_encoder(
             check_onnx_export(model)  # before anything is exported (SigLIP 2 is refused with its reason)
         scale = getattr(model, "logit_scale", None) if isinstance(model, nn.Module) else None
         bias = getattr(model, "logit_bias", None) if isinstance(model, nn.Module) else None
-        return OnnxEncoder(
-            onnx_folder_for(model, processor, cache_dir),
-            precision=precision,
-            threads=threads,
-            logit_scale=None if scale is None else float(scale.detach().exp().reshape(-1)[0]),
-            logit_bias=None if bias is None else float(bias.detach().reshape(-1)[0]),
-        )
+        options = {
+            "precision": precision,
+            "threads": threads,
+            "logit_scale": None if scale is None else float(scale.detach().exp().reshape(-1)[0]),
+            "logit_bias": None if bias is None else float(bias.detach().reshape(-1)[0]),
+        }
+        folder = onnx_folder_for(model, processor, cache_dir)
+        try:
+            return OnnxEncoder(folder, **options)
+        except ValueError as error:  # a damaged graph (SHA-256, ONNX Runtime)
+            if not isinstance(model, nn.Module) and is_onnx_folder(model):
+                raise  # the user's own export folder: reported
+            logger.warning(
+                "the cached ONNX export %s is damaged (%s): exporting the model again", folder, error
+            )
+            import shutil
+
+            shutil.rmtree(folder, ignore_errors=True)
+            return OnnxEncoder(onnx_folder_for(model, processor, cache_dir), **options)
     if not isinstance(model, nn.Module) and is_onnx_folder(model):
         raise ValueError(f"{model} is an ONNX export folder: use backend='onnx'")
     net, _ = _load_torch_model(model, processor)

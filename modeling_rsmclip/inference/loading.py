@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..cache_dirs import user_cache_dir
+from ..safe_io import find_damaged_file
 
 DEMO_MODEL_DIR = Path(__file__).resolve().parents[1] / "demo_model"
 DEMO_NAME = "demo"
@@ -84,6 +85,16 @@ def resolve_model_source(model: str | os.PathLike) -> str:
     return name
 
 
+def local_model_folder(model: Any) -> Path | None:
+    """The local folder a model is (or was) read from: for a name, the folder `resolve_model_source` finds (None for
+    a Hub id); for a loaded model, the folder it was loaded from, if local. Commands list it among their inputs
+    (`safe_io.check_outputs_not_inputs`) so that no output lands in it."""
+    if model is None:
+        return None
+    source = model_name(model) if not isinstance(model, str | os.PathLike) else resolve_model_source(model)
+    return Path(source) if source and Path(source).is_dir() else None
+
+
 def model_name(model: Any) -> str:
     """A loaded model's folder or Hub id, as recorded by ``from_pretrained`` (empty when unknown)."""
     return str(
@@ -112,11 +123,17 @@ def portable_config_json(config: Any) -> str:
     return json.dumps(clean(data), sort_keys=True, ensure_ascii=False)
 
 
-def _weights_error(source: str, error: BaseException) -> ValueError:
+def _weights_file(source: str) -> str:
+    """The weights file of a local model folder (the folder when it has none; a Hub id as given)."""
     folder = Path(source)
     names = [name for name in WEIGHT_FILES if (folder / name).exists()] if folder.is_dir() else []
-    where = folder / names[0] if names else source
-    return ValueError(f"{where}: cannot read the model weights ({type(error).__name__}: {error})")
+    return str(folder / names[0]) if names else source
+
+
+def _weights_error(source: str, error: BaseException) -> ValueError:
+    return ValueError(
+        f"{_weights_file(source)}: cannot read the model weights ({type(error).__name__}: {error})"
+    )
 
 
 def load_model(model: Any, processor: Any = None, *, device: Any = None) -> tuple[Any, Any]:
@@ -156,13 +173,56 @@ def _load_weights(source: str) -> Any:
     from transformers import AutoModel
 
     try:
-        return AutoModel.from_pretrained(source)
+        # Mismatched shapes are collected (and refused below) instead of raised as a RuntimeError.
+        net, info = AutoModel.from_pretrained(source, output_loading_info=True, ignore_mismatched_sizes=True)
     except SafetensorError as error:
         raise _weights_error(source, error) from error
     except (OSError, ValueError) as error:
         if isinstance(error.__cause__, SafetensorError) or "safetensors" in str(error).lower():
             raise _weights_error(source, error) from error
+        damaged = find_damaged_file(source, ("config.json",))
+        if damaged:
+            raise ValueError(damaged) from error
         raise
+    check_loaded_weights(source, net, info)
+    return net
+
+
+def check_loaded_weights(source: str, net: Any, info: dict[str, Any]) -> None:
+    """Refuse a model whose weights do not fit its ``config.json`` (missing, unexpected or differently shaped
+    tensors: ``from_pretrained`` would leave those parameters randomly initialised) or hold NaN / infinite values
+    (a damaged file; a model folder carries no checksum, so finite but changed values cannot be told)."""
+    import torch
+
+    weights = _weights_file(source)
+    problems = []
+    for kind in ("missing_keys", "unexpected_keys", "mismatched_keys"):
+        keys = sorted(str(key[0] if isinstance(key, tuple) else key) for key in info.get(kind) or ())
+        if keys:
+            problems.append(f"{len(keys)} {kind.replace('_keys', '')} (e.g. {keys[0]})")
+    if problems:
+        raise ValueError(
+            f"{weights}: the weights do not fit the architecture in {Path(source) / 'config.json'}: "
+            f"{', '.join(problems)} tensors; one of the two files is damaged or from another model"
+        )
+    with torch.no_grad():
+        for name, tensor in [*net.named_parameters(), *net.named_buffers()]:
+            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                raise ValueError(
+                    f"{weights}: the tensor {name} holds NaN or infinite values: the file is damaged"
+                )
+
+
+# The processor's files in a model folder, in the order they are checked when the processor does not load.
+PROCESSOR_FILES = (
+    "processor_config.json",
+    "preprocessor_config.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "tokenizer.json",
+    "sentencepiece.bpe.model",
+)
 
 
 def _load_processor(source: str) -> Any:
@@ -170,9 +230,18 @@ def _load_processor(source: str) -> Any:
 
     try:
         return AutoProcessor.from_pretrained(source)
-    except (OSError, ValueError):
-        raise
     except Exception as error:  # tokenizers/sentencepiece raise plain exceptions on damaged files
+        damaged = find_damaged_file(source, PROCESSOR_FILES)
+        if damaged:
+            raise ValueError(damaged) from error
+        folder = Path(source)
+        if folder.is_dir() and not any((folder / name).is_file() for name in PROCESSOR_FILES[:2]):
+            raise ValueError(
+                f"{folder / PROCESSOR_FILES[0]} not found: the folder has no image processor settings; save the "
+                "processor with the model (processor.save_pretrained(folder))"
+            ) from error
+        if isinstance(error, OSError | ValueError):
+            raise
         raise ValueError(
             f"{source}: cannot read the processor files ({type(error).__name__}: {error})"
         ) from error
@@ -183,7 +252,10 @@ __all__ = [
     "DEMO_NAME",
     "converted_models_dir",
     "resolve_known_model",
+    "PROCESSOR_FILES",
+    "check_loaded_weights",
     "load_model",
+    "local_model_folder",
     "model_name",
     "portable_config_json",
     "resolve_model_source",

@@ -21,7 +21,6 @@ Graphs are traced with `torch.onnx.export(dynamo=True)` (opset 18) and checked a
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -35,7 +34,7 @@ import torch
 from torch import nn
 
 from .families import ModelFamily, check_onnx_export, embedding_dim, text_rule
-from .runtime import GRAPH_FILES, MANIFEST_FILE
+from .runtime import GRAPH_FILES, MANIFEST_FILE, file_sha256
 
 logger = logging.getLogger(__name__)
 
@@ -75,14 +74,6 @@ def _import_onnx() -> tuple[Any, Any]:
     except ImportError as error:
         raise ImportError('ONNX export needs onnx and onnxruntime: pip install "rsmclip[onnx]"') from error
     return onnx, onnxruntime
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _save_graph(onnx: Any, source: Path, target: Path) -> None:
@@ -279,44 +270,62 @@ def export_onnx(
     whose towers ONNX does not hold (SigLIP 2), before anything is written.
     """
     onnx, _ = _import_onnx()
-    from .loading import load_model, model_name
+    from ..safe_io import atomic_folder, check_outputs_not_inputs
+    from .loading import load_model, local_model_folder, model_name
 
+    out = Path(output_dir)
+    check_outputs_not_inputs([], [local_model_folder(model)], owned=[out])
     source = model_name(model) if isinstance(model, nn.Module) else str(model)
     net, processor = load_model(model, processor)
     family = check_onnx_export(net)
     net = net.float().eval()
-    out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    with atomic_folder(out) as tmp:  # the files reach `out` once all are written (and checked)
+        _write_export(onnx, net, family, processor, tmp, source, quantize, verify, out)
+    return out
+
+
+def _write_export(
+    onnx: Any,
+    net: nn.Module,
+    family: ModelFamily,
+    processor: Any,
+    folder: Path,
+    source: str,
+    quantize: bool,
+    verify: bool,
+    out: Path,
+) -> None:
+    """The export's files in ``folder`` (`export_onnx` renames them into ``out``)."""
     config = net.config
     with tempfile.TemporaryDirectory() as tmp:
         image_tmp, text_tmp = _export_towers(net, Path(tmp))
-        _save_graph(onnx, image_tmp, out / GRAPH_FILES[("image", "fp32")])
-        _save_graph(onnx, text_tmp, out / GRAPH_FILES[("text", "fp32")])
+        _save_graph(onnx, image_tmp, folder / GRAPH_FILES[("image", "fp32")])
+        _save_graph(onnx, text_tmp, folder / GRAPH_FILES[("text", "fp32")])
     quantization: dict[str, Any] = {}
     if quantize:
         vision, text = config.vision_config, config.text_config
         quantization["image"] = quantize_graph(
-            out / GRAPH_FILES[("image", "fp32")],
-            out / GRAPH_FILES[("image", "int8")],
+            folder / GRAPH_FILES[("image", "fp32")],
+            folder / GRAPH_FILES[("image", "int8")],
             "vit",
             vision.num_attention_heads,
             vision.hidden_size,
         )
         quantization["text"] = quantize_graph(
-            out / GRAPH_FILES[("text", "fp32")],
-            out / GRAPH_FILES[("text", "int8")],
+            folder / GRAPH_FILES[("text", "fp32")],
+            folder / GRAPH_FILES[("text", "int8")],
             "bert",
             text.num_attention_heads,
             text.hidden_size,
             embedding_table=True,
         )
-    processor.save_pretrained(str(out))
-    config.to_json_file(str(out / "config.json"))
-    shutil.copyfile(Path(__file__).with_name("runtime.py"), out / RUNNER_FILE)
+    processor.save_pretrained(str(folder))
+    config.to_json_file(str(folder / "config.json"))
+    shutil.copyfile(Path(__file__).with_name("runtime.py"), folder / RUNNER_FILE)
     files = {
-        name: _sha256(out / name)
+        name: file_sha256(folder / name)
         for name in sorted(GRAPH_FILES.values())
-        if (out / name).is_file() and (quantize or ".int8." not in name)
+        if (folder / name).is_file() and (quantize or ".int8." not in name)
     }
     rule = text_rule(net)
     tokenizer = getattr(processor, "tokenizer", processor)
@@ -348,16 +357,17 @@ def export_onnx(
         "quantization": quantization,
         "torch_version": torch.__version__,
     }
-    (out / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
+    (folder / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
     if verify:
-        manifest["verification"] = _check(net, out, quantize)
-        (out / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
+        manifest["verification"] = _check(net, folder, quantize)
+        (folder / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
         worst = max(
             manifest["verification"]["image_max_abs_diff"], manifest["verification"]["text_max_abs_diff"]
         )
         if worst > 1e-3:
-            raise ValueError(f"the ONNX graphs in {out} differ from PyTorch by up to {worst:.2e}")
-    return out
+            raise ValueError(
+                f"the ONNX graphs of {source} differ from PyTorch by up to {worst:.2e}; nothing written to {out}"
+            )
 
 
 def _scoring(model: nn.Module, family: ModelFamily) -> dict[str, Any]:

@@ -21,6 +21,7 @@ scores are made (`scoring`: softmax, or SigLIP's sigmoid with `logit_bias`).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Sequence
@@ -68,15 +69,50 @@ def session_options(threads: int | None = None) -> Any:
     return options
 
 
-def load_session(path: str | os.PathLike, threads: int | None = None) -> Any:
-    """An ONNX Runtime CPU session for one graph; a missing file is an error naming it."""
+def load_session(path: str | os.PathLike, threads: int | None = None, sha256: str | None = None) -> Any:
+    """An ONNX Runtime CPU session for one graph. A missing file, a file whose SHA-256 differs from ``sha256`` (the
+    one the export recorded) and a graph ONNX Runtime cannot load are errors naming the file."""
     ort = _import_onnxruntime()
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(
             f"ONNX graph not found: {path} (write the folder with `rsmclip export --to-onnx MODEL OUT_DIR`)"
         )
-    return ort.InferenceSession(str(path), session_options(threads), providers=["CPUExecutionProvider"])
+    if sha256 is not None and file_sha256(path) != sha256:
+        raise ValueError(
+            f"{path}: its SHA-256 differs from the one recorded in {MANIFEST_FILE} at export: the file is damaged "
+            "(export the model again)"
+        )
+    try:
+        return ort.InferenceSession(str(path), session_options(threads), providers=["CPUExecutionProvider"])
+    except Exception as error:  # ONNX Runtime's own classes (InvalidProtobuf, Fail, ...) on a damaged graph
+        if not type(error).__module__.startswith("onnxruntime"):
+            raise
+        message = " ".join(str(error).split())
+        raise ValueError(
+            f"{path}: ONNX Runtime cannot load the graph ({type(error).__name__}: {message}): the file is damaged "
+            "or not an ONNX graph (export the model again)"
+        ) from error
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The SHA-256 of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_json_file(path: str | os.PathLike) -> dict[str, Any]:
+    """A JSON object from a file; a damaged file is a `ValueError` naming it."""
+    try:
+        value = json.loads(Path(path).read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path}: not valid JSON ({error}): the file is damaged") from error
+    if not isinstance(value, dict):
+        raise ValueError(f"{path}: expected a JSON object, found a {type(value).__name__}")
+    return value
 
 
 def l2_normalize(x: np.ndarray) -> np.ndarray:
@@ -167,7 +203,10 @@ class TextTokenizer:
                 f"tokenizer file not found: {path} (a SentencePiece tokenizer such as SigLIP's has none: tokenize "
                 "with transformers' AutoTokenizer from this folder and call encode_text(input_ids))"
             )
-        self.tokenizer = Tokenizer.from_file(str(path))
+        try:
+            self.tokenizer = Tokenizer.from_file(str(path))
+        except Exception as error:  # the Rust library raises plain exceptions on a damaged file
+            raise ValueError(f"{path}: not a readable tokenizer ({error}): the file is damaged") from error
         found = self.tokenizer.token_to_id(pad_token)
         self.pad_id = pad_id if pad_id is not None else (1 if found is None else found)
         self.tokenizer.enable_truncation(max_length=max_length)
@@ -210,12 +249,12 @@ class ONNXRSMCLIP:
             raise FileNotFoundError(f"ONNX export folder not found: {self.folder}")
         self.precision = precision
         manifest_path = self.folder / MANIFEST_FILE
-        self.manifest: dict[str, Any] = (
-            json.loads(manifest_path.read_text(encoding="utf-8")) if manifest_path.is_file() else {}
-        )
-        self.sessions = {
-            tower: load_session(graph_path(self.folder, tower, precision), threads) for tower in towers
-        }
+        self.manifest: dict[str, Any] = read_json_file(manifest_path) if manifest_path.is_file() else {}
+        recorded = self.manifest.get("files") or {}
+        self.sessions = {}
+        for tower in towers:
+            path = graph_path(self.folder, tower, precision)
+            self.sessions[tower] = load_session(path, threads, sha256=recorded.get(path.name))
         self._preprocessor: ImagePreprocessor | None = None
         self._tokenizer: TextTokenizer | None = None
 
@@ -271,7 +310,7 @@ class ONNXRSMCLIP:
             path = self.folder / "processor_config.json"
             if not path.is_file():
                 raise FileNotFoundError(f"processor file not found: {path}")
-            config = json.loads(path.read_text(encoding="utf-8"))
+            config = read_json_file(path)
             self._preprocessor = ImagePreprocessor(config.get("image_processor", config))
         return self._preprocessor
 

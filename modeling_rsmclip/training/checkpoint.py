@@ -121,6 +121,10 @@ def check_checkpoint(path: str | Path) -> None:
             int(position["epoch"]), int(position["batches_in_epoch"])
         except (ValueError, TypeError, KeyError, UnicodeDecodeError) as error:
             raise CorruptCheckpointError(position_file, f"not a loop position ({error!r})") from error
+    if not any(path.glob("model*.safetensors")) and not any(path.glob("pytorch_model*.bin")):
+        raise CorruptCheckpointError(
+            path / "model.safetensors", "missing: the checkpoint has no model weights"
+        )
     for weights in sorted(path.rglob("*.safetensors")):
         try:
             with safe_open(str(weights), framework="pt") as handle:
@@ -228,7 +232,9 @@ def load_checkpoint(accelerator: Accelerator, path: str | Path, **modules: nn.Mo
     try:
         accelerator.load_state(str(path))
     except Exception as error:  # a damaged pickle of accelerate's (optimizer.bin, random_states_0.pkl, ...)
-        raise CorruptCheckpointError(path, f"accelerate could not restore it ({error!r})") from error
+        missing = getattr(error, "filename", None) if isinstance(error, FileNotFoundError) else None
+        reason = f"{missing} is missing" if missing else repr(error)
+        raise CorruptCheckpointError(path, f"accelerate could not restore it ({reason})") from error
     _load_module_tensors(path, modules)
     state = TrainerState.from_json((path / STATE_FILE).read_text(encoding="utf-8"))
     position_file = path / f"position_{accelerator.process_index}.json"

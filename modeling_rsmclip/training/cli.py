@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import logging
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 from ..errors import ArgumentParser, report_user_error, run_command
 from .config import add_training_arguments, config_from_args
@@ -28,6 +30,7 @@ def run(args: argparse.Namespace) -> int:
         config = config_from_args(args, validate=True)  # every problem at once, before anything runs
     except (ValueError, FileNotFoundError) as error:
         return report_user_error(error)
+    check_training_outputs(config, getattr(args, "config", None))
     from .loop import NonFiniteLossError, train
 
     try:
@@ -37,6 +40,16 @@ def run(args: argparse.Namespace) -> int:
         return 1
     print(f"trained {result.step} steps; model saved to {result.output_dir}")
     return 0
+
+
+def check_training_outputs(config: Any, config_file: str | None = None) -> None:
+    """Before any work: the YAML given with --config is not the resolved copy written into the run folder (the
+    run folder itself is checked against the dataset, model and tokenizer with the configuration)."""
+    from ..safe_io import check_outputs_not_inputs
+
+    if config.output_dir is None:
+        return
+    check_outputs_not_inputs([Path(config.output_dir) / "training_config.yaml"], [config_file])
 
 
 def _configure(parser: argparse.ArgumentParser) -> None:

@@ -524,11 +524,14 @@ def _hue_jitter(c: TrainingConfig) -> str | None:
 
 @_rule("output_dir", "model_name_or_path", "tokenizer_name_or_path", "dataset")
 def _output_is_not_an_input(c: TrainingConfig) -> str | None:
-    output = Path(c.output_dir).resolve()
-    for name in ("model_name_or_path", "tokenizer_name_or_path", "dataset"):
-        value = getattr(c, name)
-        if value and Path(value).exists() and Path(value).resolve() == output:
-            return f"{label('output_dir')}: {c.output_dir!r} is the {label(name)} folder; the run would write over it"
+    """The run folder (training owns it: checkpoints rotate there) is no input and holds none (`safe_io`)."""
+    from ..safe_io import OutputOverwritesInputError, check_outputs_not_inputs
+
+    inputs = [c.model_name_or_path, c.tokenizer_name_or_path, c.dataset]
+    try:
+        check_outputs_not_inputs([], [v for v in inputs if v], owned=[c.output_dir])
+    except OutputOverwritesInputError as error:
+        return f"{label('output_dir')}: {error}"
     return None
 
 

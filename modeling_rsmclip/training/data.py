@@ -25,6 +25,7 @@ import torch
 from torch.utils.data import Dataset, IterableDataset, Sampler
 
 from ..processing_rsmclip import load_image_file, pil_to_rgb
+from ..safe_io import raise_for_damaged_folder
 from .augment import MultiCropAugmentation
 
 REQUIRED_COLUMNS = ("image", "captions")
@@ -49,7 +50,11 @@ def load_split(
     """
     path = Path(name_or_path)
     if _is_saved_to_disk(path):
-        loaded = datasets.load_from_disk(str(path))
+        try:
+            loaded = datasets.load_from_disk(str(path))
+        except Exception as error:  # datasets / Arrow name no file: find the damaged one
+            raise_for_damaged_folder(path, error)
+            raise
         if isinstance(loaded, datasets.DatasetDict):
             if split not in loaded:
                 raise ValueError(f"{path} has no split {split!r} (it has: {', '.join(loaded)})")
