@@ -17,7 +17,7 @@ from typing import Any
 
 # The oldest Gradio whose `launch()` takes every keyword `ui.launch_kwargs` passes (`footer_links`, `theme`,
 # `css` moved there in 6.0); pyproject's `app` extra declares the same floor.
-GRADIO_FLOOR = "6.0"
+GRADIO_FLOOR = "6"
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
 REPO_DIR = PACKAGE_DIR.parent
 ENTRY_POINT = REPO_DIR / "app.py"
