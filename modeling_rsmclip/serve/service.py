@@ -16,9 +16,7 @@ from __future__ import annotations
 import io
 import json
 import logging
-import math
 import os
-import re
 import shutil
 import threading
 import time
