@@ -85,7 +85,10 @@ def linear_speed(rounds: int) -> dict[str, dict[str, float]]:
     for shape, (rows, k, n) in shapes.items():
         torch.manual_seed(0)
         fp32 = torch.nn.Sequential(torch.nn.Linear(k, n)).eval()
-        layers = {"torch fp32": fp32, "torch.ao int8": quantize_dynamic(copy.deepcopy(fp32), {torch.nn.Linear})}
+        layers = {
+            "torch fp32": fp32,
+            "torch.ao int8": quantize_dynamic(copy.deepcopy(fp32), {torch.nn.Linear}),
+        }
         for name, config in _torchao_configs().items():
             layers[name] = torchao_copy(fp32, config)
         x = torch.randn(rows, k, generator=torch.Generator().manual_seed(0))
@@ -122,9 +125,9 @@ def model_speed(model_arg: str, rounds: int, batch_size: int, text_batch_size: i
 
     model, processor, name = _load(model_arg)
     files, texts = ucm_batch(batch_size, text_batch_size)
-    pixels = processor.image_processor(images=[Image.open(f).convert("RGB") for f in files], return_tensors="pt")[
-        "pixel_values"
-    ]
+    pixels = processor.image_processor(
+        images=[Image.open(f).convert("RGB") for f in files], return_tensors="pt"
+    )["pixel_values"]
     tokens = processor.tokenizer(texts, padding=True, truncation=True, max_length=77, return_tensors="pt")
     paths: dict[str, Any] = {"torch fp32": model, "torch.ao int8": quantize_model(model)}
     for key, config in _torchao_configs().items():
@@ -140,9 +143,11 @@ def model_speed(model_arg: str, rounds: int, batch_size: int, text_batch_size: i
                 (
                     "text",
                     len(texts),
-                    lambda m: m.get_text_features(
-                        input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"]
-                    ).pooler_output,
+                    lambda m: (
+                        m.get_text_features(
+                            input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"]
+                        ).pooler_output
+                    ),
                 ),
             ):
                 reference = torch.nn.functional.normalize(step(model).float(), dim=-1)
@@ -167,11 +172,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--model", default="demo", help='"demo", a model folder, or "rs-m-clip" (random weights)')
+    parser.add_argument(
+        "--model", default="demo", help='"demo", a model folder, or "rs-m-clip" (random weights)'
+    )
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--text-batch-size", type=int, default=64)
-    parser.add_argument("--threads", type=int, default=None, help="torch and ONNX Runtime threads (default: all)")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch and ONNX Runtime threads (default: all)"
+    )
     parser.add_argument("--output", type=Path, default=None, help="also write the results as JSON here")
     args = parser.parse_args(argv)
 

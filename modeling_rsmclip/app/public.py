@@ -30,24 +30,30 @@ def is_server_path(value: Any) -> bool:
     return text.startswith(("/", "\\", "file:", "~")) or bool(_WINDOWS_ABSOLUTE.match(text))
 
 
+def _is_binary(value: Any) -> bool:
+    """Bytes (the GeoParquet WKB ``geometry``, a dataset's image bytes) have no JSON form: rows leave without them
+    (the footprint goes out as GeoJSON coordinates instead)."""
+    return isinstance(value, bytes | bytearray | memoryview)
+
+
 def _public_value(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None  # JSON has no NaN
     if isinstance(value, list | tuple):
-        return [_public_value(v) for v in value]
+        return [_public_value(v) for v in value if not _is_binary(v)]
     if isinstance(value, dict):
-        return {k: _public_value(v) for k, v in value.items() if not is_server_path(v)}
+        return {k: _public_value(v) for k, v in value.items() if not is_server_path(v) and not _is_binary(v)}
     return value
 
 
 def public_row(row: dict[str, Any]) -> dict[str, Any]:
     """A result or metadata row as it may leave the server: without the ``path`` column, without any value that is
-    an absolute path (a dataset's own columns could hold some), and with NaN as null. Every row of every response
-    passes here."""
+    an absolute path (a dataset's own columns could hold some), without bytes (JSON has none), and with NaN as null.
+    Every row of every response, and every row the web page shows or writes, passes here."""
     return {
         key: _public_value(value)
         for key, value in row.items()
-        if key not in PRIVATE_COLUMNS and not is_server_path(value)
+        if key not in PRIVATE_COLUMNS and not is_server_path(value) and not _is_binary(value)
     }
 
 
