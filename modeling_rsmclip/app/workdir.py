@@ -2,7 +2,8 @@
 
 The folder is ``<temp>/rsmclip-app-<pid>-<random>``. It is removed at a normal exit (`atexit`); a server killed
 outright (SIGKILL, out of memory, a power cut) cannot remove it, so every start removes the folders of this pattern
-whose process no longer exists. Folders of running servers, and anything not made here, are left alone.
+whose process no longer exists. Folders of running servers, and anything not made here, are left alone (a folder
+whose process id was since given to another running process waits until that one ends).
 """
 
 from __future__ import annotations
