@@ -93,7 +93,7 @@ def linear_speed(rounds: int) -> dict[str, dict[str, float]]:
             layers[name] = torchao_copy(fp32, config)
         x = torch.randn(rows, k, generator=torch.Generator().manual_seed(0))
         with torch.inference_mode():
-            medians = alternate({key: (lambda m=m: m(x)) for key, m in layers.items()}, rounds)
+            medians = alternate({key: (lambda m=m, x=x: m(x)) for key, m in layers.items()}, rounds)
         out[shape] = {key: medians["torch fp32"] / value for key, value in medians.items()}
     return out
 
@@ -154,7 +154,7 @@ def model_speed(model_arg: str, rounds: int, batch_size: int, text_batch_size: i
                 for key, encoder in paths.items():
                     got = torch.nn.functional.normalize(step(encoder).float(), dim=-1)
                     results[key][f"{kind}_min_cosine"] = float((got * reference).sum(-1).min())
-                medians = alternate({key: (lambda e=e: step(e)) for key, e in paths.items()}, rounds)
+                medians = alternate({key: (lambda e=e, step=step: step(e)) for key, e in paths.items()}, rounds)
                 for key, median in medians.items():
                     results[key][f"{kind}_per_second"] = count / median
                     results[key][f"{kind}_speedup"] = medians["torch fp32"] / median
