@@ -154,7 +154,9 @@ def model_speed(model_arg: str, rounds: int, batch_size: int, text_batch_size: i
                 for key, encoder in paths.items():
                     got = torch.nn.functional.normalize(step(encoder).float(), dim=-1)
                     results[key][f"{kind}_min_cosine"] = float((got * reference).sum(-1).min())
-                medians = alternate({key: (lambda e=e, step=step: step(e)) for key, e in paths.items()}, rounds)
+                medians = alternate(
+                    {key: (lambda e=e, step=step: step(e)) for key, e in paths.items()}, rounds
+                )
                 for key, median in medians.items():
                     results[key][f"{kind}_per_second"] = count / median
                     results[key][f"{kind}_speedup"] = medians["torch fp32"] / median
