@@ -33,6 +33,7 @@ from torch import nn
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from ..cache_dirs import user_cache_dir
+from ..errors import UserError
 from .families import check_onnx_export, patch_features
 from .loading import load_model, portable_config_json
 from .options import check_backend
@@ -101,7 +102,15 @@ def quantize_model(model: nn.Module, inplace: bool = False) -> nn.Module:
     """
     import copy
 
-    from torch.ao.quantization import default_dynamic_qconfig, quantize_dynamic
+    try:
+        from torch.ao.quantization import default_dynamic_qconfig, quantize_dynamic
+    except (
+        ImportError
+    ) as error:  # PyTorch deprecates torch.ao quantisation: say what replaces it once it is gone
+        raise UserError(
+            f"this PyTorch ({torch.__version__}) has no torch.ao dynamic quantisation, which PyTorch int8 uses; "
+            'run int8 with ONNX Runtime instead: --backend onnx --precision int8 (pip install "rsmclip[onnx]")'
+        ) from error
 
     if not isinstance(model, nn.Module):
         raise TypeError(f"quantize_model takes a loaded model (nn.Module), got {type(model).__name__}")
