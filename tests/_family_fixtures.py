@@ -1,6 +1,6 @@
-"""Tiny random models of the Hub-native families (CLIP, SigLIP, SigLIP 2, AltCLIP), made once per test process, and
-references computed with each model's own forward pass (the way its model card says to call it), independent of
-the package's embedding code."""
+"""Tiny random models of every family (an OpenCLIP CLIP converted by `rsmclip convert`, and the Hub-native CLIP,
+SigLIP, SigLIP 2, AltCLIP), made once per test process, and references computed with each model's own forward pass
+(the way its model card says to call it), independent of the package's embedding code."""
 
 from __future__ import annotations
 
@@ -14,16 +14,22 @@ import numpy as np
 import torch
 
 HUB_FAMILIES = ("clip", "siglip", "siglip2", "altclip")
+# "openclip": an OpenCLIP CLIP (OpenAI CLIP / RemoteCLIP / GeoRSCLIP architecture) made by open_clip with random
+# weights and converted into an `RSMCLIPModel` with the CLIP text tower (family "rsmclip" in `inference.families`).
+ALL_FAMILIES = ("openclip", *HUB_FAMILIES)
 SIGMOID = ("siglip", "siglip2")
 
 
 @functools.cache
 def family_folder(family: str) -> Path:
-    """The tiny model of ``family`` saved with `save_pretrained` (model + processor), once per process."""
-    from modeling_rsmclip.testing import make_tiny_family_model
+    """The tiny model of ``family`` saved with `save_pretrained` (model + processor), once per process; for
+    ``"openclip"`` the folder `rsmclip convert` writes from a random OpenCLIP CLIP."""
+    from modeling_rsmclip.testing import make_tiny_converted_clip, make_tiny_family_model
 
     root = Path(tempfile.mkdtemp(prefix=f"rsmclip-{family}-"))
     atexit.register(shutil.rmtree, root, True)
+    if family == "openclip":
+        return make_tiny_converted_clip(root)
     return make_tiny_family_model(family, root)
 
 
