@@ -348,9 +348,7 @@ def test_export_onnx_and_search_with_onnx_backend(fam, tmp_path, capsys, monkeyp
     `rsmclip search --backend onnx` ranks as the forward pass does; SigLIP 2 is refused with its reason."""
     pytest.importorskip("onnxruntime", reason='needs onnxruntime: pip install "rsmclip[onnx]"')
     from modeling_rsmclip.evaluation.embed import Embedder, ImageFiles
-    from modeling_rsmclip.inference import load_encoder
-
-    from modeling_rsmclip.inference import weights_digest
+    from modeling_rsmclip.inference import load_encoder, weights_digest
 
     # The export goes where `--backend onnx` looks for a model's graphs (exported once, cached by the weights'
     # SHA-256): the search below runs the graphs that `rsmclip export --to-onnx` wrote.
