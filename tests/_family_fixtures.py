@@ -42,6 +42,33 @@ def family_model(family: str):
     return AutoModel.from_pretrained(folder).eval(), AutoProcessor.from_pretrained(folder)
 
 
+@functools.cache
+def onnx_cache_root() -> Path:
+    """A per-process folder laid out as `inference.encoders.default_onnx_cache_dir()` (one export per weights'
+    SHA-256): with ``$RSMCLIP_ONNX_CACHE`` pointing here, ``--backend onnx`` runs the graphs of `family_onnx_export`
+    instead of exporting the model again."""
+    root = Path(tempfile.mkdtemp(prefix="rsmclip-onnx-cache-"))
+    atexit.register(shutil.rmtree, root, True)
+    return root
+
+
+# Families whose export also carries the int8 graphs (the fusion and quantisation path, checked once).
+ONNX_INT8 = ("clip",)
+
+
+@functools.cache
+def family_onnx_export(family: str) -> tuple[int, Path]:
+    """``(exit status, folder)`` of ``rsmclip export --to-onnx`` run once per process (the command's entry point) on
+    `family_folder`, into `onnx_cache_root` under the model's weights digest; int8 graphs for `ONNX_INT8` only."""
+    from modeling_rsmclip.cli import main
+    from modeling_rsmclip.inference import weights_digest
+
+    model, _ = family_model(family)
+    out = onnx_cache_root() / weights_digest(model).hex()[:24]
+    argv = ["export", "--to-onnx", str(family_folder(family)), str(out)]
+    return main(argv + ([] if family in ONNX_INT8 else ["--no-int8"])), out
+
+
 def family_of_folder(folder: Path) -> str:
     import json
 

@@ -26,6 +26,8 @@ from _family_fixtures import (
     ALL_FAMILIES,
     family_folder,
     family_model,
+    family_onnx_export,
+    onnx_cache_root,
     reference_class_embeddings,
     reference_class_scores,
     reference_forward,
@@ -351,25 +353,25 @@ def test_pipelines(fam):
 
 
 # ------------------------------------------------------------------------------------------------------- ONNX
-def test_export_onnx_and_search_with_onnx_backend(fam, tmp_path, capsys, monkeypatch):
+def test_export_onnx_and_search_with_onnx_backend(fam, capsys, monkeypatch):
     """`rsmclip export --to-onnx` gives graphs whose embeddings are the forward pass's (fp32, within 1e-5), and
-    `rsmclip search --backend onnx` ranks as the forward pass does; SigLIP 2 is refused with its reason."""
+    `rsmclip search --backend onnx` runs those graphs and ranks as the forward pass does; SigLIP 2 is refused with
+    its reason by both. (The standalone runner of each export: tests/test_model_families_onnx.py.)"""
     pytest.importorskip("onnxruntime", reason='needs onnxruntime: pip install "rsmclip[onnx]"')
     from modeling_rsmclip.evaluation.embed import Embedder, ImageFiles
-    from modeling_rsmclip.inference import load_encoder, weights_digest
+    from modeling_rsmclip.inference import load_encoder
 
-    # The export goes where `--backend onnx` looks for a model's graphs (exported once, cached by the weights'
-    # SHA-256): the search below runs the graphs that `rsmclip export --to-onnx` wrote.
-    monkeypatch.setenv("RSMCLIP_ONNX_CACHE", str(tmp_path / "cache"))
-    out = tmp_path / "cache" / weights_digest(fam.model).hex()[:24]
-    export = _main(["export", "--to-onnx", fam.folder, out, "--no-int8"])
+    capsys.readouterr()
+    export, out = family_onnx_export(fam.name)
+    # `--backend onnx` looks for a model's graphs in the cache (one export per weights' SHA-256), where the export
+    # above went: the search runs the graphs that `rsmclip export --to-onnx` wrote.
+    monkeypatch.setenv("RSMCLIP_ONNX_CACHE", str(onnx_cache_root()))
     search = _main(["search", fam.index, QUERIES[1], "--top-k", "5", "--json", "--backend", "onnx"])
     if fam.name == "siglip2":
         assert (export, search) == (2, 2)
-        errors = capsys.readouterr().err.strip().splitlines()
-        errors = _error_lines(errors, 2)
+        errors = _error_lines(capsys.readouterr().err.strip().splitlines(), 2)
         assert all("SigLIP 2" in line and "NaFlex" in line and "--backend torch" in line for line in errors)
-        assert not (tmp_path / "cache").exists()
+        assert not out.exists()
         return
     assert (export, search) == (0, 0)
     printed = capsys.readouterr().out
@@ -382,15 +384,3 @@ def test_export_onnx_and_search_with_onnx_backend(fam, tmp_path, capsys, monkeyp
     texts, images = embedder.texts(QUERIES).numpy(), embedder.images(ImageFiles(fam.images)).numpy()
     diffs = np.abs(texts - ref["text_embeds"]).max(), np.abs(images - ref["image_embeds"]).max()
     assert max(diffs) < 1e-5, diffs
-    # The standalone runner copied into the folder (onnxruntime, tokenizers, Pillow, numpy): the same texts where
-    # the tokenizer is a tokenizer.json (SigLIP's SentencePiece model is not: it says so), images within Pillow's
-    # resampling differences.
-    from modeling_rsmclip.inference.runtime import ONNXRSMCLIP
-
-    runner = ONNXRSMCLIP(out)
-    assert (runner.embed_images(_pil(fam.images)) * ref["image_embeds"]).sum(-1).min() > 0.999
-    if fam.name == "siglip":
-        with pytest.raises(FileNotFoundError, match="SentencePiece"):
-            runner.embed_texts(QUERIES)
-    else:
-        np.testing.assert_allclose(runner.embed_texts(QUERIES), ref["text_embeds"], atol=1e-5)
