@@ -372,6 +372,24 @@ def test_export_onnx_and_search_with_onnx_backend(fam, capsys, monkeypatch):
         errors = _error_lines(capsys.readouterr().err.strip().splitlines(), 2)
         assert all("SigLIP 2" in line and "NaFlex" in line and "--backend torch" in line for line in errors)
         assert not out.exists()
+        # Every other command with --backend onnx says the same before it embeds anything.
+        scene_argv = ["map", "classify", fam.images[0], "--labels", "a,b", "--output", fam.root / "onnx-map"]
+        eval_argv = [
+            "eval-zero-shot",
+            "--image-folder",
+            sample_dir() / "rsscn7",
+            "--output-dir",
+            fam.root / "zs",
+        ]
+        build_argv = ["index", "build", "--output", fam.root / "onnx-index", fam.images[0].parent]
+        for argv in (scene_argv, eval_argv, build_argv):
+            assert _main([*argv, "--model", fam.folder, "--backend", "onnx"]) == 2, argv
+            (error,) = _error_lines(capsys.readouterr().err.strip().splitlines())
+            assert "SigLIP 2" in error and "NaFlex" in error, argv
+        from modeling_rsmclip.serve import SearchService
+
+        with pytest.raises(ValueError, match="SigLIP 2.*NaFlex"):
+            SearchService.load(fam.index, backend="onnx")  # what `rsmclip serve` and `rsmclip app` load
         return
     assert (export, search) == (0, 0)
     printed = capsys.readouterr().out
