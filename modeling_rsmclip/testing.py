@@ -321,7 +321,11 @@ def make_tiny_converted_clip(out_dir: str | os.PathLike, seed: int = 0, quick_ge
     cfg: dict = {
         "embed_dim": 16,
         "vision_cfg": {
-            "image_size": FAMILY_IMAGE_SIZE, "patch_size": 8, "layers": 2, "width": TINY_WIDTH, "head_width": 8
+            "image_size": FAMILY_IMAGE_SIZE,
+            "patch_size": 8,
+            "layers": 2,
+            "width": TINY_WIDTH,
+            "head_width": 8,
         },
         "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": TINY_WIDTH, "heads": 2, "layers": 2},
     }
@@ -331,6 +335,7 @@ def make_tiny_converted_clip(out_dir: str | os.PathLike, seed: int = 0, quick_ge
     torch.manual_seed(seed)
     model = CLIP(**cfg)
     save_file(
-        {k: v.contiguous() for k, v in model.state_dict().items()}, str(source / "open_clip_model.safetensors")
+        {k: v.contiguous() for k, v in model.state_dict().items()},
+        str(source / "open_clip_model.safetensors"),
     )
     return convert_open_clip(source, out_dir / "model", config_overrides={"dino_out_dim": 64})
