@@ -334,6 +334,9 @@ def make_tiny_converted_clip(out_dir: str | os.PathLike, seed: int = 0, quick_ge
     (source / "open_clip_config.json").write_text(json.dumps({"model_cfg": cfg, "preprocess_cfg": {}}))
     torch.manual_seed(seed)
     model = CLIP(**cfg)
+    with torch.no_grad():  # every tensor random (LayerNorms and zero-initialised biases included)
+        for param in model.parameters():
+            param.add_(0.05 * torch.randn(param.shape))
     save_file(
         {k: v.contiguous() for k, v in model.state_dict().items()},
         str(source / "open_clip_model.safetensors"),
