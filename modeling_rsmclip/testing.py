@@ -300,3 +300,45 @@ def make_tiny_family_model(family: str, out_dir: str | os.PathLike, seed: int = 
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
     return folder
+
+
+def make_tiny_converted_clip(out_dir: str | os.PathLike, seed: int = 0, quick_gelu: bool = True) -> Path:
+    """A tiny OpenCLIP CLIP (the standard architecture of OpenAI CLIP, RemoteCLIP, GeoRSCLIP, SkyCLIP: a ViT and
+    OpenCLIP's causal text transformer, QuickGELU as OpenAI-trained weights) made by open_clip itself with random
+    weights (2 layers, width 32, 32 px images of 8 px patches, the real 49408-token vocabulary), written as an
+    OpenCLIP checkpoint folder and converted by `rsmclip convert` (`conversion.convert_open_clip`) into an
+    `RSMCLIPModel` with the CLIP text tower. Returns the converted folder (``out_dir / "model"``); the OpenCLIP
+    folder is ``out_dir / "open_clip"``. Needs open_clip_torch (the dev extra)."""
+    import torch
+    from open_clip.model import CLIP
+    from safetensors.torch import save_file
+
+    from .conversion.convert import convert_open_clip
+
+    out_dir = Path(out_dir)
+    source = out_dir / "open_clip"
+    source.mkdir(parents=True, exist_ok=True)
+    cfg: dict = {
+        "embed_dim": 16,
+        "vision_cfg": {
+            "image_size": FAMILY_IMAGE_SIZE,
+            "patch_size": 8,
+            "layers": 2,
+            "width": TINY_WIDTH,
+            "head_width": 8,
+        },
+        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": TINY_WIDTH, "heads": 2, "layers": 2},
+    }
+    if quick_gelu:
+        cfg["quick_gelu"] = True
+    (source / "open_clip_config.json").write_text(json.dumps({"model_cfg": cfg, "preprocess_cfg": {}}))
+    torch.manual_seed(seed)
+    model = CLIP(**cfg)
+    with torch.no_grad():  # every tensor random (LayerNorms and zero-initialised biases included)
+        for param in model.parameters():
+            param.add_(0.05 * torch.randn(param.shape))
+    save_file(
+        {k: v.contiguous() for k, v in model.state_dict().items()},
+        str(source / "open_clip_model.safetensors"),
+    )
+    return convert_open_clip(source, out_dir / "model", config_overrides={"dino_out_dim": 64})

@@ -1,6 +1,6 @@
-"""Tiny random models of the Hub-native families (CLIP, SigLIP, SigLIP 2, AltCLIP), made once per test process, and
-references computed with each model's own forward pass (the way its model card says to call it), independent of
-the package's embedding code."""
+"""Tiny random models of every family (an OpenCLIP CLIP converted by `rsmclip convert`, and the Hub-native CLIP,
+SigLIP, SigLIP 2, AltCLIP), made once per test process, and references computed with each model's own forward pass
+(the way its model card says to call it), independent of the package's embedding code."""
 
 from __future__ import annotations
 
@@ -14,16 +14,22 @@ import numpy as np
 import torch
 
 HUB_FAMILIES = ("clip", "siglip", "siglip2", "altclip")
+# "openclip": an OpenCLIP CLIP (OpenAI CLIP / RemoteCLIP / GeoRSCLIP architecture) made by open_clip with random
+# weights and converted into an `RSMCLIPModel` with the CLIP text tower (family "rsmclip" in `inference.families`).
+ALL_FAMILIES = ("openclip", *HUB_FAMILIES)
 SIGMOID = ("siglip", "siglip2")
 
 
 @functools.cache
 def family_folder(family: str) -> Path:
-    """The tiny model of ``family`` saved with `save_pretrained` (model + processor), once per process."""
-    from modeling_rsmclip.testing import make_tiny_family_model
+    """The tiny model of ``family`` saved with `save_pretrained` (model + processor), once per process; for
+    ``"openclip"`` the folder `rsmclip convert` writes from a random OpenCLIP CLIP."""
+    from modeling_rsmclip.testing import make_tiny_converted_clip, make_tiny_family_model
 
     root = Path(tempfile.mkdtemp(prefix=f"rsmclip-{family}-"))
     atexit.register(shutil.rmtree, root, True)
+    if family == "openclip":
+        return make_tiny_converted_clip(root)
     return make_tiny_family_model(family, root)
 
 
@@ -34,6 +40,33 @@ def family_model(family: str):
 
     folder = family_folder(family)
     return AutoModel.from_pretrained(folder).eval(), AutoProcessor.from_pretrained(folder)
+
+
+@functools.cache
+def onnx_cache_root() -> Path:
+    """A per-process folder laid out as `inference.encoders.default_onnx_cache_dir()` (one export per weights'
+    SHA-256): with ``$RSMCLIP_ONNX_CACHE`` pointing here, ``--backend onnx`` runs the graphs of `family_onnx_export`
+    instead of exporting the model again."""
+    root = Path(tempfile.mkdtemp(prefix="rsmclip-onnx-cache-"))
+    atexit.register(shutil.rmtree, root, True)
+    return root
+
+
+# Families whose export also carries the int8 graphs (the fusion and quantisation path, checked once).
+ONNX_INT8 = ("clip",)
+
+
+@functools.cache
+def family_onnx_export(family: str) -> tuple[int, Path]:
+    """``(exit status, folder)`` of ``rsmclip export --to-onnx`` run once per process (the command's entry point) on
+    `family_folder`, into `onnx_cache_root` under the model's weights digest; int8 graphs for `ONNX_INT8` only."""
+    from modeling_rsmclip.cli import main
+    from modeling_rsmclip.inference import weights_digest
+
+    model, _ = family_model(family)
+    out = onnx_cache_root() / weights_digest(model).hex()[:24]
+    argv = ["export", "--to-onnx", str(family_folder(family)), str(out)]
+    return main(argv + ([] if family in ONNX_INT8 else ["--no-int8"])), out
 
 
 def family_of_folder(folder: Path) -> str:

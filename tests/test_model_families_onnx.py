@@ -1,5 +1,5 @@
-"""ONNX export of Hub-native CLIP, SigLIP and AltCLIP towers, checked against PyTorch as the RS-M-CLIP export is;
-SigLIP 2 refused with its reason."""
+"""ONNX export of a converted OpenCLIP CLIP and of Hub-native CLIP, SigLIP and AltCLIP towers, checked against
+PyTorch as the RS-M-CLIP export is; SigLIP 2 refused with its reason."""
 
 from __future__ import annotations
 
@@ -8,7 +8,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _family_fixtures import SIGMOID, family_folder, family_model, reference_forward, reference_text_inputs
+from _family_fixtures import (
+    SIGMOID,
+    family_folder,
+    family_model,
+    family_onnx_export,
+    reference_forward,
+    reference_text_inputs,
+)
 from PIL import Image
 
 from modeling_rsmclip.testing import sample_dir
@@ -22,26 +29,20 @@ def _images(count: int = 4) -> list[Path]:
     return sorted((sample_dir() / "ucm" / "images").glob("*.jpg"), key=lambda p: int(p.stem))[:count]
 
 
-@pytest.fixture(scope="module", params=["clip", "siglip", "altclip"])
-def exported(request, tmp_path_factory):
-    from modeling_rsmclip.inference import export_onnx
-
+@pytest.fixture(scope="module", params=["openclip", "clip", "siglip", "altclip"])
+def exported(request):
+    """The family's `rsmclip export --to-onnx` folder, made once per test process (shared with
+    tests/test_family_commands.py); int8 graphs for CLIP (the fusion and quantisation path), fp32 for the others."""
     family = request.param
-    model, processor = family_model(family)
-    # int8 graphs for CLIP (the fusion and quantisation path); fp32 only for the others, to keep this file short.
-    folder = export_onnx(
-        model,
-        tmp_path_factory.mktemp(f"onnx-{family}") / "export",
-        processor=processor,
-        quantize=family == "clip",
-    )
+    status, folder = family_onnx_export(family)
+    assert status == 0
     return family, folder
 
 
 def test_export_records_the_family_and_matches_pytorch(exported):
     family, folder = exported
     manifest = json.loads((folder / "onnx_manifest.json").read_text())
-    assert manifest["family"] == family
+    assert manifest["family"] == ("rsmclip" if family == "openclip" else family)
     assert manifest["scoring"] == ("sigmoid" if family in SIGMOID else "softmax")
     assert manifest["text"]["padding"] == ("max_length" if family in SIGMOID else "longest")
     assert manifest["inputs"]["text"] == (
