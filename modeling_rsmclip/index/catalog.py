@@ -128,7 +128,9 @@ def indexed_items(output: Path) -> set[tuple[str, str, str]]:
     indexed = {_item_key(c, i, h) for c, i, h in rows if i is not None}
     report = output / "report.json"
     if report.is_file():
-        failed = json.loads(report.read_text(encoding="utf-8")).get("network_errors", [])
+        from .integrity import read_json
+
+        failed = read_json(report).get("network_errors", [])
         broken = {(e.get("stac_collection") or "", e.get("stac_item")) for e in failed}
         indexed = {key for key in indexed if key[:2] not in broken}
     return indexed
@@ -337,7 +339,9 @@ def merge_listing_reports(output: Path, report: dict[str, list]) -> None:
     if not runs.is_dir():
         return
     for path in sorted(runs.glob("listing-*.report.json")):
-        part = json.loads(path.read_text(encoding="utf-8"))
+        from .integrity import read_json
+
+        part = read_json(path)
         for key, entries in part.items():
             report.setdefault(key, []).extend(entries)
 
