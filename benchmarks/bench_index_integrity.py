@@ -67,7 +67,9 @@ def write_index(folder: Path, entries: int, dim: int) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--entries", type=int, default=1_000_000)
     parser.add_argument("--dim", type=int, default=512)
     parser.add_argument("--rounds", type=int, default=3)
@@ -107,7 +109,9 @@ def main() -> None:
         **times,
         "median": median,
         "check_overhead_s": median["load_checked_s"] - median["load_unchecked_s"],
-        "checksum_gb_per_s": sum(sizes.values()) / 1e9 / (median["checksum_faiss_s"] + median["checksum_metadata_s"]),
+        "checksum_gb_per_s": sum(sizes.values())
+        / 1e9
+        / (median["checksum_faiss_s"] + median["checksum_metadata_s"]),
         "provenance": provenance(),
     }
     print(json.dumps({k: v for k, v in result.items() if k != "provenance"}, indent=1))

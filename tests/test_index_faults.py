@@ -105,12 +105,16 @@ def index_files(folder: Path) -> list[str]:
 
 def test_the_matrix_covers_every_file_of_the_index(built):
     files = index_files(built)
-    assert {"manifest.json", "index.faiss", "metadata.parquet", "report.json", "runs/run-000.json"} <= set(files)
+    assert {"manifest.json", "index.faiss", "metadata.parquet", "report.json", "runs/run-000.json"} <= set(
+        files
+    )
     assert sum(f.startswith("shards/") and f.endswith(".parquet") for f in files) == 2
     manifest = json.loads((built / "manifest.json").read_text())
     # Every file an index is read from has its size and checksum on record.
     recorded = set(manifest["files"])
-    assert recorded == {f for f in files if f not in {"manifest.json", "report.json"} and not f.startswith("runs/")}
+    assert recorded == {
+        f for f in files if f not in {"manifest.json", "report.json"} and not f.startswith("runs/")
+    }
     for name, entry in manifest["files"].items():
         assert entry["size"] == (built / name).stat().st_size
 
@@ -175,7 +179,9 @@ def test_a_damaged_index_file_is_named_by_every_command(name, how, built, extra,
         assert " ok" in capsys.readouterr().out
     else:
         line = one_error_line(capsys, status)
-        assert str(target) in line or (how == "delete" and name == "manifest.json" and "manifest.json" in line)
+        assert str(target) in line or (
+            how == "delete" and name == "manifest.json" and "manifest.json" in line
+        )
 
     # `index add` reads every file but report.json: refused naming it, before embedding anything.
     status = run(["index", "add", folder, extra, "--quiet", "--num-workers", "0"])
@@ -226,7 +232,7 @@ def test_a_real_process_prints_only_the_error_line(command, name, how, built, ex
     folder, target = damaged_copy(built, tmp_path, name, how)
     argv = {
         "search": ["search", folder, "forest"],
-        "serve": ["serve", folder, "--port", "0"],
+        "serve": ["serve", folder, "--port", "8765"],  # refused before it binds
         "add": ["index", "add", folder, extra, "--quiet"],
     }[command]
     proc = real_process(argv)
@@ -254,9 +260,10 @@ def test_verify_repair_rebuilds_the_index_from_its_shards(name, how, built, tmp_
         got, want = index.search_embedding(query, 10), original.search_embedding(query, 10)
         assert [h["id"] for h in got] == [h["id"] for h in want] == exact_ranking(built, query, 10)
         np.testing.assert_allclose([h["score"] for h in got], [h["score"] for h in want], atol=1e-6)
-    assert json.loads((folder / "manifest.json").read_text())["files"] == json.loads(
-        (built / "manifest.json").read_text()
-    )["files"]
+    assert (
+        json.loads((folder / "manifest.json").read_text())["files"]
+        == json.loads((built / "manifest.json").read_text())["files"]
+    )
 
 
 def test_a_damaged_shard_cannot_be_repaired_and_says_so(built, tmp_path, capsys):
@@ -265,7 +272,9 @@ def test_a_damaged_shard_cannot_be_repaired_and_says_so(built, tmp_path, capsys)
     assert str(target) in line and "rebuild" in line
 
 
-def test_an_index_without_checksums_loads_with_a_warning_and_verify_records_them(built, tmp_path, capsys, caplog):
+def test_an_index_without_checksums_loads_with_a_warning_and_verify_records_them(
+    built, tmp_path, capsys, caplog
+):
     """An index written before checksums: it loads (with a warning saying what to run); `index verify` compares it
     with its shards, which finds damaged vectors and reordered rows that no checksum is there to catch, and
     `--record` writes the checksums once it is intact."""
@@ -312,7 +321,8 @@ def test_vectors_damaged_in_an_unchecked_index_are_never_shown_as_cosines(built,
     vectors = faiss.rev_swig_ptr(index.get_xb(), index.ntotal * index.d).reshape(index.ntotal, index.d)
     vectors[3, :4] = 7e37
     faiss.write_index(index, str(folder / "index.faiss"))
-    query = vectors[3] / np.linalg.norm(vectors[3])
+    _, emb = shard_embeddings(built)
+    query = emb[3] / np.linalg.norm(emb[3])
     with pytest.raises(IndexFileError, match="no cosine"):
         RSMCLIPIndex.load(folder).search_embedding(query.astype(np.float32), 5)
 
@@ -335,7 +345,11 @@ def test_paths_in_a_manifest_stay_inside_the_index_folder(where, built, tmp_path
     else:
         manifest["index"]["file"] = where
     (folder / "manifest.json").write_text(json.dumps(manifest))
-    for argv in (["search", folder, "forest"], ["index", "verify", folder], ["index", "add", folder, sample_dir()]):
+    for argv in (
+        ["search", folder, "forest"],
+        ["index", "verify", folder],
+        ["index", "add", folder, sample_dir()],
+    ):
         line = one_error_line(capsys, run(argv))
         assert "outside the index folder" in line and str(folder / "manifest.json") in line, line
 
@@ -388,7 +402,9 @@ def test_an_unreadable_folder_is_listed_with_its_reason(tmp_path):
             "print(json.dumps([[i.id for i in items], skipped]))\n"
         )
         env = {**os.environ, "PYTHONPATH": str(REPO)}
-        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+        proc = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120
+        )
         assert proc.returncode == 0, proc.stderr[-2000:]
         ids, skipped = json.loads(proc.stdout)
         assert ids == [f"images/{first.name}"]
@@ -410,14 +426,19 @@ def test_bad_values_are_one_error_line(built, tmp_path, capsys):
         assert expected in line and len(line) < 600
     source = sample_dir() / "ucm" / "images"
     for value in ("0", "-3"):
-        line = one_error_line(capsys, run(["index", "build", source, "-o", tmp_path / f"s{value}", "--shard-size", value]))
+        line = one_error_line(
+            capsys, run(["index", "build", source, "-o", tmp_path / f"s{value}", "--shard-size", value])
+        )
         assert "shard size" in line and value in line
     line = one_error_line(
-        capsys, run(["index", "build", source, "-o", tmp_path / "ivf", "--index-type", "IVF1024,Flat", "--quiet"])
+        capsys,
+        run(["index", "build", source, "-o", tmp_path / "ivf", "--index-type", "IVF1024,Flat", "--quiet"]),
     )
     assert "IVF1024" in line and "42 images" in line
     assert not (tmp_path / "ivf" / "shards").exists()  # refused before any embedding
-    line = one_error_line(capsys, run(["index", "build", source, "-o", tmp_path / "bad", "--index-type", "IVF12,Nope"]))
+    line = one_error_line(
+        capsys, run(["index", "build", source, "-o", tmp_path / "bad", "--index-type", "IVF12,Nope"])
+    )
     assert "IVF12,Nope" in line
 
 

@@ -25,7 +25,6 @@ and the manifest is written last.
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import logging
 import math
 import os
@@ -135,7 +134,10 @@ def check_trainable(factory: str, num_vectors: int) -> None:
         need, what = int(ivf.group(1)), f"{ivf.group(0)} has {ivf.group(1)} lists"
     pq = re.search(r"PQ\d+(?:x(\d+))?", factory)
     if pq and 2 ** int(pq.group(1) or 8) > need:
-        need, what = 2 ** int(pq.group(1) or 8), f"{pq.group(0)} trains {2 ** int(pq.group(1) or 8)} centroids"
+        need, what = (
+            2 ** int(pq.group(1) or 8),
+            f"{pq.group(0)} trains {2 ** int(pq.group(1) or 8)} centroids",
+        )
     if num_vectors < need:
         raise ValueError(
             f"the FAISS index {factory!r} cannot be trained on {num_vectors} images: {what}, which needs at least "
@@ -152,7 +154,9 @@ def _faiss_factory(index_type: str, num_vectors: int, dim: int, exact_threshold:
         faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
     except RuntimeError as err:
         reason = str(err).strip().splitlines()[-1] if str(err).strip() else "unknown"
-        raise ValueError(f"{index_type!r} is not a FAISS index factory string FAISS can build ({reason})") from err
+        raise ValueError(
+            f"{index_type!r} is not a FAISS index factory string FAISS can build ({reason})"
+        ) from err
     check_trainable(factory, num_vectors)
     return factory
 
@@ -233,7 +237,17 @@ def _read_json(path: Path) -> Any:
     return read_json(path)
 
 
-RUN_KEYS = ("run", "kind", "sources", "digest", "fingerprint", "num_items", "shard_size", "num_shards", "complete")
+RUN_KEYS = (
+    "run",
+    "kind",
+    "sources",
+    "digest",
+    "fingerprint",
+    "num_items",
+    "shard_size",
+    "num_shards",
+    "complete",
+)
 
 
 def _runs(output: Path, manifest: dict[str, Any] | None = None) -> list[dict[str, Any]]:
@@ -249,7 +263,9 @@ def _runs(output: Path, manifest: dict[str, Any] | None = None) -> list[dict[str
         if missing:
             raise IndexFileError(f"{path}: damaged run plan (no {', '.join(missing)})")
         if plan["run"] != i or path.name != f"run-{i:03d}.json":
-            raise IndexFileError(f"{path}: the run plans are not numbered 0, 1, ...: run {i} is missing or renamed")
+            raise IndexFileError(
+                f"{path}: the run plans are not numbered 0, 1, ...: run {i} is missing or renamed"
+            )
         runs.append(plan)
     for entry in (manifest or {}).get("runs", []):
         number = entry.get("run") if isinstance(entry, dict) else None
@@ -377,8 +393,14 @@ def _run(
     manifest_path = output / "manifest.json"
     manifest = _checked_manifest(output) if manifest_path.is_file() else None
     if kind == "add" and manifest is None:
+        damaged = (output / "metadata.parquet").exists() or (output / "index.faiss").exists()
         raise FileNotFoundError(
-            f"no index at {output} (no manifest.json): build it first with `rsmclip index build`"
+            f"no index at {output}: {manifest_path} not found"
+            + (
+                " (the folder holds index files without their manifest: build the index again in a new folder)"
+                if damaged
+                else ": build it first with `rsmclip index build`"
+            )
         )
     listing = None
     if stac is not None:
@@ -652,7 +674,9 @@ def finalize(
         index = build_faiss(embeddings, factory)
     except RuntimeError as err:
         reason = str(err).strip().splitlines()[-1] if str(err).strip() else "unknown"
-        raise ValueError(f"{output}: the FAISS index {factory!r} cannot be built on {n} vectors ({reason})") from err
+        raise ValueError(
+            f"{output}: the FAISS index {factory!r} cannot be built on {n} vectors ({reason})"
+        ) from err
     metadata = with_geometry(table.drop_columns(["embedding"]))
     tmp_index = output / ".index.faiss.tmp"
     faiss.write_index(index, str(tmp_index))

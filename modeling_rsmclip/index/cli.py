@@ -300,7 +300,9 @@ def _run_verify(args: argparse.Namespace) -> int:
 
     result = verify_index(args.index, record=args.record, repair=args.repair)
     if result.problems:
-        raise IndexFileError(result.summary() + " (`--repair` rebuilds the FAISS file and metadata from the shards)")
+        raise IndexFileError(
+            result.summary() + " (`--repair` rebuilds the FAISS file and metadata from the shards)"
+        )
     print(result.summary())
     return 0
 

@@ -85,7 +85,9 @@ def inside(folder: Path, name: Any, what: str = "file") -> Path:
     symlinks); anything else (absolute, ``..`` climbing out, not a string) is an `IndexFileError`."""
     manifest = Path(folder) / "manifest.json"
     if not isinstance(name, str) or not name or "\0" in name:
-        raise IndexFileError(f"{manifest}: the {what} path {name!r} is not a file name inside the index folder")
+        raise IndexFileError(
+            f"{manifest}: the {what} path {name!r} is not a file name inside the index folder"
+        )
     relative = Path(name)
     if relative.is_absolute() or ".." in relative.parts:
         raise IndexFileError(
@@ -128,7 +130,9 @@ def check_file(folder: Path, name: str, record: dict[str, Any], *, checksum: boo
 
 def _recovery(name: str) -> str:
     if name.startswith("shards/"):
-        return "the index cannot be extended or repaired from its shards: rebuild it with `rsmclip index build`"
+        return (
+            "the index cannot be extended or repaired from its shards: rebuild it with `rsmclip index build`"
+        )
     return "`rsmclip index verify INDEX --repair` rebuilds it from the shards"
 
 
@@ -145,12 +149,22 @@ def verify_files(folder: Path, manifest: dict[str, Any], names: list[str] | None
         )
         return False
     if not isinstance(files, dict):
-        raise IndexFileError(f"{folder / 'manifest.json'}: 'files' is not a mapping of file names to checksums")
+        raise IndexFileError(
+            f"{folder / 'manifest.json'}: 'files' is not a mapping of file names to checksums"
+        )
     for name in files if names is None else names:
         if name not in files:
             raise IndexFileError(f"{folder / 'manifest.json'}: no checksum recorded for {name!r}")
         check_file(folder, name, files[name])
     return True
+
+
+def check_index_files(folder: Path) -> dict[str, Any]:
+    """The checked manifest of an index folder, after checking the files a search reads (all but the shards, which
+    `index add` and `index verify` check): for a command to refuse a damaged index before it loads a model."""
+    manifest = read_manifest(folder)
+    verify_files(folder, manifest, [n for n in manifest.get("files") or {} if not n.startswith("shards/")])
+    return manifest
 
 
 # ------------------------------------------------------------------------------------------------------ reading
@@ -182,7 +196,7 @@ def read_manifest(folder: Path) -> dict[str, Any]:
     path = Path(folder) / "manifest.json"
     manifest = read_json(path, "index manifest")
     if not isinstance(manifest, dict) or manifest.get("format") != "rsmclip-index":
-        raise IndexFileError(f"{path}: not an rsmclip index manifest (no \"format\": \"rsmclip-index\")")
+        raise IndexFileError(f'{path}: not an rsmclip index manifest (no "format": "rsmclip-index")')
     for key, kind in MANIFEST_KEYS.items():
         if not isinstance(manifest.get(key), kind):
             raise IndexFileError(f"{path}: damaged: {key!r} is missing or not a {kind.__name__}")
@@ -213,7 +227,9 @@ def read_faiss(path: Path) -> Any:
         return faiss.read_index(str(path))
     except (RuntimeError, MemoryError, ValueError) as err:
         reason = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
-        raise IndexFileError(f"{path}: damaged, not a readable FAISS index ({reason}); {_recovery(path.name)}") from err
+        raise IndexFileError(
+            f"{path}: damaged, not a readable FAISS index ({reason}); {_recovery(path.name)}"
+        ) from err
 
 
 def read_parquet(path: Path, columns: list[str] | None = None) -> Any:
@@ -240,6 +256,7 @@ __all__ = [
     "CHECKSUM",
     "IndexFileError",
     "check_file",
+    "check_index_files",
     "describe_files",
     "file_checksum",
     "inside",

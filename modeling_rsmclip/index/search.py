@@ -62,11 +62,15 @@ def _check_where_size(tree: ast.AST, shown: str) -> None:
     while stack:
         node, depth = stack.pop()
         if depth > MAX_WHERE_DEPTH:
-            raise ValueError(f"--where {shown!r} is nested more than {MAX_WHERE_DEPTH} levels deep; simplify it")
+            raise ValueError(
+                f"--where {shown!r} is nested more than {MAX_WHERE_DEPTH} levels deep; simplify it"
+            )
         if isinstance(node, ast.Compare | ast.Call):
             conditions += 1
             if conditions > MAX_WHERE_CONDITIONS:
-                raise ValueError(f"--where {shown!r} has more than {MAX_WHERE_CONDITIONS} conditions; simplify it")
+                raise ValueError(
+                    f"--where {shown!r} has more than {MAX_WHERE_CONDITIONS} conditions; simplify it"
+                )
         if isinstance(node, ast.List | ast.Tuple | ast.Set | ast.Constant):
             continue
         stack.extend((child, depth + 1) for child in ast.iter_child_nodes(node))
@@ -185,7 +189,9 @@ def _query_text(query: Any, what: str = "the query") -> str:
         try:
             query = query.decode("utf-8")
         except UnicodeDecodeError as err:
-            raise ValueError(f"{what} is not UTF-8 text (byte {err.start}: {query[err.start:err.start + 4]!r})") from err
+            raise ValueError(
+                f"{what} is not UTF-8 text (byte {err.start}: {query[err.start : err.start + 4]!r})"
+            ) from err
     if not isinstance(query, str) or not query.strip():
         raise ValueError(f"{what} must be a non-empty text or an image, got {query!r}")
     try:
@@ -206,13 +212,11 @@ def _stamp(path: Path) -> tuple[int, int, int]:
 def _open_files(path: Path) -> tuple[dict[str, Any], Any, Any]:
     """The manifest, FAISS index and metadata of an index folder, each checked (`index.integrity`): the manifest's
     keys and paths, the files' sizes and checksums, FAISS's and Arrow's errors named with the file, the counts."""
-    from .integrity import IndexFileError, inside, read_faiss, read_manifest, read_parquet, verify_files
+    from .integrity import IndexFileError, check_index_files, inside, read_faiss, read_parquet
 
     manifest_path = path / "manifest.json"
-    manifest = read_manifest(path)
+    manifest = check_index_files(path)
     faiss_path = inside(path, manifest["index"]["file"], "FAISS index")
-    # The files search reads (the shards are checked by `index add` and `index verify`).
-    verify_files(path, manifest, [n for n in manifest.get("files") or {} if not n.startswith("shards/")])
     index = read_faiss(faiss_path)
     try:
         apply_search_params(index, manifest["index"].get("search_params", {}))

@@ -123,7 +123,10 @@ def list_folder(
     name = root.resolve().name
     table = _labels_table(root)
     items: list[WorkItem] = []
-    files = sorted(_walk_images(root, skipped if skipped is not None else []), key=lambda p: p.relative_to(root).as_posix())
+    files = sorted(
+        _walk_images(root, skipped if skipped is not None else []),
+        key=lambda p: p.relative_to(root).as_posix(),
+    )
     for path in files:
         rel = path.relative_to(root).as_posix()
         if _is_scene(path, options):

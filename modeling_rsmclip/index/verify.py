@@ -56,7 +56,9 @@ def _shard_rows(path: Path, manifest: dict[str, Any], result: Verification) -> t
 
     shard_files = sorted((path / "shards").glob("*.parquet"))
     if not shard_files:
-        result.problems.append(f"{path / 'shards'}: no shards: the index cannot be checked or repaired from them")
+        result.problems.append(
+            f"{path / 'shards'}: no shards: the index cannot be checked or repaired from them"
+        )
         return None
     tables = []
     for shard in shard_files:
@@ -95,7 +97,9 @@ def _vectors(index: Any, rows: np.ndarray) -> np.ndarray | None:
         return None
 
 
-def _compare(path: Path, manifest: dict[str, Any], shards: tuple[Any, np.ndarray], result: Verification) -> None:
+def _compare(
+    path: Path, manifest: dict[str, Any], shards: tuple[Any, np.ndarray], result: Verification
+) -> None:
     """The FAISS vectors and the metadata rows against the shards', in order."""
     table, embeddings = shards
     meta_path = path / "metadata.parquet"
@@ -125,12 +129,18 @@ def _compare(path: Path, manifest: dict[str, Any], shards: tuple[Any, np.ndarray
         result.problems.append(f"{faiss_path}: {index.ntotal} vectors, the shards hold {len(embeddings)}")
         return
     rng = np.random.default_rng(0)
-    rows = np.arange(len(embeddings)) if len(embeddings) <= SAMPLE else np.sort(rng.choice(len(embeddings), SAMPLE, replace=False))
+    rows = (
+        np.arange(len(embeddings))
+        if len(embeddings) <= SAMPLE
+        else np.sort(rng.choice(len(embeddings), SAMPLE, replace=False))
+    )
     stored = _vectors(index, rows)
     lossy = "PQ" in manifest["index"].get("factory", "") or "SQ" in manifest["index"].get("factory", "")
     if stored is not None:
         cosine = (stored * embeddings[rows]).sum(axis=1)
-        bad = ~np.isfinite(cosine) | (cosine < (0.8 if lossy else 0.9999)) | (np.abs(stored).max(axis=1) > 1.5)
+        bad = (
+            ~np.isfinite(cosine) | (cosine < (0.8 if lossy else 0.9999)) | (np.abs(stored).max(axis=1) > 1.5)
+        )
     else:  # a type that cannot give vectors back: each vector must find itself
         scores, ids = index.search(np.ascontiguousarray(embeddings[rows]), 1)
         bad = (ids[:, 0] != rows) & ~(np.abs(scores[:, 0] - 1) < 1e-3)
@@ -171,7 +181,9 @@ def verify_index(path: str | Path, *, record: bool = False, repair: bool = False
         _compare(path, manifest, shards, result)
     if result.problems and repair:
         if shards is None:
-            raise IndexFileError(result.summary() + "; the shards are damaged: rebuild with `rsmclip index build`")
+            raise IndexFileError(
+                result.summary() + "; the shards are damaged: rebuild with `rsmclip index build`"
+            )
         _repair(path, manifest)
         repaired = verify_index(path)
         repaired.repaired = True
