@@ -203,8 +203,8 @@ def test_index_type_choice_and_factory_override(demo, sources, tmp_path, index_t
     assert index.manifest["index"]["factory"] == factory
     # Ids and scores against numpy's exact ranking of the stored vectors (float16, re-normalised), for three text
     # queries and ten of the images themselves. HNSW (efSearch 128 over 42 vectors) finds the exact ranking; IVF2
-    # probes one list of two (no search parameters given with a factory string): its recall@5 is measured at 0.65
-    # (in-list scores exact), the bound is 0.55, and a wrong ranking (e.g. shuffled ids) gives about 0.12.
+    # probes one list of two (no search parameters given with a factory string): its recall@5 is measured at 0.82
+    # (in-list scores exact), the bound is 0.7; a wrong ranking (e.g. shuffled ids) gives about 0.12.
     ids, stored = shard_embeddings(index.path)
     stored /= np.linalg.norm(stored, axis=1, keepdims=True)
     texts = ("a beach", "an airport with many airplanes", "a dense forest")
@@ -220,8 +220,7 @@ def test_index_type_choice_and_factory_override(demo, sources, tmp_path, index_t
             assert [h["id"] for h in hits] == exact
         overlap += len({h["id"] for h in hits} & set(exact))
     recall = overlap / (5 * len(queries))
-    print("RECALL", index_type, recall)
-    assert recall >= (1.0 if index_type == "hnsw" else 0.55), recall
+    assert recall >= (1.0 if index_type == "hnsw" else 0.7), recall
     assert choose_index(50_000, 512)[0] == "Flat"
     assert choose_index(200_000, 512)[0] == "IVF2048,Flat"
     assert choose_index(5_000_000, 512)[0] == "IVF8192,PQ64"

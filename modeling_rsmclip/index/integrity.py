@@ -163,7 +163,10 @@ def check_index_files(folder: Path) -> dict[str, Any]:
     """The checked manifest of an index folder, after checking the files a search reads (all but the shards, which
     `index add` and `index verify` check): for a command to refuse a damaged index before it loads a model."""
     manifest = read_manifest(folder)
-    verify_files(folder, manifest, [n for n in manifest.get("files") or {} if not n.startswith("shards/")])
+    names = [n for n in manifest.get("files") or {} if not n.startswith("shards/")]
+    if manifest.get("files") is not None:  # what search reads must be among them
+        names += [n for n in (manifest["index"]["file"], "metadata.parquet") if n not in names]
+    verify_files(folder, manifest, names)
     return manifest
 
 
