@@ -118,12 +118,11 @@ def indexed_items(output: Path) -> set[tuple[str, str, str]]:
     path = output / "metadata.parquet"
     if not path.is_file():
         return set()
-    import pyarrow.parquet as pq
+    from .integrity import read_parquet
 
-    names = pq.read_schema(path).names
-    if not {"stac_collection", "stac_item", "asset_hrefs"} <= set(names):
+    table = read_parquet(path)
+    if not {"stac_collection", "stac_item", "asset_hrefs"} <= set(table.column_names):
         return set()
-    table = pq.read_table(path, columns=["stac_collection", "stac_item", "asset_hrefs"])
     rows = zip(*(table[c].to_pylist() for c in ("stac_collection", "stac_item", "asset_hrefs")))
     indexed = {_item_key(c, i, h) for c, i, h in rows if i is not None}
     report = output / "report.json"
@@ -140,9 +139,9 @@ def _known_hashes(output: Path) -> set[str]:
     path = Path(output) / "metadata.parquet"
     if not path.is_file():
         return set()
-    import pyarrow.parquet as pq
+    from .integrity import read_parquet
 
-    return set(pq.read_table(path, columns=["content_hash"])["content_hash"].to_pylist())
+    return set(read_parquet(path, columns=["content_hash"])["content_hash"].to_pylist())
 
 
 def stac_work_list(

@@ -264,7 +264,9 @@ class RSMCLIPIndex:
     ) -> RSMCLIPIndex:
         """Open an index folder. The model that embeds queries is ``model`` (path, Hub id or loaded model with its
         ``processor``) or, when None, the manifest's, loaded at the first query. A model whose fingerprint differs
-        from the manifest's is refused (`IndexModelMismatchError`).
+        from the manifest's is refused (`IndexModelMismatchError`). The FAISS file and the metadata are checked
+        against the sizes and checksums the manifest records (`index.integrity`); a damaged, missing or outside
+        file is an `IndexFileError` naming it.
 
         ``backend`` ("torch" or "onnx") and ``precision`` ("fp32", "bf16"/"fp16" autocast, "int8") say how queries
         are embedded, whatever the index was built with: the fingerprint is the source weights', so int8 or ONNX
