@@ -452,3 +452,21 @@ def test_a_non_utf8_query_is_refused_in_python(built):
     with pytest.raises(ValueError, match="query 1 .*not UTF-8"):
         index.embed_queries(["forest", "caf\udce9"])
     assert index.search(b"forest", top_k=1)[0]["rank"] == 1  # UTF-8 bytes are text
+
+
+def test_a_damaged_cache_of_the_bundled_sample_index_is_rebuilt(tmp_path, monkeypatch, caplog):
+    """The bundled samples' index is a cache: damaged (or written before checksums), it is built again."""
+    from modeling_rsmclip.index import bundled_sample_index
+
+    monkeypatch.setenv("RSMCLIP_INDEX_CACHE", str(tmp_path))
+    first = bundled_sample_index(progress=False)
+    recorded = json.loads((first.path / "manifest.json").read_text())["files"]
+    damage(first.path / "index.faiss", "flip-middle")
+    with caplog.at_level("WARNING"):
+        again = bundled_sample_index(progress=False)
+    assert "rebuilding the bundled sample index" in caplog.text and "index.faiss" in caplog.text
+    assert again.path == first.path and len(again) == 49
+    assert (
+        json.loads((again.path / "manifest.json").read_text())["files"]["index.faiss"]
+        == recorded["index.faiss"]
+    )
