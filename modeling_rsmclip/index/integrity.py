@@ -131,7 +131,8 @@ def check_file(folder: Path, name: str, record: dict[str, Any], *, checksum: boo
 def _recovery(name: str) -> str:
     if name.startswith("shards/"):
         return (
-            "the index cannot be extended or repaired from its shards: rebuild it with `rsmclip index build`"
+            "the index cannot be extended or repaired from its shards: rebuild it with `rsmclip index build` (a "
+            "shard of an unfinished run: delete it and rerun that command, which embeds it again)"
         )
     return "`rsmclip index verify INDEX --repair` rebuilds it from the shards"
 
