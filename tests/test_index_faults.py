@@ -435,7 +435,7 @@ def test_bad_values_are_one_error_line(built, tmp_path, capsys):
         run(["index", "build", source, "-o", tmp_path / "ivf", "--index-type", "IVF1024,Flat", "--quiet"]),
     )
     assert "IVF1024" in line and "42 images" in line
-    assert not (tmp_path / "ivf" / "shards").exists()  # refused before any embedding
+    assert not (tmp_path / "ivf" / "runs").exists()  # refused before anything is planned or embedded
     line = one_error_line(
         capsys, run(["index", "build", source, "-o", tmp_path / "bad", "--index-type", "IVF12,Nope"])
     )

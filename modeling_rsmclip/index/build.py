@@ -429,6 +429,12 @@ def _run(
     digest = worklist_digest(items)
     runs = _runs(output, manifest)
     pending = next((r for r in runs if not r["complete"]), None)
+    _faiss_factory(  # an index type that cannot hold this many vectors is refused before anything is planned
+        pending.get("index_type", index_type) if pending else index_type,
+        len(items) + (manifest["counts"]["items"] if manifest else 0),
+        embedding_dim(model),
+        exact_threshold,
+    )
     if pending is not None:
         if pending["digest"] != digest or pending["fingerprint"] != fingerprint:
             raise ValueError(
@@ -483,12 +489,6 @@ def _run(
     ]
     known = _known_hashes(output)
     dim = embedding_dim(model)
-    _faiss_factory(  # an index type that cannot hold this many vectors is refused before any embedding
-        plan.get("index_type", index_type),
-        plan["num_items"] + (manifest["counts"]["items"] if manifest else 0),
-        dim,
-        exact_threshold,
-    )
     family = model_family(model)
     todo = {shard_name(run, s): items[s * size : (s + 1) * size] for s in mine}
     if engine == "ray":
