@@ -470,3 +470,20 @@ def test_a_damaged_cache_of_the_bundled_sample_index_is_rebuilt(tmp_path, monkey
         json.loads((again.path / "manifest.json").read_text())["files"]["index.faiss"]
         == recorded["index.faiss"]
     )
+
+
+@pytest.mark.parametrize("how", ["truncate", "zero", "flip", "delete"])
+@pytest.mark.parametrize("name", ["index.faiss", "metadata.parquet"])
+def test_without_checksums_a_damaged_file_is_still_one_error_naming_it(name, how, built, tmp_path):
+    """An index written before checksums: FAISS's and Arrow's own errors on the damaged file, caught where it is
+    opened, name it."""
+    from modeling_rsmclip.index import RSMCLIPIndex
+    from modeling_rsmclip.index.integrity import IndexFileError
+
+    folder, target = damaged_copy(built, tmp_path, name, how)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    del manifest["files"]
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(IndexFileError) as err:
+        RSMCLIPIndex.load(folder)
+    assert str(target) in str(err.value)
