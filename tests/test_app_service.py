@@ -15,7 +15,14 @@ from PIL import Image
 
 from modeling_rsmclip.app.language import detect_language, resolve_language
 from modeling_rsmclip.app.mapview import Projection, footprints_svg
-from modeling_rsmclip.app.service import AppLimits, AppService, InputError, split_labels, write_results_csv
+from modeling_rsmclip.app.service import (
+    AppLimits,
+    AppService,
+    InputError,
+    shown_row,
+    split_labels,
+    write_results_csv,
+)
 from modeling_rsmclip.templates import LANGUAGES
 from modeling_rsmclip.testing import sample_dir
 
@@ -185,10 +192,20 @@ def test_results_csv_round_trip(tmp_path):
     write_results_csv(rows, tmp_path / "r.csv")
     with open(tmp_path / "r.csv", newline="", encoding="utf-8") as f:
         back = list(csv.DictReader(f))
-    assert list(back[0])[:4] == ["rank", "score", "id", "path"]
+    assert list(back[0])[:8] == [
+        "rank", "score", "id", "tile", "window_col", "window_row", "window_width", "window_height"
+    ]  # fmt: skip
+    assert "path" not in back[0]  # where files live stays on the server
     assert [float(r["score"]) for r in back] == [0.5, 0.25]
     assert json.loads(back[0]["bbox"]) == [1.0, 2.0, 3.0, 4.0]
     assert json.loads(back[1]["window"]) == [0, 0, 8, 8]
+    assert back[1]["tile"] == "col 0, row 0, 8 x 8 px" and back[0]["tile"] == ""
+    assert [back[1][k] for k in ("window_col", "window_row", "window_width", "window_height")] == [
+        "0",
+        "0",
+        "8",
+        "8",
+    ]
     assert back[1]["label"] == "beach" and back[0]["label"] == ""
 
 
@@ -226,6 +243,48 @@ def test_footprint_map_draws_each_polygon_where_it_is():
     assert footprints_svg({"features": []}).startswith("<p")
 
 
+def test_footprint_map_fits_hits_in_two_distant_regions():
+    """Tiles of 256 m in Lisbon and in Porto (270 km apart): the frame holds both regions, and each hit, far smaller
+    than a pixel at that scale, is still drawn where it is, numbered, at a visible size."""
+
+    def tile(west, south, size=0.003):
+        ring = [[west, south], [west + size, south], [west + size, south + size], [west, south + size]]
+        return {"type": "Polygon", "coordinates": [ring + [ring[0]]]}
+
+    lisbon = [(-9.14, 38.71), (-9.13, 38.72)]
+    porto = [(-8.61, 41.15), (-8.60, 41.14)]
+    features = [
+        {"type": "Feature", "geometry": tile(*corner), "properties": {"rank": rank, "score": 0.5}}
+        for rank, corner in enumerate(lisbon + porto, start=1)
+    ]
+    svg = footprints_svg({"type": "FeatureCollection", "features": features})
+    frame = {k: float(v) for k, v in re.findall(r'data-(west|south|east|north)="([-\d.e]+)"', svg)}
+    assert (
+        frame["west"] < -9.14
+        and frame["east"] > -8.597
+        and frame["south"] < 38.71
+        and frame["north"] > 41.153
+    )
+    proj = Projection(frame["west"], frame["south"], frame["east"], frame["north"], 560, 360)
+    markers = re.findall(
+        r'<circle class="footprint-marker" data-rank="(\d)" cx="([-\d.]+)" cy="([-\d.]+)" r="([\d.]+)"', svg
+    )
+    assert sorted(rank for rank, *_ in markers) == ["1", "2", "3", "4"]
+    for rank, cx, cy, radius in markers:
+        west, south = (lisbon + porto)[int(rank) - 1]
+        lon, lat = proj.to_lonlat(float(cx), float(cy))
+        assert (
+            abs(lon - (west + 0.0015)) < 1e-3 and abs(lat - (south + 0.0015)) < 1e-3
+        )  # at the tile's centre
+        assert 0 <= float(cx) <= 560 and 0 <= float(cy) <= 360 and float(radius) * 2 >= 12
+    # The two regions are drawn apart: Porto's hits well above Lisbon's.
+    ys = {rank: float(cy) for rank, _, cy, _ in markers}
+    assert min(ys["1"], ys["2"]) - max(ys["3"], ys["4"]) > 200
+    # Footprints large enough to see get no marker.
+    big = [dict(f, geometry=tile(*corner, size=0.5)) for f, corner in zip(features, lisbon + porto)]
+    assert "footprint-marker" not in footprints_svg({"features": big})
+
+
 # ------------------------------------------------------------------------------------- georeferenced archive
 @pytest.fixture(scope="module")
 def geo_service(service, tmp_path_factory):
@@ -252,9 +311,9 @@ def test_search_of_a_georeferenced_archive_maps_and_exports_footprints(geo_servi
     expected = index.search("aviões estacionados no aeroporto", top_k=4)
     assert [(r["id"], r["rank"]) for r in result.rows] == [(r["id"], r["rank"]) for r in expected]
     np.testing.assert_allclose([r["score"] for r in result.rows], [r["score"] for r in expected], atol=1e-6)
-    # GeoJSON download = the index's own export of the same results.
+    # GeoJSON download = the index's own export of the same results, as they may leave the server.
     collection = json.loads(Path(result.geojson_path).read_text())
-    assert collection == json.loads(json.dumps(to_geojson(expected)))
+    assert collection == json.loads(json.dumps(to_geojson([shown_row(r) for r in expected])))
     # Each tile's footprint, from the mosaic's geotransform: tile (col, row) spans 256 m east and 256 m south.
     from rasterio.warp import transform as warp
 
@@ -270,7 +329,7 @@ def test_search_of_a_georeferenced_archive_maps_and_exports_footprints(geo_servi
     # The map draws the same four footprints, numbered by rank.
     assert sorted(re.findall(r'data-rank="(\d)"', result.map_svg)) == ["1", "2", "3", "4"]
     # The gallery shows the tile, cut out of the scene.
-    thumb = geo_service.result_image(result.rows[0], size=64)
+    thumb = geo_service.result_image(result.source_rows[0], size=64)
     assert thumb.size == (64, 64)
     scene_rgb = np.asarray(Image.open(UCM_IMAGES / "191.jpg").convert("RGB").resize((256, 256)))
     expected_thumb = np.asarray(
@@ -279,11 +338,42 @@ def test_search_of_a_georeferenced_archive_maps_and_exports_footprints(geo_servi
     assert (
         np.abs(np.asarray(thumb, dtype=float) - expected_thumb).mean() < 8
     )  # the airplanes tile, not another
-    saved = geo_service.result_thumbnail(result.rows[0], size=64)
-    assert geo_service.result_thumbnail(result.rows[0], size=64) == saved  # made once, then reused
+    saved = geo_service.result_thumbnail(result.source_rows[0], size=64)
+    assert geo_service.result_thumbnail(result.source_rows[0], size=64) == saved  # made once, then reused
     assert Image.open(saved).size == (64, 64)
     # The tile the query is about: the airplanes are in the upper-left tile.
     assert result.rows[0]["window"] == [0, 0, 256, 256]
+
+
+def test_results_name_hits_by_id_and_tiles_by_window_never_by_server_path(geo_service):
+    """Table rows, CSV, GeoJSON and the map: ids relative to their source, each tile's window, no server path."""
+    result = geo_service.search("aviões estacionados no aeroporto", "auto", 4)
+    scene_folder = str(Path(result.source_rows[0]["path"]).parent)
+    assert Path(result.source_rows[0]["path"]).is_absolute()  # where the file lives: kept on the server
+    for row, source in zip(result.rows, result.source_rows):
+        assert "path" not in row and row["id"] == source["id"]
+        col, top, width, height = source["window"]
+        assert row["id"].endswith(f"mosaic.tif@{col},{top}") and not Path(row["id"]).is_absolute()
+        assert row["tile"] == f"col {col}, row {top}, {width} x {height} px"
+    assert sorted(tuple(r["window"][:2]) for r in result.rows) == [(0, 0), (0, 256), (256, 0), (256, 256)]
+    with open(result.csv_path, newline="", encoding="utf-8") as f:
+        table = list(csv.DictReader(f))
+    assert list(table[0])[:8] == [
+        "rank", "score", "id", "tile", "window_col", "window_row", "window_width", "window_height"
+    ]  # fmt: skip
+    for line, source in zip(table, result.source_rows):
+        assert [int(line[k]) for k in ("window_col", "window_row", "window_width", "window_height")] == list(
+            source["window"]
+        )
+    collection = json.loads(Path(result.geojson_path).read_text())
+    assert [f["properties"]["tile"] for f in collection["features"]] == [r["tile"] for r in result.rows]
+    for text in (
+        Path(result.csv_path).read_text(),
+        Path(result.geojson_path).read_text(),
+        result.map_svg,
+        json.dumps(result.rows),
+    ):
+        assert scene_folder not in text, text
 
 
 def test_image_search_finds_the_tile_it_was_cut_from(geo_service, tmp_path):

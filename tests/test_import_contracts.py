@@ -123,3 +123,23 @@ def test_package_import_is_light_and_registration_follows_transformers():
         out = _python(code)
         assert out.returncode == 0, f"{name}: {out.stderr[-2000:]}"
         assert out.stdout.split() == ["RSMCLIPModel", "RSMCLIPProcessor", "True"], name
+
+
+MAX_FUNCTION_LINES = 150
+
+
+def test_no_function_in_the_package_is_longer_than_150_lines():
+    """Long functions are where a package's shape erodes first: every function and method of the package (nested
+    ones counted within their parent too) stays at or under 150 lines, decorators and docstring included."""
+    import ast
+
+    too_long = []
+    for path in sorted((ROOT / "modeling_rsmclip").rglob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                first = min([node.lineno, *(d.lineno for d in node.decorator_list)])
+                length = node.end_lineno - first + 1
+                if length > MAX_FUNCTION_LINES:
+                    too_long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({length} lines)")
+    assert not too_long, "functions over 150 lines:\n" + "\n".join(too_long)

@@ -83,3 +83,18 @@ def test_load_encoder_rejects_bad_choices_and_devices():
     with pytest.raises(ValueError, match="runs on the CPU"):
         encoder.get_image_features(pixel_values=torch.empty(1, 3, 8, 8, device="meta"))
     assert load_encoder(model) is model  # torch fp32 is the model itself
+
+
+def test_pytorch_int8_without_torch_ao_names_the_onnx_runtime_path(monkeypatch):
+    """PyTorch deprecates torch.ao quantisation; once a release drops it, PyTorch int8 says which path replaces it
+    (ONNX Runtime int8) instead of failing with an ImportError."""
+    import sys
+
+    from modeling_rsmclip.errors import UserError
+    from modeling_rsmclip.inference import quantize_model
+
+    monkeypatch.setitem(
+        sys.modules, "torch.ao.quantization", None
+    )  # what `import` sees once the module is gone
+    with pytest.raises(UserError, match=r"--backend onnx --precision int8"):
+        quantize_model(torch.nn.Sequential(torch.nn.Linear(4, 4)))

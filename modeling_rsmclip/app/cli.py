@@ -52,12 +52,28 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
         "--max-upload-mb", type=float, default=25.0, help="largest upload accepted (default 25)"
     )
     parser.add_argument("--share", action="store_true", help="also open a public gradio.live link")
+    parser.add_argument(
+        "--write-space",
+        metavar="DIR",
+        default=None,
+        help="write a Hugging Face Space of the app into DIR (new or empty: README.md with the Space settings, "
+        "app.py, requirements.txt, .gitattributes for Git LFS, the package and samples), then exit",
+    )
     add_backend_arguments(parser, device=False)
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.write_space:
+        from .space import write_space
+
+        written = write_space(args.write_space)
+        print(
+            f"wrote a Gradio {written['gradio']} Space to {written['folder']} "
+            f"(Git LFS: {', '.join(written['lfs_files']) or 'no weights'}); push it to a new Space with git"
+        )
+        return 0
     for value, name in ((args.concurrency, "--concurrency"), (args.max_queue, "--max-queue")):
         if value < 1:
             raise UserError(f"{name} must be at least 1, got {value}")

@@ -2,15 +2,21 @@
 
 Short captions and queries ("muitos aviões no aeroporto") are too short for statistical language identifiers, but
 the ten languages split cleanly: three by script (Han -> zh, Hangul -> ko, Cyrillic -> ru), and the seven that use
-the Latin alphabet by their function words and letters. Each Latin-script language scores one point per known
-function word and per characteristic letter; the highest score wins, English on a tie or when nothing matches
-(the model reads every language, so a wrong guess only changes the prompt templates, never the search).
+the Latin alphabet by their function words, letters and scene vocabulary. Each Latin-script language scores one point per known function
+word and per characteristic letter, and a share of a point per word of its scene-class names (the package's
+class-name tables, `class_names.json`: a word shared by k languages gives each 1/k), so that a comma-separated
+list of class names ("floresta, praia, porto, campo de ténis"), which has almost no function words, is read by
+its nouns. The highest score wins, English on a tie or when nothing matches (the model reads every language, so a
+wrong guess only changes the prompt templates, never the search).
 """
 
 from __future__ import annotations
 
+import functools
+import json
 import re
 import unicodedata
+from pathlib import Path
 
 from ..templates import LANGUAGES
 
@@ -73,6 +79,31 @@ _LETTERS: dict[str, str] = {
 _WORD = re.compile(r"[^\W\d_]+'?", re.UNICODE)
 
 
+_LATIN = ("en", "pt", "es", "fr", "de", "nl", "it")
+_CLASS_NAMES_FILE = Path(__file__).resolve().parents[1] / "class_names.json"
+
+
+@functools.cache
+def _class_vocabulary() -> dict[str, dict[str, float]]:
+    """word -> {language: weight} over the words of every scene-class name of the seven Latin-script languages.
+
+    A word used by k of the languages (``"porto"``: Portuguese and Italian) weighs 1/k for each; function words
+    (articles, prepositions) are left to `_FUNCTION_WORDS`, which already counts them.
+    """
+    names = json.loads(_CLASS_NAMES_FILE.read_text(encoding="utf-8"))["names"]
+    users: dict[str, set[str]] = {}
+    for translations in names.values():
+        for lang in _LATIN:
+            for word in _WORD.findall(translations.get(lang, "").lower()):
+                users.setdefault(word, set()).add(lang)
+    function_words = set().union(*_FUNCTION_WORDS.values())
+    return {
+        word: dict.fromkeys(langs, 1.0 / len(langs))
+        for word, langs in users.items()
+        if word not in function_words and len(word) > 2
+    }
+
+
 def _script(char: str) -> str | None:
     name = unicodedata.name(char, "")
     if name.startswith("CJK UNIFIED IDEOGRAPH") or name.startswith("CJK COMPATIBILITY IDEOGRAPH"):
@@ -96,10 +127,13 @@ def detect_language(text: str) -> str:
         return best_script
     lowered = text.lower()
     scores = dict.fromkeys(_FUNCTION_WORDS, 0.0)
+    vocabulary = _class_vocabulary()
     for word in _WORD.findall(lowered):
         for lang, words in _FUNCTION_WORDS.items():
             if word in words:
                 scores[lang] += 1.0
+        for lang, weight in vocabulary.get(word, {}).items():
+            scores[lang] += weight
         # Dutch "ij"/"oo"/"ee" words and German "sch" are frequent enough to break ties between the two.
         if "ij" in word:
             scores["nl"] += 0.5

@@ -2,7 +2,9 @@
 
 The app must work offline (and inside a Space without outbound network), so the map is the footprints
 themselves in an equirectangular projection (x = lon * cos(mid-latitude), y = -lat) fitted to their extent, with
-a graticule in degrees and each footprint numbered by its rank.
+a graticule in degrees and each footprint numbered by its rank. The frame is fitted to every hit; hits in regions
+far apart (two cities) make each footprint a fraction of a pixel at that scale, so a footprint drawn smaller than
+`MIN_MARKER_PX` also gets a circle of that size at its centre: every hit stays visible and numbered.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import html
 import math
 from typing import Any
 
+MIN_MARKER_PX = 12.0
 _PALETTE = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#9a6324")
 
 
@@ -111,6 +114,17 @@ def footprints_svg(collection: dict[str, Any], width: int = 560, height: int = 3
             cx = sum(p[0] for p in ring[:-1] or ring) / len(ring[:-1] or ring)
             cy = sum(p[1] for p in ring[:-1] or ring) / len(ring[:-1] or ring)
             tx, ty = proj.to_px(cx, cy)
+            pixels = [proj.to_px(*p) for p in ring]
+            drawn = max(
+                max(x for x, _ in pixels) - min(x for x, _ in pixels),
+                max(y for _, y in pixels) - min(y for _, y in pixels),
+            )
+            if drawn < MIN_MARKER_PX:
+                parts.append(
+                    f'<circle class="footprint-marker" data-rank="{rank}" cx="{tx:.2f}" cy="{ty:.2f}" '
+                    f'r="{MIN_MARKER_PX / 2:.1f}" fill="{colour}" fill-opacity="0.5" stroke="{colour}" '
+                    f'stroke-width="1.5"><title>{title}</title></circle>'
+                )
             parts.append(
                 f'<text x="{tx:.1f}" y="{ty + 4:.1f}" text-anchor="middle" font-weight="bold" fill="#111">{rank}</text>'
             )

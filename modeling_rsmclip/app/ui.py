@@ -5,9 +5,7 @@ from __future__ import annotations
 import functools
 import html
 import logging
-import os
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from .service import AppService, InputError, band_preset_choices, language_choices
@@ -63,30 +61,26 @@ def _page_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _caption(row: dict[str, Any]) -> str:
-    name = Path(str(row.get("path", ""))).name
-    label = row.get("label")
+    """A gallery caption: rank, score, label, and the hit's id (relative to its source; a tile's names its window)."""
     bits = [f"#{row.get('rank')}", f"{float(row.get('score', 0.0)):.3f}"]
-    if label:
-        bits.append(str(label))
-    bits.append(name)
+    if row.get("label"):
+        bits.append(str(row["label"]))
+    bits.append(str(row.get("id", "")))
     return "  ·  ".join(bits)
 
 
-def _shown_path(path: Any) -> str:
-    """A result's path as the table shows it: relative to the working directory when inside it."""
-    try:
-        return os.path.relpath(path) if Path(path).resolve().is_relative_to(Path.cwd()) else str(path)
-    except (ValueError, OSError):
-        return str(path)
+TABLE_HEADERS = ["rank", "score", "label", "id", "tile"]
 
 
 def _table(rows: list[dict[str, Any]]) -> list[list[Any]]:
+    """The results table: `service.shown_row` rows (no server path); ``tile`` is the window of a scene's tile."""
     return [
         [
             row.get("rank"),
             round(float(row.get("score", 0.0)), 4),
-            row.get("label", ""),
-            _shown_path(row.get("path", "")),
+            row.get("label") or "",
+            row.get("id", ""),
+            row.get("tile", ""),
         ]
         for row in rows
     ]
@@ -106,28 +100,71 @@ def build_demo(
     """The app's `gr.Blocks`, queued: at most `concurrency` requests run at once, `max_queue` wait."""
     languages = language_choices()
     presets = band_preset_choices()
+    with gr.Blocks(title="RS-M-CLIP", analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
+        gr.Markdown("# RS-M-CLIP · multilingual search and maps of remote-sensing imagery")
+        gr.Markdown(service.describe(), elem_id="model-info")
+        with gr.Tab("Search", id="search"):
+            _search_tab(service, languages)
+        with gr.Tab("Classify", id="classify"):
+            _classify_tab(service, languages, presets)
+        with gr.Tab("Segment", id="segment"):
+            _segment_tab(service, languages, presets)
+    demo.queue(default_concurrency_limit=concurrency, max_size=max_queue)
+    return demo
 
-    # ------------------------------------------------------------------------------------------- handlers
+
+def _search_outputs(service: AppService, result: Any, query_kind: str) -> tuple[Any, ...]:
+    """What the Search tab shows of a `SearchResult`: status, gallery, map, table and the download files."""
+    gallery = [
+        (gallery_image(service, source), _caption(row))
+        for source, row in zip(result.source_rows, result.rows)
+    ]
+    if query_kind == "text":
+        status = f"{len(result.rows)} results · query language: {result.language}"
+    else:
+        status = f"{len(result.rows)} results for the uploaded image"
+    files = [p for p in (result.csv_path, result.geojson_path) if p]
+    map_html = result.map_svg or "<p>The index is not georeferenced: no map.</p>"
+    return status, gallery, map_html, _table(result.rows), files
+
+
+def _search_tab(service: AppService, languages: list[tuple[str, str]]) -> None:
     @_page_errors
     def search_text(query: str, language: str, top_k: float):
-        result = service.search(query, language, int(top_k))
-        return _search_outputs(result, query_kind="text")
+        return _search_outputs(service, service.search(query, language, int(top_k)), "text")
 
     @_page_errors
     def search_image(image: str | None, top_k: float):
-        result = service.search_by_image(image, int(top_k))
-        return _search_outputs(result, query_kind="image")
+        return _search_outputs(service, service.search_by_image(image, int(top_k)), "image")
 
-    def _search_outputs(result, query_kind: str):
-        gallery = [(gallery_image(service, row), _caption(row)) for row in result.rows]
-        if query_kind == "text":
-            status = f"{len(result.rows)} results · query language: {result.language}"
-        else:
-            status = f"{len(result.rows)} results for the uploaded image"
-        files = [p for p in (result.csv_path, result.geojson_path) if p]
-        map_html = result.map_svg or "<p>The index is not georeferenced: no map.</p>"
-        return status, gallery, map_html, _table(result.rows), files
+    with gr.Row():
+        query = gr.Textbox(
+            label="Query (any of the ten languages)",
+            placeholder="e.g. muitos aviões estacionados no aeroporto",
+            elem_id="search-query",
+            scale=4,
+        )
+        search_language = gr.Dropdown(languages, value="auto", label="Language", scale=1)
+        top_k = gr.Slider(1, service.limits.max_top_k, value=8, step=1, label="Results", scale=1)
+    search_button = gr.Button("Search", variant="primary", elem_id="search-button")
+    with gr.Accordion("Search with an image instead", open=False):
+        query_image = gr.File(label="Query image", file_types=["image", ".tif", ".tiff"], type="filepath")
+        image_button = gr.Button("Search by image", elem_id="image-search-button")
+    search_status = gr.Markdown(elem_id="search-status")
+    gallery = gr.Gallery(label="Top results", columns=4, height="auto", elem_id="search-gallery")
+    with gr.Row():
+        footprints = gr.HTML(label="Footprints", elem_id="search-map")
+        results_table = gr.Dataframe(headers=TABLE_HEADERS, label="Results", interactive=False)
+    downloads = gr.File(label="Download results (CSV, GeoJSON)", file_count="multiple")
+    outputs = [search_status, gallery, footprints, results_table, downloads]
+    search_button.click(search_text, [query, search_language, top_k], outputs, api_name="search")
+    query.submit(search_text, [query, search_language, top_k], outputs, api_name=False)
+    image_button.click(search_image, [query_image, top_k], outputs, api_name="search_image")
 
+
+def _classify_tab(
+    service: AppService, languages: list[tuple[str, str]], presets: list[tuple[str, str]]
+) -> None:
     @_page_errors
     def classify(
         upload: str | None, labels: str, language: str, tile_size: float | None = 224, preset: str = "auto"
@@ -143,6 +180,40 @@ def build_demo(
             files = result.scene["files"]
         return status, result.as_label_dict(), result.preview, files
 
+    with gr.Row():
+        with gr.Column():
+            upload = gr.File(
+                label="Image or GeoTIFF scene",
+                file_types=["image", ".tif", ".tiff"],
+                type="filepath",
+                elem_id="classify-upload",
+            )
+            labels = gr.Textbox(
+                label="Labels, separated by commas (any language)",
+                value="forest, beach, harbor, airplanes, a dense residential area",
+                elem_id="classify-labels",
+            )
+            with gr.Row():
+                language = gr.Dropdown(languages, value="auto", label="Label language")
+                tile_size = gr.Number(224, label="Tile size (px, GeoTIFF scenes)", precision=0, minimum=16)
+                preset = gr.Dropdown(presets, value="auto", label="Bands (GeoTIFF scenes)")
+            button = gr.Button("Classify", variant="primary", elem_id="classify-button")
+        with gr.Column():
+            status = gr.Markdown()
+            probabilities = gr.Label(label="Class probabilities", elem_id="classify-probabilities")
+            picture = gr.Image(label="Image / tile class map", type="filepath")
+            files = gr.File(label="Downloads (GeoTIFF, GeoJSON)", file_count="multiple")
+    button.click(
+        classify,
+        [upload, labels, language, tile_size, preset],
+        [status, probabilities, picture, files],
+        api_name="classify",
+    )
+
+
+def _segment_tab(
+    service: AppService, languages: list[tuple[str, str]], presets: list[tuple[str, str]]
+) -> None:
     @_page_errors
     def segment(
         upload: str | None, labels: str, language: str, window: float | None = 224, preset: str = "auto"
@@ -152,102 +223,31 @@ def build_demo(
         files = [result.geotiff_path] if result.geotiff_path else []
         return status, result.overlay_path, _legend_html(result.legend), result.class_fractions, files
 
-    # --------------------------------------------------------------------------------------------- layout
-    with gr.Blocks(title="RS-M-CLIP", analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
-        gr.Markdown("# RS-M-CLIP · multilingual search and maps of remote-sensing imagery")
-        gr.Markdown(service.describe(), elem_id="model-info")
-        with gr.Tab("Search", id="search"):
+    with gr.Row():
+        with gr.Column():
+            upload = gr.File(
+                label="Scene (GeoTIFF or image)", file_types=["image", ".tif", ".tiff"], type="filepath"
+            )
+            labels = gr.Textbox(
+                label="Labels, separated by commas (any language)", value="water, forest, buildings, field"
+            )
             with gr.Row():
-                query = gr.Textbox(
-                    label="Query (any of the ten languages)",
-                    placeholder="e.g. muitos aviões estacionados no aeroporto",
-                    elem_id="search-query",
-                    scale=4,
-                )
-                search_language = gr.Dropdown(languages, value="auto", label="Language", scale=1)
-                top_k = gr.Slider(1, service.limits.max_top_k, value=8, step=1, label="Results", scale=1)
-            search_button = gr.Button("Search", variant="primary", elem_id="search-button")
-            with gr.Accordion("Search with an image instead", open=False):
-                query_image = gr.File(
-                    label="Query image", file_types=["image", ".tif", ".tiff"], type="filepath"
-                )
-                image_button = gr.Button("Search by image", elem_id="image-search-button")
-            search_status = gr.Markdown(elem_id="search-status")
-            gallery = gr.Gallery(label="Top results", columns=4, height="auto", elem_id="search-gallery")
-            with gr.Row():
-                footprints = gr.HTML(label="Footprints", elem_id="search-map")
-                results_table = gr.Dataframe(
-                    headers=["rank", "score", "label", "path"], label="Results", interactive=False
-                )
-            downloads = gr.File(label="Download results (CSV, GeoJSON)", file_count="multiple")
-        with gr.Tab("Classify", id="classify"):
-            with gr.Row():
-                with gr.Column():
-                    classify_upload = gr.File(
-                        label="Image or GeoTIFF scene",
-                        file_types=["image", ".tif", ".tiff"],
-                        type="filepath",
-                        elem_id="classify-upload",
-                    )
-                    classify_labels = gr.Textbox(
-                        label="Labels, separated by commas (any language)",
-                        value="forest, beach, harbor, airplanes, a dense residential area",
-                        elem_id="classify-labels",
-                    )
-                    with gr.Row():
-                        classify_language = gr.Dropdown(languages, value="auto", label="Label language")
-                        tile_size = gr.Number(
-                            224, label="Tile size (px, GeoTIFF scenes)", precision=0, minimum=16
-                        )
-                        classify_preset = gr.Dropdown(presets, value="auto", label="Bands (GeoTIFF scenes)")
-                    classify_button = gr.Button("Classify", variant="primary", elem_id="classify-button")
-                with gr.Column():
-                    classify_status = gr.Markdown()
-                    probabilities = gr.Label(label="Class probabilities", elem_id="classify-probabilities")
-                    classify_picture = gr.Image(label="Image / tile class map", type="filepath")
-                    classify_files = gr.File(label="Downloads (GeoTIFF, GeoJSON)", file_count="multiple")
-        with gr.Tab("Segment", id="segment"):
-            with gr.Row():
-                with gr.Column():
-                    segment_upload = gr.File(
-                        label="Scene (GeoTIFF or image)",
-                        file_types=["image", ".tif", ".tiff"],
-                        type="filepath",
-                    )
-                    segment_labels = gr.Textbox(
-                        label="Labels, separated by commas (any language)",
-                        value="water, forest, buildings, field",
-                    )
-                    with gr.Row():
-                        segment_language = gr.Dropdown(languages, value="auto", label="Label language")
-                        segment_window = gr.Number(224, label="Window (px)", precision=0, minimum=16)
-                        segment_preset = gr.Dropdown(presets, value="auto", label="Bands")
-                    segment_button = gr.Button("Segment", variant="primary", elem_id="segment-button")
-                with gr.Column():
-                    segment_status = gr.Markdown()
-                    overlay = gr.Image(label="Class map over the scene", type="filepath")
-                    legend = gr.HTML()
-                    fractions = gr.Label(label="Share of the scene per class")
-                    segment_files = gr.File(label="Download the class map (GeoTIFF)", file_count="multiple")
-
-        search_outputs = [search_status, gallery, footprints, results_table, downloads]
-        search_button.click(search_text, [query, search_language, top_k], search_outputs, api_name="search")
-        query.submit(search_text, [query, search_language, top_k], search_outputs, api_name=False)
-        image_button.click(search_image, [query_image, top_k], search_outputs, api_name="search_image")
-        classify_button.click(
-            classify,
-            [classify_upload, classify_labels, classify_language, tile_size, classify_preset],
-            [classify_status, probabilities, classify_picture, classify_files],
-            api_name="classify",
-        )
-        segment_button.click(
-            segment,
-            [segment_upload, segment_labels, segment_language, segment_window, segment_preset],
-            [segment_status, overlay, legend, fractions, segment_files],
-            api_name="segment",
-        )
-    demo.queue(default_concurrency_limit=concurrency, max_size=max_queue)
-    return demo
+                language = gr.Dropdown(languages, value="auto", label="Label language")
+                window = gr.Number(224, label="Window (px)", precision=0, minimum=16)
+                preset = gr.Dropdown(presets, value="auto", label="Bands")
+            button = gr.Button("Segment", variant="primary", elem_id="segment-button")
+        with gr.Column():
+            status = gr.Markdown()
+            overlay = gr.Image(label="Class map over the scene", type="filepath")
+            legend = gr.HTML()
+            fractions = gr.Label(label="Share of the scene per class")
+            files = gr.File(label="Download the class map (GeoTIFF)", file_count="multiple")
+    button.click(
+        segment,
+        [upload, labels, language, window, preset],
+        [status, overlay, legend, fractions, files],
+        api_name="segment",
+    )
 
 
 def gallery_image(service: AppService, row: dict[str, Any]) -> Any:

@@ -19,6 +19,7 @@ graphs' SHA-256 and the backend/precision), so `Embedder`'s embedding cache neve
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import math
@@ -32,6 +33,7 @@ from torch import nn
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from ..cache_dirs import user_cache_dir
+from ..errors import UserError
 from .families import check_onnx_export, patch_features
 from .loading import load_model, portable_config_json
 from .options import check_backend
@@ -100,7 +102,15 @@ def quantize_model(model: nn.Module, inplace: bool = False) -> nn.Module:
     """
     import copy
 
-    from torch.ao.quantization import default_dynamic_qconfig, quantize_dynamic
+    try:
+        from torch.ao.quantization import default_dynamic_qconfig, quantize_dynamic
+    except (
+        ImportError
+    ) as error:  # PyTorch deprecates torch.ao quantisation: say what replaces it once it is gone
+        raise UserError(
+            f"this PyTorch ({torch.__version__}) has no torch.ao dynamic quantisation, which PyTorch int8 uses; "
+            'run int8 with ONNX Runtime instead: --backend onnx --precision int8 (pip install "rsmclip[onnx]")'
+        ) from error
 
     if not isinstance(model, nn.Module):
         raise TypeError(f"quantize_model takes a loaded model (nn.Module), got {type(model).__name__}")
@@ -120,6 +130,15 @@ def quantize_model(model: nn.Module, inplace: bool = False) -> nn.Module:
     return quantized.requires_grad_(False).eval()
 
 
+@functools.cache
+def _note_maintained_int8_path() -> None:
+    """Say once per process which int8 path is maintained (docs/inference.md, "Which int8 path")."""
+    logger.info(
+        "PyTorch int8 runs torch.ao dynamic quantisation, which PyTorch deprecates (torchao's eager int8 is slower "
+        "than fp32 on x86 CPUs); --backend onnx --precision int8 is the maintained int8 path, as fast or faster"
+    )
+
+
 class TorchInt8Encoder(_Encoder):
     """Both towers with their `nn.Linear` layers dynamically quantised to int8 (PyTorch, CPU only)."""
 
@@ -127,6 +146,7 @@ class TorchInt8Encoder(_Encoder):
 
     def __init__(self, model: nn.Module, inplace: bool = False) -> None:
         super().__init__(model.config, weights_digest(model))
+        _note_maintained_int8_path()
         # Kept out of the module tree: the packed int8 weights are not tensors that a state_dict hash can read,
         # and `fingerprint` already names the source weights.
         self.__dict__["quantized"] = quantize_model(model, inplace=inplace)

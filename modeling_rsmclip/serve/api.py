@@ -168,7 +168,6 @@ def build_api(service: SearchService, *, page: bool = False, title: str = "RS-M-
     """The FastAPI application of ``service``; ``page=True`` mounts the Gradio page at ``/app`` on the same model
     and index (needs ``pip install "rsmclip[app]"``)."""
     require_serve_dependencies()
-    limits = service.limits
     api = FastAPI(
         title=title,
         summary="Multilingual text and image search of a remote-sensing archive index",
@@ -180,9 +179,20 @@ def build_api(service: SearchService, *, page: bool = False, title: str = "RS-M-
         version=_package_version(),
     )
     api.state.service = service
-    api.add_middleware(RequestLimitMiddleware, max_bytes=limits.max_body_bytes)
+    api.add_middleware(RequestLimitMiddleware, max_bytes=service.limits.max_body_bytes)
+    _add_error_handlers(api)
+    _add_search_routes(api, service)
+    _add_item_routes(api, service)
+    _add_service_routes(api, service, page=page, title=title)
+    if page:
+        api = mount_page(api, service)
+    return api
 
-    # ------------------------------------------------------------------------------------------- errors
+
+def _add_error_handlers(api: Any) -> None:
+    """Errors as ``{"detail": message}``: a request's own mistake as 4xx with its message (server paths scrubbed),
+    anything else as a 500 that names only the error's class (the log has the rest)."""
+
     @api.exception_handler(RequestError)
     async def request_error(request: Request, error: RequestError) -> JSONResponse:
         return JSONResponse(
@@ -201,37 +211,96 @@ def build_api(service: SearchService, *, page: bool = False, title: str = "RS-M-
             status_code=500,
         )
 
-    # ------------------------------------------------------------------------------------------- search
-    def links(row: dict[str, Any]) -> dict[str, Any]:
-        item = quote(str(row["id"]), safe="/@,")
-        return {**row, "item_url": f"/items/{item}", "thumbnail_url": f"/items/{item}/thumbnail"}
 
-    def answer(
-        rows: list[dict[str, Any]], described: dict[str, Any], started: float, fmt: str | None, accept: str
-    ) -> Response:
-        rows = [links(row) for row in rows]
-        took_ms = round((time.perf_counter() - started) * 1000, 2)
-        if _wants_geojson(fmt, accept):
-            from ..index import to_geojson
+def _links(row: dict[str, Any]) -> dict[str, Any]:
+    item = quote(str(row["id"]), safe="/@,")
+    return {**row, "item_url": f"/items/{item}", "thumbnail_url": f"/items/{item}/thumbnail"}
 
-            collection = to_geojson(rows)
-            collection["query"] = described
-            collection["took_ms"] = took_ms
-            return JSONResponse(collection, media_type=GEOJSON_MEDIA_TYPE)
-        return JSONResponse({"query": described, "count": len(rows), "took_ms": took_ms, "results": rows})
 
-    async def timed(work: Any) -> Any:
-        try:
-            return await asyncio.wait_for(work, limits.timeout_s)
-        except asyncio.TimeoutError:
-            raise RequestError(
-                f"the search took longer than the {limits.timeout_s:g} s this server allows; try again", 503
-            ) from None
+def _answer(
+    rows: list[dict[str, Any]], described: dict[str, Any], started: float, fmt: str | None, accept: str
+) -> Response:
+    rows = [_links(row) for row in rows]
+    took_ms = round((time.perf_counter() - started) * 1000, 2)
+    if _wants_geojson(fmt, accept):
+        from ..index import to_geojson
 
-    async def text_search(request: SearchQuery) -> list[dict[str, Any]]:
-        embedding = await asyncio.wrap_future(service.submit_text(request.text))
-        return await run_in_threadpool(service.search_embedding, embedding, request)
+        collection = to_geojson(rows)
+        collection["query"] = described
+        collection["took_ms"] = took_ms
+        return JSONResponse(collection, media_type=GEOJSON_MEDIA_TYPE)
+    return JSONResponse({"query": described, "count": len(rows), "took_ms": took_ms, "results": rows})
 
+
+async def _timed(service: SearchService, work: Any) -> Any:
+    """``work`` awaited within the server's time limit, else a 503."""
+    timeout_s = service.limits.timeout_s
+    try:
+        return await asyncio.wait_for(work, timeout_s)
+    except asyncio.TimeoutError:
+        raise RequestError(
+            f"the search took longer than the {timeout_s:g} s this server allows; try again", 503
+        ) from None
+
+
+async def _text_search(service: SearchService, request: SearchQuery) -> list[dict[str, Any]]:
+    """A text query: its embedding from the batcher (batched with concurrent queries), then the index search."""
+    embedding = await asyncio.wrap_future(service.submit_text(request.text))
+    return await run_in_threadpool(service.search_embedding, embedding, request)
+
+
+async def _form_search(
+    service: SearchService, request: Request, format: str | None, started: float
+) -> Response:
+    """``POST /search`` with a form: a text query in its fields, or an image upload."""
+    limits = service.limits
+    accept = request.headers.get("accept", "")
+    form = await request.form(max_files=1, max_fields=8, max_part_size=2**16)
+    _refuse_unknown(form.keys(), (*BODY_FIELDS, "image"))
+    fields = {key: form.get(key) for key in BODY_FIELDS}
+    upload = form.get("image")
+    for key, value in fields.items():
+        if isinstance(value, UploadFile):
+            raise RequestError(f"{key} must be a form field, not a file")
+    if upload is not None and not isinstance(upload, UploadFile):
+        raise RequestError("image must be a file upload (multipart/form-data)")
+    image = upload is not None
+    top_k = fields["top_k"] if fields["top_k"] not in (None, "") else 10
+    if image and fields["query"]:
+        raise RequestError("give a query text or an image, not both")
+    fmt = _check_format(format or fields["format"])
+    checked = service.search_request(fields["query"], top_k, fields["where"], fields["bbox"], image=image)
+    if not image:
+        rows = await _timed(service, _text_search(service, checked))
+        return _answer(rows, checked.describe(), started, fmt, accept)
+    data = await upload.read(limits.max_upload_bytes + 1)
+    rows = await _timed(service, run_in_threadpool(service.search_image, data, checked, upload.filename))
+    name = Path(upload.filename or "upload").name or "upload"
+    return _answer(rows, checked.describe(image_name=name), started, fmt, accept)
+
+
+async def _json_search(
+    service: SearchService, request: Request, format: str | None, started: float
+) -> Response:
+    """``POST /search`` with a JSON object of the query fields."""
+    try:
+        body = await request.json()
+    except (ValueError, UnicodeDecodeError):
+        raise RequestError("the request body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise RequestError('send a JSON object such as {"query": "uma praia", "top_k": 10}')
+    _refuse_unknown(body.keys(), BODY_FIELDS)
+    fmt = _check_format(format or body.get("format"))
+    checked = service.search_request(
+        body.get("query"), body.get("top_k", 10), body.get("where"), body.get("bbox")
+    )
+    rows = await _timed(service, _text_search(service, checked))
+    return _answer(rows, checked.describe(), started, fmt, request.headers.get("accept", ""))
+
+
+def _add_search_routes(api: Any, service: SearchService) -> None:
+    """``GET /search`` (a text in the query string) and ``POST /search`` (JSON, a form, or an image upload)."""
+    limits = service.limits
     format_query = Query(
         None,
         description="`json` (default) or `geojson` (also chosen by `Accept: application/geo+json`)",
@@ -255,8 +324,8 @@ def build_api(service: SearchService, *, page: bool = False, title: str = "RS-M-
     ) -> Response:
         started = time.perf_counter()
         checked = service.search_request(query, top_k, where, bbox)
-        rows = await timed(text_search(checked))
-        return answer(rows, checked.describe(), started, format, request.headers.get("accept", ""))
+        rows = await _timed(service, _text_search(service, checked))
+        return _answer(rows, checked.describe(), started, format, request.headers.get("accept", ""))
 
     @api.post(
         "/search",
@@ -267,53 +336,21 @@ def build_api(service: SearchService, *, page: bool = False, title: str = "RS-M-
     async def search_post(request: Request, format: str | None = format_query) -> Response:
         started = time.perf_counter()
         content_type = request.headers.get("content-type", "").lower()
-        accept = request.headers.get("accept", "")
         if content_type.startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
-            form = await request.form(max_files=1, max_fields=8, max_part_size=2**16)
-            _refuse_unknown(form.keys(), (*BODY_FIELDS, "image"))
-            fields = {key: form.get(key) for key in BODY_FIELDS}
-            upload = form.get("image")
-            for key, value in fields.items():
-                if isinstance(value, UploadFile):
-                    raise RequestError(f"{key} must be a form field, not a file")
-            if upload is not None and not isinstance(upload, UploadFile):
-                raise RequestError("image must be a file upload (multipart/form-data)")
-            image = upload is not None
-            top_k = fields["top_k"] if fields["top_k"] not in (None, "") else 10
-            if image and fields["query"]:
-                raise RequestError("give a query text or an image, not both")
-            fmt = _check_format(format or fields["format"])
-            checked = service.search_request(
-                fields["query"], top_k, fields["where"], fields["bbox"], image=image
-            )
-            if not image:
-                rows = await timed(text_search(checked))
-                return answer(rows, checked.describe(), started, fmt, accept)
-            data = await upload.read(limits.max_upload_bytes + 1)
-            rows = await timed(run_in_threadpool(service.search_image, data, checked, upload.filename))
-            name = Path(upload.filename or "upload").name or "upload"
-            return answer(rows, checked.describe(image_name=name), started, fmt, accept)
+            return await _form_search(service, request, format, started)
         if content_type.startswith("application/json") or not content_type:
-            try:
-                body = await request.json()
-            except (ValueError, UnicodeDecodeError):
-                raise RequestError("the request body is not valid JSON") from None
-            if not isinstance(body, dict):
-                raise RequestError('send a JSON object such as {"query": "uma praia", "top_k": 10}')
-            _refuse_unknown(body.keys(), BODY_FIELDS)
-            fmt = _check_format(format or body.get("format"))
-            checked = service.search_request(
-                body.get("query"), body.get("top_k", 10), body.get("where"), body.get("bbox")
-            )
-            rows = await timed(text_search(checked))
-            return answer(rows, checked.describe(), started, fmt, accept)
+            return await _json_search(service, request, format, started)
         raise RequestError(
             "send JSON (application/json), a form, or an upload (multipart/form-data), not "
             f"{content_type.split(';')[0]!r}",
             415,
         )
 
-    # -------------------------------------------------------------------------------------------- items
+
+def _add_item_routes(api: Any, service: SearchService) -> None:
+    """``GET /items/{id}`` (metadata) and ``GET /items/{id}/thumbnail`` (a picture read on demand)."""
+    limits = service.limits
+
     @api.get(
         "/items/{item_id:path}/thumbnail",
         summary="An item's picture (read now: the image file, or its tile of the scene)",
@@ -326,14 +363,17 @@ def build_api(service: SearchService, *, page: bool = False, title: str = "RS-M-
         size: int = Query(256, ge=16, le=limits.max_thumbnail_px, description="longest side in pixels"),
         format: str = Query("png", pattern="^(png|jpeg|jpg)$", description="png or jpeg"),
     ) -> Response:
-        data, media_type = await timed(run_in_threadpool(service.thumbnail, item_id, size, format))
+        data, media_type = await _timed(service, run_in_threadpool(service.thumbnail, item_id, size, format))
         return Response(data, media_type=media_type, headers={"Cache-Control": "max-age=3600"})
 
     @api.get("/items/{item_id:path}", summary="An item's metadata", tags=["items"])
     async def item(item_id: str) -> dict[str, Any]:
-        return links(await run_in_threadpool(service.item, item_id))
+        return _links(await run_in_threadpool(service.item, item_id))
 
-    # ------------------------------------------------------------------------------------------- health
+
+def _add_service_routes(api: Any, service: SearchService, *, page: bool, title: str) -> None:
+    """``GET /health`` and ``GET /``."""
+
     @api.get("/health", summary="What is loaded, and the batching figures", tags=["service"])
     async def health() -> dict[str, Any]:
         return {**service.health(), "page": PAGE_PATH + "/" if page else None}
@@ -346,10 +386,6 @@ def build_api(service: SearchService, *, page: bool = False, title: str = "RS-M-
             "health": "/health",
             "page": PAGE_PATH + "/" if page else None,
         }
-
-    if page:
-        api = mount_page(api, service)
-    return api
 
 
 def mount_page(api: Any, service: SearchService) -> Any:

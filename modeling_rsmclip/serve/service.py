@@ -6,7 +6,7 @@ page mounted beside it) and adds what programs need: checked limits with HTTP st
 batched text queries (`batching.QueryBatcher` over `RSMCLIPIndex.embed_queries`), item metadata by id, and
 thumbnails read on demand (a tile through `geo.raster.RasterReader`, with the band choice its index run used).
 
-What leaves the server goes through one filter, `public_row`: the ``path`` column and any other value holding an
+What leaves the server goes through one filter, `app.public.public_row` (the web page's too): the ``path`` column and any other value holding an
 absolute path are dropped, so responses carry ids relative to their source, never where files live on the server.
 Nothing in a request names a file: ids are looked up in the index's metadata, never joined to a folder.
 """
@@ -16,9 +16,7 @@ from __future__ import annotations
 import io
 import json
 import logging
-import math
 import os
-import re
 import shutil
 import threading
 import time
@@ -30,13 +28,12 @@ from typing import Any
 
 import numpy as np
 
+from ..app.public import PRIVATE_COLUMNS, is_server_path, public_row, scrub_paths
 from ..app.service import AppLimits, AppService, InputError, human_size
 from .batching import QueryBatcher, QueueFullError
 
 logger = logging.getLogger(__name__)
 
-# Metadata columns that never leave the server (where an item's file lives).
-PRIVATE_COLUMNS = frozenset({"path"})
 THUMBNAIL_FORMATS = {
     "png": ("PNG", "image/png"),
     "jpeg": ("JPEG", "image/jpeg"),
@@ -116,48 +113,6 @@ class SearchQuery:
         out: dict[str, Any] = {"text": self.text} if image_name is None else {"image": image_name}
         out.update(top_k=self.top_k, where=self.where, bbox=list(self.bbox) if self.bbox else None)
         return out
-
-
-# ------------------------------------------------------------------------------------------ the one filter
-_WINDOWS_ABSOLUTE = re.compile(r"^[A-Za-z]:[\\/]")
-# An absolute path inside a message: a separator, then at least two components (so "/search" stays).
-_PATH_IN_TEXT = re.compile(
-    r"(?<![\w.~-])(?:[A-Za-z]:)?[/\\](?:[^\s'\"<>|:,;()\[\]{}/\\]+[/\\])+[^\s'\"<>|:,;()\[\]{}]*"
-)
-
-
-def is_server_path(value: Any) -> bool:
-    """Whether a metadata value is an absolute file path or a file URI (which must not leave the server)."""
-    if not isinstance(value, str):
-        return False
-    text = value.strip()
-    return text.startswith(("/", "\\", "file:", "~")) or bool(_WINDOWS_ABSOLUTE.match(text))
-
-
-def _public_value(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None  # JSON has no NaN
-    if isinstance(value, list | tuple):
-        return [_public_value(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _public_value(v) for k, v in value.items() if not is_server_path(v)}
-    return value
-
-
-def public_row(row: dict[str, Any]) -> dict[str, Any]:
-    """A result or metadata row as it may leave the server: without the ``path`` column, without any value that is
-    an absolute path (a dataset's own columns could hold some), and with NaN as null. Every row of every response
-    passes here."""
-    return {
-        key: _public_value(value)
-        for key, value in row.items()
-        if key not in PRIVATE_COLUMNS and not is_server_path(value)
-    }
-
-
-def scrub_paths(text: str) -> str:
-    """A message with every absolute path in it replaced by ``<server path>`` (errors from libraries name files)."""
-    return _PATH_IN_TEXT.sub("<server path>", str(text))
 
 
 def public_model_name(name: str) -> str:
