@@ -328,7 +328,9 @@ def test_vectors_damaged_in_an_unchecked_index_are_never_shown_as_cosines(built,
 
 
 # ------------------------------------------------------------------------------------------------ containment
-@pytest.mark.parametrize("where", ["../other/index.faiss", "ABSOLUTE", "link-out", "files-entry"])
+@pytest.mark.parametrize(
+    "where", ["../other/index.faiss", "ABSOLUTE", "link-out", "files-entry", "metadata-link"]
+)
 def test_paths_in_a_manifest_stay_inside_the_index_folder(where, built, tmp_path, capsys):
     folder = tmp_path / "index"
     shutil.copytree(built, folder)
@@ -340,16 +342,21 @@ def test_paths_in_a_manifest_stay_inside_the_index_folder(where, built, tmp_path
     elif where == "link-out":
         (folder / "index.faiss").unlink()
         (folder / "index.faiss").symlink_to(other / "index.faiss")
+    elif where == "metadata-link":  # an index without checksums: the metadata file itself must stay inside
+        del manifest["files"]
+        (folder / "metadata.parquet").unlink()
+        (folder / "metadata.parquet").symlink_to(other / "metadata.parquet")
     elif where == "files-entry":
         manifest["files"]["../other/metadata.parquet"] = manifest["files"]["metadata.parquet"]
     else:
         manifest["index"]["file"] = where
     (folder / "manifest.json").write_text(json.dumps(manifest))
-    for argv in (
+    commands = [
         ["search", folder, "forest"],
         ["index", "verify", folder],
         ["index", "add", folder, sample_dir()],
-    ):
+    ]
+    for argv in commands:
         line = one_error_line(capsys, run(argv))
         assert "outside the index folder" in line and str(folder / "manifest.json") in line, line
 

@@ -184,6 +184,8 @@ def read_json(path: Path, what: str = "JSON file") -> Any:
         return json.loads(text.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as err:
         raise IndexFileError(f"{path}: damaged, not a UTF-8 {what} ({err})") from err
+    except RecursionError as err:
+        raise IndexFileError(f"{path}: damaged, the {what} is nested too deeply to read") from err
 
 
 MANIFEST_KEYS = {
@@ -214,6 +216,7 @@ def read_manifest(folder: Path) -> dict[str, Any]:
         if not isinstance(manifest[section].get(key), kind):
             raise IndexFileError(f"{path}: damaged: '{section}.{key}' is missing or not a {kind.__name__}")
     inside(folder, manifest["index"]["file"], "FAISS index")
+    inside(folder, "metadata.parquet", "metadata")
     for name in manifest.get("files") or {}:
         inside(folder, name)
     return manifest

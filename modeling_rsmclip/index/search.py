@@ -222,7 +222,7 @@ def _open_files(path: Path) -> tuple[dict[str, Any], Any, Any]:
         apply_search_params(index, manifest["index"].get("search_params", {}))
     except (RuntimeError, AttributeError, TypeError) as err:
         raise IndexFileError(f"{manifest_path}: damaged search parameters ({err})") from err
-    metadata = read_parquet(path / "metadata.parquet")
+    metadata = read_parquet(inside(path, "metadata.parquet", "metadata"))
     missing = {"id", "path"} - set(metadata.column_names)
     if missing:
         raise IndexFileError(f"{path / 'metadata.parquet'}: damaged, no {', '.join(sorted(missing))} column")
