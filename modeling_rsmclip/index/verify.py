@@ -54,7 +54,10 @@ def _shard_rows(path: Path, manifest: dict[str, Any], result: Verification) -> t
 
     from .build import _read_json
 
-    shard_files = sorted((path / "shards").glob("*.parquet"))
+    merged = {r.get("run") for r in manifest.get("runs", []) if isinstance(r, dict)}
+    shard_files = [  # the shards of the runs merged into the index (not those of an unfinished run)
+        p for p in sorted((path / "shards").glob("*.parquet")) if not merged or _run_of(p) in merged
+    ]
     if not shard_files:
         result.problems.append(
             f"{path / 'shards'}: no shards: the index cannot be checked or repaired from them"
@@ -81,6 +84,14 @@ def _shard_rows(path: Path, manifest: dict[str, Any], result: Verification) -> t
     embeddings = flat.astype(np.float32).reshape(table.num_rows, dim)
     embeddings /= np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
     return table.drop_columns(["embedding"]), embeddings
+
+
+def _run_of(shard: Path) -> int | None:
+    """The run number of ``shard-rRRR-SSSSSS.parquet``."""
+    try:
+        return int(shard.name.split("-")[1].removeprefix("r"))
+    except (IndexError, ValueError):
+        return None
 
 
 def _vectors(index: Any, rows: np.ndarray) -> np.ndarray | None:
