@@ -144,7 +144,10 @@ def parse_where(text: str, columns: list[str]) -> Any:
                     values = literal(right)
                     if not isinstance(values, list | tuple | set):
                         raise ValueError(f"--where: `in` needs a list, got {ast.unparse(right)!r}")
-                    part = column(left).isin(list(values))
+                    if values:
+                        part = column(left).isin(list(values))
+                    else:  # `in []` holds for no row (Arrow cannot type an empty value set)
+                        part = column(left).is_null() & ~column(left).is_null()
                     part = ~part if isinstance(op, ast.NotIn) else part
                 elif isinstance(op, ast.Is | ast.IsNot):
                     if literal(right) is not None:
