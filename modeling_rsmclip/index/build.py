@@ -565,10 +565,19 @@ def _run(
 
 def _checked_manifest(output: Path) -> dict[str, Any]:
     """The manifest of an index being extended, after checking every file it lists (`index.integrity`)."""
-    from .integrity import read_manifest, verify_files
+    from .integrity import IndexFileError, read_manifest, verify_files
 
-    manifest = read_manifest(output)
-    verify_files(output, manifest)
+    before = (output / "manifest.json").stat()
+    try:
+        manifest = read_manifest(output)
+        verify_files(output, manifest)
+    except IndexFileError:
+        # Another run finishing meanwhile replaces the files, then the manifest: check them again once.
+        after = (output / "manifest.json").stat()
+        if (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns):
+            raise
+        manifest = read_manifest(output)
+        verify_files(output, manifest)
     return manifest
 
 
