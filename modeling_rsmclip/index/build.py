@@ -393,25 +393,11 @@ def _run(
     manifest_path = output / "manifest.json"
     manifest = _checked_manifest(output) if manifest_path.is_file() else None
     if kind == "add" and manifest is None:
-        damaged = (output / "metadata.parquet").exists() or (output / "index.faiss").exists()
-        raise FileNotFoundError(
-            f"no index at {output}: {manifest_path} not found"
-            + (
-                " (the folder holds index files without their manifest: build the index again in a new folder)"
-                if damaged
-                else ": build it first with `rsmclip index build`"
-            )
-        )
-    listing = None
+        raise _no_index(output)
     if stac is not None:
         items, listing = _stac_items(kind, output, stac, options, progress)
     else:
-        skipped: list[dict[str, Any]] = []
-        items = collect_items(sources, options, skipped)
-        if not items:
-            why = f" ({len(skipped)} entries could not be read, first: {skipped[0]['path']}: {skipped[0]['error']})"
-            raise ValueError(f"no images found in {', '.join(map(str, sources))}{why if skipped else ''}")
-        listing = {"unreadable": skipped}
+        items, listing = _local_items(sources, options)
     if kind == "add" and model is None:
         model = manifest["model"]["name_or_path"]
     owned = isinstance(model, str | os.PathLike)  # loaded here: int8 may quantise it in place (one copy)
@@ -470,13 +456,7 @@ def _run(
         if stac is not None:
             plan["stac"] = stac.to_dict()
         if procs.rank == 0:
-            from .catalog import save_listing
-
-            if stac is not None:
-                save_listing(output, plan["run"], items, listing)
-            elif listing["unreadable"]:  # what the folders held that could not be listed, for report.json
-                (output / "runs").mkdir(parents=True, exist_ok=True)
-                _atomic_write_json(output / "runs" / f"listing-{plan['run']:03d}.report.json", listing)
+            _save_listing(output, plan["run"], items, listing, stac is not None)
             (output / "runs").mkdir(parents=True, exist_ok=True)
             _atomic_write_json(output / "runs" / f"run-{plan['run']:03d}.json", plan)
     procs.barrier()
@@ -561,6 +541,42 @@ def _run(
         index.adopt(model, processor, encoder, fingerprint)
         return index
     return RSMCLIPIndex.load(output, model=model, processor=processor, **query_backend)
+
+
+def _no_index(output: Path) -> FileNotFoundError:
+    damaged = (output / "metadata.parquet").exists() or (output / "index.faiss").exists()
+    return FileNotFoundError(
+        f"no index at {output}: {output / 'manifest.json'} not found"
+        + (
+            " (the folder holds index files without their manifest: build the index again in a new folder)"
+            if damaged
+            else ": build it first with `rsmclip index build`"
+        )
+    )
+
+
+def _local_items(sources: Sequence[Any], options: SourceOptions) -> tuple[list[Any], dict[str, list]]:
+    """The work list of folders, files and a dataset, and the listing report: every entry that could not be
+    listed (unreadable folders, broken symlinks, symlink loops), for ``report.json``."""
+    skipped: list[dict[str, Any]] = []
+    items = collect_items(sources, options, skipped)
+    if not items:
+        why = (
+            f" ({len(skipped)} entries could not be read, first: {skipped[0]['path']}: {skipped[0]['error']})"
+        )
+        raise ValueError(f"no images found in {', '.join(map(str, sources))}{why if skipped else ''}")
+    return items, {"unreadable": skipped}
+
+
+def _save_listing(output: Path, run: int, items: list[Any], listing: dict[str, list], stac: bool) -> None:
+    """A STAC run's work list and listing report, or what a run's folders held that could not be listed."""
+    from .catalog import save_listing
+
+    if stac:
+        save_listing(output, run, items, listing)
+    elif listing["unreadable"]:
+        (output / "runs").mkdir(parents=True, exist_ok=True)
+        _atomic_write_json(output / "runs" / f"listing-{run:03d}.report.json", listing)
 
 
 def _checked_manifest(output: Path) -> dict[str, Any]:
