@@ -154,6 +154,19 @@ def test_classify_in_portuguese_uses_portuguese_templates(mosaic, demo):
     en = class_embeddings(model, processor, LABELS["pt"], "en")
     assert pt.shape == (len(CLASSES), model.config.projection_dim)
     assert not np.allclose(pt, en)  # different templates, different class embeddings
+    # The Portuguese embeddings by hand: every Portuguese template filled, normalised, averaged, normalised.
+    import torch
+    import torch.nn.functional as F
+
+    from modeling_rsmclip.templates import PROMPT_TEMPLATES
+
+    with torch.no_grad():
+        for row, label in zip(pt, LABELS["pt"]):
+            tokens = processor(
+                text=[t.format(label) for t in PROMPT_TEMPLATES["pt"]], padding=True, return_tensors="pt"
+            )
+            embeds = F.normalize(model.get_text_features(**tokens).pooler_output, dim=-1)
+            np.testing.assert_allclose(row, F.normalize(embeds.mean(0), dim=0).numpy(), atol=1e-5)
 
 
 def test_cli_map_classify_and_user_errors(mosaic, tmp_path, capsys):

@@ -139,17 +139,58 @@ def _offsets(extent: int, size: int, stride: int) -> list[int]:
     return sorted({min(o, extent - size) for o in offsets})
 
 
+def _class_embeddings_by_hand(model, processor, labels) -> torch.Tensor:
+    """Class embeddings by the CLIP recipe, written out: every English template, normalised, averaged, normalised."""
+    import torch.nn.functional as F
+
+    from modeling_rsmclip.templates import PROMPT_TEMPLATES
+
+    classes = []
+    with torch.no_grad():
+        for label in labels:
+            prompts = [t.format(label) for t in PROMPT_TEMPLATES["en"]]
+            tokens = processor(text=prompts, padding=True, return_tensors="pt")
+            embeds = model.get_text_features(
+                input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"]
+            ).pooler_output
+            classes.append(F.normalize(F.normalize(embeds, dim=-1).mean(0), dim=0))
+    return torch.stack(classes)
+
+
+def _naclip_logits_by_hand(model, processor, rgbs, text, std: float = 5.0) -> torch.Tensor:
+    """NACLIP's patch-label cosines ``(batch, labels, side, side)`` written out from the model's hidden states: the
+    last block's key-key attention plus the Gaussian neighbourhood (``std`` patches, nothing for the CLS token), no
+    residual, no feed-forward, then the post-layernorm and the projection."""
+    import torch.nn.functional as F
+
+    with torch.no_grad():
+        pixels = processor.image_processor(images=list(rgbs), return_tensors="pt")["pixel_values"]
+        vision = model.vision_model
+        hidden = vision(pixel_values=pixels, output_hidden_states=True).hidden_states[-2]
+        layer = vision.encoder.layers[-1]
+        heads = layer.self_attn.num_heads
+        x = layer.layer_norm1(hidden)
+        batch, tokens, dim = x.shape
+        side = math.isqrt(tokens - 1)
+        keys = layer.self_attn.k_proj(x).view(batch, tokens, heads, dim // heads).transpose(1, 2)
+        values = layer.self_attn.v_proj(x).view(batch, tokens, heads, dim // heads).transpose(1, 2)
+        ij = torch.tensor([divmod(p, side) for p in range(side * side)], dtype=torch.float32)
+        gauss = torch.zeros(tokens, tokens)
+        gauss[1:, 1:] = torch.exp(-((ij[:, None] - ij[None]) ** 2).sum(-1) / (2 * std**2))
+        attention = torch.softmax(keys @ keys.transpose(-1, -2) / math.sqrt(dim // heads) + gauss, dim=-1)
+        out = layer.self_attn.out_proj((attention @ values).transpose(1, 2).reshape(batch, tokens, dim))
+        patches = F.normalize(model.visual_projection(vision.post_layernorm(out[:, 1:])), dim=-1)
+        return (patches @ text.T).transpose(1, 2).reshape(batch, len(text), side, side)
+
+
 def _reference_segmentation(path, model, processor, window, stride, labels=LABELS, **reader_kwargs):
     """Whole-scene accumulation in memory (no strips): the straightforward version of the sliding window, with the
     windows inside the scene and their logits averaged with the raised-cosine weight."""
     import torch.nn.functional as F
 
-    from modeling_rsmclip.geo.naclip import dense_logits
     from modeling_rsmclip.geo.raster import RasterReader
-    from modeling_rsmclip.geo.zero_shot import pixel_values
-    from modeling_rsmclip.inference import class_embeddings
 
-    text = torch.from_numpy(class_embeddings(model, processor, labels, "en")).float()
+    text = _class_embeddings_by_hand(model, processor, labels)
     weight = torch.from_numpy(_raised_cosine(window)).float()
     with RasterReader(path, **reader_kwargs) as reader:
         height, width = reader.height, reader.width
@@ -162,8 +203,7 @@ def _reference_segmentation(path, model, processor, window, stride, labels=LABEL
                 valid[row : row + window, col : col + window] |= ok
                 if not ok.any():
                     continue
-                with torch.no_grad():
-                    logits = dense_logits(model, pixel_values(processor, [rgb]), text)
+                logits = _naclip_logits_by_hand(model, processor, [rgb], text)
                 fine = F.interpolate(logits, size=(window, window), mode="bilinear")[0]
                 total[:, row : row + window, col : col + window] += fine * weight
                 weights[row : row + window, col : col + window] += weight
@@ -282,9 +322,6 @@ def test_uniform_scene_is_one_class_up_to_its_last_row_and_column(demo, tmp_path
     """Every pixel the same colour: every window sees the same picture, so the whole map is one class, the last
     rows and columns included (windows past the edge used to see black padding there and paint a rim)."""
     from modeling_rsmclip.geo import segment_scene
-    from modeling_rsmclip.geo.naclip import dense_logits
-    from modeling_rsmclip.geo.zero_shot import pixel_values
-    from modeling_rsmclip.inference import class_embeddings
 
     model, processor = demo
     colour = (40, 90, 160)
@@ -292,12 +329,9 @@ def test_uniform_scene_is_one_class_up_to_its_last_row_and_column(demo, tmp_path
     result = segment_scene(path, LABELS, model=model, processor=processor, window=224, progress=False)
     # The class of one 224 px window of that colour, on its own.
     window = np.broadcast_to(np.array(colour, dtype=np.uint8), (224, 224, 3)).copy()
-    with torch.no_grad():
-        alone = dense_logits(
-            model,
-            pixel_values(processor, [window]),
-            torch.from_numpy(class_embeddings(model, processor, LABELS)).float(),
-        )
+    alone = _naclip_logits_by_hand(
+        model, processor, [window], _class_embeddings_by_hand(model, processor, LABELS)
+    )
     expected = int(alone[0].mean(dim=(1, 2)).argmax())
     assert result.windows == 4 * 3 and result.skipped_windows == 0
     assert (result.class_map == expected).all()
@@ -343,15 +377,13 @@ def test_window_seams_disappear_on_the_drone_scene(geo, demo):
     the steps at window borders are those elsewhere (ratio about 1)."""
     import torch.nn.functional as F
 
-    from modeling_rsmclip.geo.naclip import WindowStitcher, dense_logits
+    from modeling_rsmclip.geo.naclip import WindowStitcher
     from modeling_rsmclip.geo.raster import RasterReader
     from modeling_rsmclip.geo.tiling import TileGrid
-    from modeling_rsmclip.geo.zero_shot import pixel_values
-    from modeling_rsmclip.inference import class_embeddings
 
     model, processor = demo
     labels = ["rice field", "road", "building", "trees", "water"]
-    text = torch.from_numpy(class_embeddings(model, processor, labels)).float()
+    text = _class_embeddings_by_hand(model, processor, labels)
     with RasterReader(geo / "aerial" / "drone_orthomosaic_rgba.tif") as reader:
         height, width = reader.height, reader.width
         stitcher = WindowStitcher(reader, model, processor, text, 224, 112, batch_size=16)
@@ -365,8 +397,7 @@ def test_window_seams_disappear_on_the_drone_scene(geo, demo):
         # Before, as the scene was stitched: the grid's windows padded past the edge, averaged with equal weight.
         grid = TileGrid(width, height, 224, overlap=112)
         reads = [reader.read_rgb(w) for w in grid.windows()]
-        with torch.no_grad():
-            dense = dense_logits(model, pixel_values(processor, [rgb for rgb, _ in reads]), text)
+        dense = _naclip_logits_by_hand(model, processor, [rgb for rgb, _ in reads], text)
     total = torch.zeros(len(labels), grid.n_rows * 112 + 112, grid.n_cols * 112 + 112)
     count = torch.zeros(total.shape[1:])
     for (col, row, _, _), (_, ok), coarse in zip(grid.windows(), reads, dense):
@@ -398,42 +429,14 @@ def test_logits_of_a_scene_that_fits_one_window_equal_naclip_by_hand(geo, demo, 
 
     from modeling_rsmclip.geo.naclip import WindowStitcher
     from modeling_rsmclip.geo.raster import RasterReader
-    from modeling_rsmclip.templates import PROMPT_TEMPLATES
 
     model, processor = demo
     path = _crop(geo / "aerial" / "colorado_0.15m.tif", tmp_path / "colorado.tif", 100, 4, 224, 224)
     with rasterio.open(path) as src:
         rgb = np.moveaxis(src.read(), 0, -1)  # uint8 RGB, no nodata: the picture as is
+    text = _class_embeddings_by_hand(model, processor, LABELS)
+    coarse = _naclip_logits_by_hand(model, processor, [rgb], text)
     with torch.no_grad():
-        # Class embeddings: every English template, normalised, averaged, normalised.
-        classes = []
-        for label in LABELS:
-            prompts = [t.format(label) for t in PROMPT_TEMPLATES["en"]]
-            tokens = processor(text=prompts, padding=True, return_tensors="pt")
-            embeds = model.get_text_features(
-                input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"]
-            ).pooler_output
-            classes.append(F.normalize(F.normalize(embeds, dim=-1).mean(0), dim=0))
-        text = torch.stack(classes)
-        # NACLIP's last block on the hidden states entering it: key-key attention plus the Gaussian neighbourhood
-        # (std 5 patches, nothing for the CLS token), no residual, no feed-forward.
-        pixels = processor.image_processor(images=[rgb], return_tensors="pt")["pixel_values"]
-        vision = model.vision_model
-        hidden = vision(pixel_values=pixels, output_hidden_states=True).hidden_states[-2]
-        layer = vision.encoder.layers[-1]
-        heads = layer.self_attn.num_heads
-        x = layer.layer_norm1(hidden)
-        tokens, dim = x.shape[1], x.shape[2]
-        side = math.isqrt(tokens - 1)
-        keys = layer.self_attn.k_proj(x).view(1, tokens, heads, dim // heads).transpose(1, 2)
-        values = layer.self_attn.v_proj(x).view(1, tokens, heads, dim // heads).transpose(1, 2)
-        ij = torch.tensor([divmod(p, side) for p in range(side * side)], dtype=torch.float32)
-        gauss = torch.zeros(tokens, tokens)
-        gauss[1:, 1:] = torch.exp(-((ij[:, None] - ij[None]) ** 2).sum(-1) / (2 * 5.0**2))
-        attention = torch.softmax(keys @ keys.transpose(-1, -2) / math.sqrt(dim // heads) + gauss, dim=-1)
-        out = layer.self_attn.out_proj((attention @ values).transpose(1, 2).reshape(1, tokens, dim))
-        patches = F.normalize(model.visual_projection(vision.post_layernorm(out[0, 1:])), dim=-1)
-        coarse = (patches @ text.T).T.reshape(1, len(LABELS), side, side)
         expected = F.interpolate(coarse, size=(224, 224), mode="bilinear", align_corners=False)[0]
         with RasterReader(path) as reader:
             strips = list(WindowStitcher(reader, model, processor, text, 224))

@@ -186,7 +186,10 @@ def test_retrieval_pipeline_takes_the_index_as_gallery(ucm_index, demo) -> None:
 
 def test_approximate_index_recall_at_10_against_exact(ucm_index, demo) -> None:
     """Real embeddings: the 210 images plus their English captions (1,260 vectors), queried with every second
-    Chinese caption (525). Stated bound: recall@10 >= 0.9 for the automatic IVF-Flat and for HNSW."""
+    Chinese caption (525). Measured recall@10: IVF-Flat (IVF32, nprobe 8) 0.996, HNSW (efSearch 128) 0.951, IVF-PQ
+    (IVF32,PQ64, nprobe 8: the type the automatic choice takes above 2M vectors) 0.952; the bounds sit just below.
+    """
+    BOUNDS = {"ivf-flat": 0.98, "hnsw": 0.93, "ivf-pq": 0.93}
     from modeling_rsmclip.evaluation.retrieval import load_karpathy
     from modeling_rsmclip.index.build import build_faiss, choose_index
     from modeling_rsmclip.index.common import apply_search_params
@@ -205,10 +208,10 @@ def test_approximate_index_recall_at_10_against_exact(ucm_index, demo) -> None:
     queries = texts["zh"][::2].astype(np.float32)
     exact = build_faiss(base, "Flat")
     _, truth = exact.search(queries, 10)
-    for kind in ("ivf-flat", "hnsw"):
+    for kind in ("ivf-flat", "hnsw", "ivf-pq"):
         factory, params = choose_index(len(base), base.shape[1], kind)
         approx = build_faiss(base, factory)
         apply_search_params(approx, params)
         _, found = approx.search(queries, 10)
         recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found, truth)])
-        assert recall >= 0.9, (kind, factory, params, recall)
+        assert recall >= BOUNDS[kind], (kind, factory, params, recall)

@@ -25,7 +25,6 @@ and the manifest is written last.
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import logging
 import math
 import os
@@ -121,6 +120,47 @@ def build_faiss(embeddings: np.ndarray, factory: str, seed: int = 0, max_train: 
     return index
 
 
+def check_trainable(factory: str, num_vectors: int) -> None:
+    """Refuse, before any work, a FAISS index that cannot be trained on ``num_vectors`` vectors: an inverted file
+    needs at least as many vectors as lists (``IVF<nlist>``), product quantisation at least 2^bits per codebook
+    (256 for ``PQ<m>``). The automatic types choose their lists from the count and always fit."""
+    import re
+
+    if num_vectors < 1:
+        return
+    need, what = 0, ""
+    ivf = re.search(r"IVF(\d+)", factory)
+    if ivf and int(ivf.group(1)) > need:
+        need, what = int(ivf.group(1)), f"{ivf.group(0)} has {ivf.group(1)} lists"
+    pq = re.search(r"PQ\d+(?:x(\d+))?", factory)
+    if pq and 2 ** int(pq.group(1) or 8) > need:
+        need, what = (
+            2 ** int(pq.group(1) or 8),
+            f"{pq.group(0)} trains {2 ** int(pq.group(1) or 8)} centroids",
+        )
+    if num_vectors < need:
+        raise ValueError(
+            f"the FAISS index {factory!r} cannot be trained on {num_vectors} images: {what}, which needs at least "
+            f"{need} vectors; use --index-type auto, flat or ivf-flat (lists chosen from the count), or fewer lists"
+        )
+
+
+def _faiss_factory(index_type: str, num_vectors: int, dim: int, exact_threshold: int) -> str:
+    """The factory string an index type gives for ``num_vectors`` vectors, checked by FAISS and `check_trainable`."""
+    import faiss
+
+    factory, _ = choose_index(max(1, num_vectors), dim, index_type, exact_threshold)
+    try:
+        faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as err:
+        reason = str(err).strip().splitlines()[-1] if str(err).strip() else "unknown"
+        raise ValueError(
+            f"{index_type!r} is not a FAISS index factory string FAISS can build ({reason})"
+        ) from err
+    check_trainable(factory, num_vectors)
+    return factory
+
+
 def processor_settings(processor: Any, max_text_length: int = 77) -> dict[str, Any]:
     image_processor = getattr(processor, "image_processor", None)
     tokenizer = getattr(processor, "tokenizer", None)
@@ -192,12 +232,49 @@ class _Processes:
 
 # ------------------------------------------------------------------------------------------------------ runs
 def _read_json(path: Path) -> Any:
-    return json.loads(path.read_text(encoding="utf-8"))
+    from .integrity import read_json
+
+    return read_json(path)
 
 
-def _runs(output: Path) -> list[dict[str, Any]]:
+RUN_KEYS = (
+    "run",
+    "kind",
+    "sources",
+    "digest",
+    "fingerprint",
+    "num_items",
+    "shard_size",
+    "num_shards",
+    "complete",
+)
+
+
+def _runs(output: Path, manifest: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """The run plans of an index folder, each checked (one error naming a damaged file); with the ``manifest``,
+    every run it lists must have its plan (a deleted plan would make the next run reuse its shards)."""
+    from .integrity import IndexFileError
+
     runs_dir = output / "runs"
-    return [_read_json(p) for p in sorted(runs_dir.glob("run-*.json"))] if runs_dir.is_dir() else []
+    runs = []
+    for i, path in enumerate(sorted(runs_dir.glob("run-*.json")) if runs_dir.is_dir() else []):
+        plan = _read_json(path)
+        missing = [k for k in RUN_KEYS if not isinstance(plan, dict) or k not in plan]
+        if missing:
+            raise IndexFileError(f"{path}: damaged run plan (no {', '.join(missing)})")
+        if plan["run"] != i or path.name != f"run-{i:03d}.json":
+            raise IndexFileError(
+                f"{path}: the run plans are not numbered 0, 1, ...: run {i} is missing or renamed"
+            )
+        runs.append(plan)
+    for entry in (manifest or {}).get("runs", []):
+        number = entry.get("run") if isinstance(entry, dict) else None
+        if isinstance(number, int) and number >= len(runs):
+            raise IndexFileError(
+                f"{runs_dir / f'run-{number:03d}.json'}: missing (the manifest lists run {number}); restore it, or "
+                "rebuild the index with `rsmclip index build`"
+            )
+    return runs
 
 
 def _shard_done(output: Path, run: int, shard: int) -> bool:
@@ -208,9 +285,9 @@ def _known_hashes(output: Path) -> dict[str, str]:
     path = output / "metadata.parquet"
     if not path.is_file():
         return {}
-    import pyarrow.parquet as pq
+    from .integrity import read_parquet
 
-    table = pq.read_table(path, columns=["content_hash", "id"])
+    table = read_parquet(path, columns=["content_hash", "id"])
     return dict(zip(table["content_hash"].to_pylist(), table["id"].to_pylist()))
 
 
@@ -285,6 +362,9 @@ def _run(
     ray_actors: int | None = None,
 ) -> Any:
     require_index_dependencies()
+    for option, value in (("shard size", shard_size), ("batch size", batch_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"the {option} must be a whole number >= 1, got {value!r}")
     wrapped = check_backend(backend, precision, device)
     # The returned index embeds queries like the images were (a bf16/fp16 GPU build is queried in fp32).
     query_backend = {"backend": backend, "precision": precision} if wrapped else {}
@@ -311,18 +391,13 @@ def _run(
     device = device or (str(procs.device) if procs.device is not None else resolve_device())
     output = Path(output)
     manifest_path = output / "manifest.json"
-    manifest = _read_json(manifest_path) if manifest_path.is_file() else None
+    manifest = _checked_manifest(output) if manifest_path.is_file() else None
     if kind == "add" and manifest is None:
-        raise FileNotFoundError(
-            f"no index at {output} (no manifest.json): build it first with `rsmclip index build`"
-        )
-    listing = None
+        raise _no_index(output)
     if stac is not None:
         items, listing = _stac_items(kind, output, stac, options, progress)
     else:
-        items = collect_items(sources, options)
-        if not items:
-            raise ValueError(f"no images found in {', '.join(map(str, sources))}")
+        items, listing = _local_items(sources, options)
     if kind == "add" and model is None:
         model = manifest["model"]["name_or_path"]
     owned = isinstance(model, str | os.PathLike)  # loaded here: int8 may quantise it in place (one copy)
@@ -338,8 +413,14 @@ def _run(
         )
 
     digest = worklist_digest(items)
-    runs = _runs(output)
+    runs = _runs(output, manifest)
     pending = next((r for r in runs if not r["complete"]), None)
+    _faiss_factory(  # an index type that cannot hold this many vectors is refused before anything is planned
+        pending.get("index_type", index_type) if pending else index_type,
+        len(items) + (manifest["counts"]["items"] if manifest else 0),
+        embedding_dim(model),
+        exact_threshold,
+    )
     if pending is not None:
         if pending["digest"] != digest or pending["fingerprint"] != fingerprint:
             raise ValueError(
@@ -375,10 +456,7 @@ def _run(
         if stac is not None:
             plan["stac"] = stac.to_dict()
         if procs.rank == 0:
-            if stac is not None:
-                from .catalog import save_listing
-
-                save_listing(output, plan["run"], items, listing)
+            _save_listing(output, plan["run"], items, listing, stac is not None)
             (output / "runs").mkdir(parents=True, exist_ok=True)
             _atomic_write_json(output / "runs" / f"run-{plan['run']:03d}.json", plan)
     procs.barrier()
@@ -465,6 +543,60 @@ def _run(
     return RSMCLIPIndex.load(output, model=model, processor=processor, **query_backend)
 
 
+def _no_index(output: Path) -> FileNotFoundError:
+    damaged = (output / "metadata.parquet").exists() or (output / "index.faiss").exists()
+    return FileNotFoundError(
+        f"no index at {output}: {output / 'manifest.json'} not found"
+        + (
+            " (the folder holds index files without their manifest: build the index again in a new folder)"
+            if damaged
+            else ": build it first with `rsmclip index build`"
+        )
+    )
+
+
+def _local_items(sources: Sequence[Any], options: SourceOptions) -> tuple[list[Any], dict[str, list]]:
+    """The work list of folders, files and a dataset, and the listing report: every entry that could not be
+    listed (unreadable folders, broken symlinks, symlink loops), for ``report.json``."""
+    skipped: list[dict[str, Any]] = []
+    items = collect_items(sources, options, skipped)
+    if not items:
+        why = (
+            f" ({len(skipped)} entries could not be read, first: {skipped[0]['path']}: {skipped[0]['error']})"
+        )
+        raise ValueError(f"no images found in {', '.join(map(str, sources))}{why if skipped else ''}")
+    return items, {"unreadable": skipped}
+
+
+def _save_listing(output: Path, run: int, items: list[Any], listing: dict[str, list], stac: bool) -> None:
+    """A STAC run's work list and listing report, or what a run's folders held that could not be listed."""
+    from .catalog import save_listing
+
+    if stac:
+        save_listing(output, run, items, listing)
+    elif listing["unreadable"]:
+        (output / "runs").mkdir(parents=True, exist_ok=True)
+        _atomic_write_json(output / "runs" / f"listing-{run:03d}.report.json", listing)
+
+
+def _checked_manifest(output: Path) -> dict[str, Any]:
+    """The manifest of an index being extended, after checking every file it lists (`index.integrity`)."""
+    from .integrity import IndexFileError, read_manifest, verify_files
+
+    before = (output / "manifest.json").stat()
+    try:
+        manifest = read_manifest(output)
+        verify_files(output, manifest)
+    except IndexFileError:
+        # Another run finishing meanwhile replaces the files, then the manifest: check them again once.
+        after = (output / "manifest.json").stat()
+        if (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns):
+            raise
+        manifest = read_manifest(output)
+        verify_files(output, manifest)
+    return manifest
+
+
 def _stac_items(kind: str, output: Path, stac: Any, options: Any, progress: bool) -> tuple[list, dict]:
     """The work list and listing report of a STAC query (`index.catalog`); a build with nothing to embed is an
     error that says why."""
@@ -528,8 +660,10 @@ def finalize(
         "network_errors": [],
         "missing_bands": [],
     }
+    from .integrity import describe_files, read_parquet
+
     for path in shard_files:
-        tables.append(pq.read_table(path))
+        tables.append(read_parquet(path))
         part = _read_json(path.with_name(path.name[: -len(".parquet")] + ".report.json"))
         for key in report:
             report[key].extend(part.get(key, []))
@@ -560,7 +694,14 @@ def finalize(
     embeddings = flat.astype(np.float32).reshape(n, dim)
     embeddings /= np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
     factory, params = choose_index(n, dim, index_type, exact_threshold)
-    index = build_faiss(embeddings, factory)
+    check_trainable(factory, n)
+    try:
+        index = build_faiss(embeddings, factory)
+    except RuntimeError as err:
+        reason = str(err).strip().splitlines()[-1] if str(err).strip() else "unknown"
+        raise ValueError(
+            f"{output}: the FAISS index {factory!r} cannot be built on {n} vectors ({reason})"
+        ) from err
     metadata = with_geometry(table.drop_columns(["embedding"]))
     tmp_index = output / ".index.faiss.tmp"
     faiss.write_index(index, str(tmp_index))
@@ -583,7 +724,10 @@ def finalize(
             if manifest is None
             else manifest["model"].get("fingerprint_version", 2),
         },
-        "processor": processor_settings(processor, max_text_length),
+        # (no processor: a repair from the shards, `index.verify`, keeps the recorded settings)
+        "processor": processor_settings(processor, max_text_length)
+        if processor is not None or manifest is None
+        else manifest.get("processor", {}),
         "embedding": {
             "dim": dim,
             "stored_dtype": "float16",
@@ -619,6 +763,13 @@ def finalize(
             }
             for r in runs
         ],
+        # Size and checksum of every file the index is read from (`index.integrity`), checked when it is loaded.
+        "files": describe_files(
+            output,
+            ["index.faiss", "metadata.parquet"]
+            + [f"shards/{p.name}" for p in shard_files]
+            + [f"shards/{p.name[: -len('.parquet')]}.report.json" for p in shard_files],
+        ),
         "versions": library_versions(),
         "created": (manifest or {}).get("created", _now()),
         "updated": _now(),

@@ -118,17 +118,18 @@ def indexed_items(output: Path) -> set[tuple[str, str, str]]:
     path = output / "metadata.parquet"
     if not path.is_file():
         return set()
-    import pyarrow.parquet as pq
+    from .integrity import read_parquet
 
-    names = pq.read_schema(path).names
-    if not {"stac_collection", "stac_item", "asset_hrefs"} <= set(names):
+    table = read_parquet(path)
+    if not {"stac_collection", "stac_item", "asset_hrefs"} <= set(table.column_names):
         return set()
-    table = pq.read_table(path, columns=["stac_collection", "stac_item", "asset_hrefs"])
     rows = zip(*(table[c].to_pylist() for c in ("stac_collection", "stac_item", "asset_hrefs")))
     indexed = {_item_key(c, i, h) for c, i, h in rows if i is not None}
     report = output / "report.json"
     if report.is_file():
-        failed = json.loads(report.read_text(encoding="utf-8")).get("network_errors", [])
+        from .integrity import read_json
+
+        failed = read_json(report).get("network_errors", [])
         broken = {(e.get("stac_collection") or "", e.get("stac_item")) for e in failed}
         indexed = {key for key in indexed if key[:2] not in broken}
     return indexed
@@ -138,9 +139,9 @@ def _known_hashes(output: Path) -> set[str]:
     path = Path(output) / "metadata.parquet"
     if not path.is_file():
         return set()
-    import pyarrow.parquet as pq
+    from .integrity import read_parquet
 
-    return set(pq.read_table(path, columns=["content_hash"])["content_hash"].to_pylist())
+    return set(read_parquet(path, columns=["content_hash"])["content_hash"].to_pylist())
 
 
 def stac_work_list(
@@ -337,7 +338,9 @@ def merge_listing_reports(output: Path, report: dict[str, list]) -> None:
     if not runs.is_dir():
         return
     for path in sorted(runs.glob("listing-*.report.json")):
-        part = json.loads(path.read_text(encoding="utf-8"))
+        from .integrity import read_json
+
+        part = read_json(path)
         for key, entries in part.items():
             report.setdefault(key, []).extend(entries)
 

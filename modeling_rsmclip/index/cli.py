@@ -294,6 +294,41 @@ def _run_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_verify(args: argparse.Namespace) -> int:
+    from .integrity import IndexFileError
+    from .verify import verify_index
+
+    result = verify_index(args.index, record=args.record, repair=args.repair)
+    if result.problems:
+        raise IndexFileError(
+            result.summary() + " (`--repair` rebuilds the FAISS file and metadata from the shards)"
+        )
+    print(result.summary())
+    return 0
+
+
+def _add_verify_parser(actions: Any) -> None:
+    verify = actions.add_parser(
+        "verify",
+        help="check an index folder against its checksums and its shards; repair it from the shards",
+        description="Check every file of an index folder against the size and checksum its manifest records, and "
+        "the FAISS vectors and metadata rows against the shards they were merged from. Exit status 2, with one "
+        "error line naming each damaged file, when something is wrong.",
+    )
+    verify.add_argument("index", type=Path, help="index folder")
+    verify.add_argument(
+        "--repair",
+        action="store_true",
+        help="rebuild a damaged index.faiss / metadata.parquet / report.json from intact shards",
+    )
+    verify.add_argument(
+        "--record",
+        action="store_true",
+        help="record the checksums of an index written before they existed (after the check passed)",
+    )
+    verify.set_defaults(func=_guarded(_run_verify))
+
+
 def _guarded(func: Any) -> Any:
     """A KeyError (an unknown metadata column) is a user error too; `errors.run_command` reports the rest."""
 
@@ -332,6 +367,7 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
     add.add_argument("--index-type", default=None, help=_index_type_help() + " (default: the index's)")
     _add_source_arguments(add)
     add.set_defaults(func=_guarded(_run_add))
+    _add_verify_parser(actions)
     index.set_defaults(func=lambda args: (index.print_help(), 2)[1])
 
     search = subparsers.add_parser(

@@ -42,10 +42,15 @@ def bundled_sample_index(
         path = default_index_cache_dir() / f"sample-{key}"
     path = Path(path)
     if (path / "manifest.json").is_file():
+        from .integrity import IndexFileError, read_json
+
         try:
+            if "files" not in read_json(path / "manifest.json"):
+                raise IndexFileError(f"{path} was cached before index files had checksums")
             return RSMCLIPIndex.load(path, model=model, processor=processor)
-        except IndexModelMismatchError as error:
-            # A cache of bundled files made under another fingerprint recipe: rebuilt, never trusted.
+        except (IndexModelMismatchError, IndexFileError) as error:
+            # A cache of bundled files made under another fingerprint recipe or before checksums, or damaged:
+            # rebuilt, never trusted.
             logger.warning("rebuilding the bundled sample index at %s: %s", path, error)
             shutil.rmtree(path)
     return build_index(

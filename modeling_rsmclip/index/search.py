@@ -50,6 +50,43 @@ def _pandas_precedence(text: str) -> str:
     )
 
 
+MAX_WHERE_DEPTH = 50
+MAX_WHERE_CONDITIONS = 1000
+MAX_WHERE_LENGTH = 100_000
+
+
+def _check_where_size(tree: ast.AST, shown: str) -> None:
+    """Bound a filter's nesting and size before it is converted (recursively) and evaluated by Arrow: a filter
+    nested thousands deep would exhaust the interpreter's stack. Literal lists (``in [...]``) count as one value."""
+    stack, conditions = [(tree, 0)], 0
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_WHERE_DEPTH:
+            raise ValueError(
+                f"--where {shown!r} is nested more than {MAX_WHERE_DEPTH} levels deep; simplify it"
+            )
+        if isinstance(node, ast.Compare | ast.Call):
+            conditions += 1
+            if conditions > MAX_WHERE_CONDITIONS:
+                raise ValueError(
+                    f"--where {shown!r} has more than {MAX_WHERE_CONDITIONS} conditions; simplify it"
+                )
+        if isinstance(node, ast.List | ast.Tuple | ast.Set | ast.Constant):
+            continue
+        stack.extend((child, depth + 1) for child in ast.iter_child_nodes(node))
+
+
+def _balanced(parts: list[Any], conjunction: bool) -> Any:
+    """``a & b & c & d`` as ``(a & b) & (c & d)``: the expression's depth grows with the log of its length."""
+    while len(parts) > 1:
+        pairs = [
+            (parts[i] & parts[i + 1]) if conjunction else (parts[i] | parts[i + 1])
+            for i in range(0, len(parts) - 1, 2)
+        ]
+        parts = pairs + ([parts[-1]] if len(parts) % 2 else [])
+    return parts[0]
+
+
 def parse_where(text: str, columns: list[str]) -> Any:
     """A `pyarrow.compute` expression from a pandas-``query``-style filter over the metadata columns.
 
@@ -58,14 +95,23 @@ def parse_where(text: str, columns: list[str]) -> Any:
     ``crs is None`` / ``is not None``; string tests ``path.str.contains("2021")``, ``.str.startswith(...)``,
     ``.str.endswith(...)``; combined with ``and``, ``or``, ``not`` (or ``&``, ``|``, ``~``, which
     here, as in `pandas.DataFrame.query`, bind more loosely than comparisons) and parentheses.
-    An unknown column or construct is a ValueError naming it.
+    An unknown column or construct is a ValueError naming it; so is a filter nested more than `MAX_WHERE_DEPTH`
+    levels deep or with more than `MAX_WHERE_CONDITIONS` conditions.
     """
     import pyarrow.compute as pc
 
+    shown = text if len(text) <= 200 else text[:200] + "..."
+    if len(text) > MAX_WHERE_LENGTH:
+        raise ValueError(f"--where {shown!r} is {len(text)} characters long; at most {MAX_WHERE_LENGTH}")
     try:
         tree = ast.parse(_pandas_precedence(text.strip()), mode="eval")
     except (SyntaxError, tokenize.TokenError) as err:
-        raise ValueError(f"--where {text!r} is not a valid expression: {getattr(err, 'msg', err)}") from err
+        raise ValueError(f"--where {shown!r} is not a valid expression: {getattr(err, 'msg', err)}") from err
+    except (RecursionError, MemoryError) as err:
+        raise ValueError(
+            f"--where {shown!r} is nested too deeply to read; at most {MAX_WHERE_DEPTH} levels"
+        ) from err
+    _check_where_size(tree, shown)
 
     def column(node: ast.AST) -> Any:
         if isinstance(node, ast.Name):
@@ -85,11 +131,7 @@ def parse_where(text: str, columns: list[str]) -> Any:
 
     def convert(node: ast.AST) -> Any:
         if isinstance(node, ast.BoolOp):
-            parts = [convert(v) for v in node.values]
-            out = parts[0]
-            for part in parts[1:]:
-                out = (out & part) if isinstance(node.op, ast.And) else (out | part)
-            return out
+            return _balanced([convert(v) for v in node.values], isinstance(node.op, ast.And))
         if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not | ast.Invert):
             return ~convert(node.operand)
         if isinstance(node, ast.BinOp) and isinstance(node.op, ast.BitAnd | ast.BitOr):
@@ -102,7 +144,10 @@ def parse_where(text: str, columns: list[str]) -> Any:
                     values = literal(right)
                     if not isinstance(values, list | tuple | set):
                         raise ValueError(f"--where: `in` needs a list, got {ast.unparse(right)!r}")
-                    part = column(left).isin(list(values))
+                    if values:
+                        part = column(left).isin(list(values))
+                    else:  # `in []` holds for no row (Arrow cannot type an empty value set)
+                        part = column(left).is_null() & ~column(left).is_null()
                     part = ~part if isinstance(op, ast.NotIn) else part
                 elif isinstance(op, ast.Is | ast.IsNot):
                     if literal(right) is not None:
@@ -135,6 +180,64 @@ def parse_where(text: str, columns: list[str]) -> Any:
 
 
 # ------------------------------------------------------------------------------------------------------ index
+COSINE_BOUND = 1.5
+"""Scores of L2-normalised vectors are cosines in [-1, 1]; product quantisation approximates a vector within a few
+percent of its norm, so a score beyond this bound means the index's vectors are not what was written."""
+
+
+def _query_text(query: Any, what: str = "the query") -> str:
+    """A query text checked: non-empty, and valid Unicode (a command-line argument that was not UTF-8 arrives with
+    lone surrogates, which no tokenizer takes); UTF-8 bytes are decoded."""
+    if isinstance(query, bytes):
+        try:
+            query = query.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise ValueError(
+                f"{what} is not UTF-8 text (byte {err.start}: {query[err.start : err.start + 4]!r})"
+            ) from err
+    if not isinstance(query, str) or not query.strip():
+        raise ValueError(f"{what} must be a non-empty text or an image, got {query!r}")
+    try:
+        query.encode("utf-8")
+    except UnicodeEncodeError as err:
+        shown = query.encode("utf-8", "backslashreplace").decode("utf-8")
+        raise ValueError(
+            f"{what} {shown!r} is not UTF-8 text (position {err.start}): give it in UTF-8"
+        ) from err
+    return query
+
+
+def _stamp(path: Path) -> tuple[int, int, int]:
+    stat = path.stat()
+    return stat.st_ino, stat.st_size, stat.st_mtime_ns
+
+
+def _open_files(path: Path) -> tuple[dict[str, Any], Any, Any]:
+    """The manifest, FAISS index and metadata of an index folder, each checked (`index.integrity`): the manifest's
+    keys and paths, the files' sizes and checksums, FAISS's and Arrow's errors named with the file, the counts."""
+    from .integrity import IndexFileError, check_index_files, inside, read_faiss, read_parquet
+
+    manifest_path = path / "manifest.json"
+    manifest = check_index_files(path)
+    faiss_path = inside(path, manifest["index"]["file"], "FAISS index")
+    index = read_faiss(faiss_path)
+    try:
+        apply_search_params(index, manifest["index"].get("search_params", {}))
+    except (RuntimeError, AttributeError, TypeError) as err:
+        raise IndexFileError(f"{manifest_path}: damaged search parameters ({err})") from err
+    metadata = read_parquet(inside(path, "metadata.parquet", "metadata"))
+    missing = {"id", "path"} - set(metadata.column_names)
+    if missing:
+        raise IndexFileError(f"{path / 'metadata.parquet'}: damaged, no {', '.join(sorted(missing))} column")
+    if not (index.ntotal == metadata.num_rows == manifest["counts"]["items"]):
+        raise IndexFileError(
+            f"{path}: index ({index.ntotal}), metadata ({metadata.num_rows}) and manifest "
+            f"({manifest['counts']['items']}) disagree: an interrupted update? Rerun the last `rsmclip index` "
+            "command, or `rsmclip index verify INDEX --repair`"
+        )
+    return manifest, index, metadata
+
+
 class RSMCLIPIndex:
     """An index folder loaded for search (see `build` for the layout)."""
 
@@ -164,15 +267,17 @@ class RSMCLIPIndex:
     ) -> RSMCLIPIndex:
         """Open an index folder. The model that embeds queries is ``model`` (path, Hub id or loaded model with its
         ``processor``) or, when None, the manifest's, loaded at the first query. A model whose fingerprint differs
-        from the manifest's is refused (`IndexModelMismatchError`).
+        from the manifest's is refused (`IndexModelMismatchError`). The FAISS file and the metadata are checked
+        against the sizes and checksums the manifest records (`index.integrity`); a damaged, missing or outside
+        file is an `IndexFileError` naming it.
 
         ``backend`` ("torch" or "onnx") and ``precision`` ("fp32", "bf16"/"fp16" autocast, "int8") say how queries
         are embedded, whatever the index was built with: the fingerprint is the source weights', so int8 or ONNX
         queries against an fp32 index are allowed (int8 query embeddings have cosine > 0.995 to fp32 ones, which
         can swap near-tied results)."""
         check_backend(backend, precision)
-        faiss, _ = require_index_dependencies()
-        import pyarrow.parquet as pq
+        require_index_dependencies()
+        from .integrity import IndexFileError
 
         path = Path(path)
         manifest_path = path / "manifest.json"
@@ -183,17 +288,14 @@ class RSMCLIPIndex:
                 else ""
             )
             raise FileNotFoundError(f"no index at {path}: {manifest_path} not found{hint}")
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-        if manifest.get("format") != "rsmclip-index":
-            raise ValueError(f"{manifest_path} is not an rsmclip index manifest")
-        index = faiss.read_index(str(path / manifest["index"]["file"]))
-        apply_search_params(index, manifest["index"].get("search_params", {}))
-        metadata = pq.read_table(path / "metadata.parquet")
-        if not (index.ntotal == metadata.num_rows == manifest["counts"]["items"]):
-            raise ValueError(
-                f"{path}: index ({index.ntotal}), metadata ({metadata.num_rows}) and manifest "
-                f"({manifest['counts']['items']}) disagree: an interrupted update? Rerun the last `rsmclip index` command"
-            )
+        stamp = _stamp(manifest_path)
+        try:
+            manifest, index, metadata = _open_files(path)
+        except IndexFileError:
+            # An `index add` finishing meanwhile replaces the files, then the manifest: read them again once.
+            if _stamp(manifest_path) == stamp:
+                raise
+            manifest, index, metadata = _open_files(path)
         out = cls(path, manifest, index, metadata)
         out._backend, out._precision = backend, precision
         if model is not None:
@@ -309,9 +411,7 @@ class RSMCLIPIndex:
             from ..inference.families import image_inputs
 
             return embedder.embed_pixels(image_inputs(embedder.image_processor, [to_rgb(query)])).numpy()
-        if not isinstance(query, str) or not query.strip():
-            raise ValueError(f"the query must be a non-empty text or an image, got {query!r}")
-        return embedder.embed_texts([query]).numpy()
+        return embedder.embed_texts([_query_text(query)]).numpy()
 
     def embed_queries(self, texts: list[str]) -> np.ndarray:
         """The L2-normalised embeddings (n x dim float32) of several text queries in one forward pass, padded to the
@@ -320,9 +420,7 @@ class RSMCLIPIndex:
         import copy
 
         texts = list(texts)
-        for i, text in enumerate(texts):
-            if not isinstance(text, str) or not text.strip():
-                raise ValueError(f"query {i} must be a non-empty text, got {text!r}")
+        texts = [_query_text(text, f"query {i}") for i, text in enumerate(texts)]
         embedder = copy.copy(self._ensure_model())  # a batch size of its own: the shared one stays 1
         embedder.batch_size = max(1, len(texts))
         return embedder.embed_texts(texts).numpy()
@@ -415,11 +513,30 @@ class RSMCLIPIndex:
                     faiss.IDSelectorBatch(allowed.astype(np.int64)), nprobe=ivf.nlist
                 )
                 scores, ids = self.index.search(query, k, params=params)
+        self._check_hits(scores[0], ids[0])
         return [
             self._result(rank, float(s), int(i))
             for rank, (s, i) in enumerate(zip(scores[0], ids[0]), 1)
             if i >= 0
         ]
+
+    def _check_hits(self, scores: np.ndarray, ids: np.ndarray) -> None:
+        """Scores of unit vectors are cosines and ids are rows: anything else comes from a damaged FAISS file (one
+        written before checksums were recorded, or changed in memory), never shown as a result."""
+        found = ids >= 0
+        bad = ~np.isfinite(scores[found]) | (np.abs(scores[found]) > COSINE_BOUND)
+        if bad.any() or (ids[found] >= self.metadata.num_rows).any():
+            from .integrity import IndexFileError
+
+            what = (
+                f"the score {scores[found][bad][0]:.4g}, which no cosine can be"
+                if bad.any()
+                else f"the row {int(ids[found].max())} of {self.metadata.num_rows}"
+            )
+            raise IndexFileError(
+                f"{self.path / self.manifest['index']['file']}: damaged: a search returned {what}; "
+                f"`rsmclip index verify {self.path} --repair` rebuilds it from the shards"
+            )
 
     def _ivf(self) -> Any:
         import faiss

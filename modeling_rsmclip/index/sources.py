@@ -10,6 +10,7 @@ data-loader workers, and returns the decoded RGB image plus its content hash, or
 from __future__ import annotations
 
 import csv
+import errno
 import hashlib
 import io
 import json
@@ -109,18 +110,21 @@ def _is_scene(path: Path, options: SourceOptions) -> bool:
     return options.tile_size is not None and path.suffix.lower() in GEOTIFF_EXTENSIONS
 
 
-def list_folder(root: Path, options: SourceOptions) -> list[WorkItem]:
-    """Image files under ``root`` (recursive, sorted by relative path).
+def list_folder(
+    root: Path, options: SourceOptions, skipped: list[dict[str, Any]] | None = None
+) -> list[WorkItem]:
+    """Image files under ``root`` (recursive, following symlinked folders, sorted by relative path).
 
     The ``label`` of a file comes from a ``labels.csv`` in ``root`` (``filename,label``: UC Merced's layout) or,
     for an ImageFolder layout, from its first sub-folder under ``root``. With ``tile_size``, TIFF files are cut
-    into tiles (`list_scene_tiles`).
+    into tiles (`list_scene_tiles`). What cannot be listed (an unreadable folder, a broken symlink, a symlink loop)
+    is appended to ``skipped`` as ``{"id", "path", "error"}`` (the report's ``unreadable`` entries).
     """
     name = root.resolve().name
     table = _labels_table(root)
     items: list[WorkItem] = []
     files = sorted(
-        (p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()),
+        _walk_images(root, skipped if skipped is not None else []),
         key=lambda p: p.relative_to(root).as_posix(),
     )
     for path in files:
@@ -140,6 +144,51 @@ def list_folder(root: Path, options: SourceOptions) -> list[WorkItem]:
             )
         )
     return items
+
+
+def _walk_images(root: Path, skipped: list[dict[str, Any]]) -> list[Path]:
+    """Image files under ``root``, through symlinked folders; every entry that cannot be listed is put in
+    ``skipped`` with the reason: a folder that cannot be read, a symlink whose target is missing, a symlink loop
+    (a link to itself, or a folder link back to a folder above it)."""
+    name = root.resolve().name
+    found: list[Path] = []
+
+    def skip(path: str, reason: str) -> None:
+        rel = os.path.relpath(path, root)
+        skipped.append({"id": f"{name}/{Path(rel).as_posix()}", "path": str(path), "error": reason})
+
+    def failed(err: OSError) -> None:
+        skip(err.filename or str(root), f"unreadable folder ({err.strerror or err})")
+
+    ancestors: dict[str, set[str]] = {}
+    for folder, dirs, names in os.walk(root, onerror=failed, followlinks=True):
+        real = os.path.realpath(folder)
+        above = ancestors.get(folder, set()) | {real}
+        kept = []
+        for sub in sorted(dirs):
+            path = os.path.join(folder, sub)
+            if os.path.realpath(path) in above:
+                skip(path, f"symlink loop (leads back to {os.path.realpath(path)})")
+                continue
+            ancestors[path] = above
+            kept.append(sub)
+        dirs[:] = kept
+        for entry in names:
+            path = os.path.join(folder, entry)
+            if os.path.islink(path) and not os.path.exists(path):
+                try:
+                    os.stat(path)
+                    reason = "broken symlink"
+                except OSError as err:
+                    loop = err.errno == errno.ELOOP
+                    reason = "symlink loop" if loop else f"broken symlink (to {os.readlink(path)}: missing)"
+                skip(path, reason)
+            elif Path(entry).suffix.lower() in IMAGE_EXTENSIONS:
+                if os.path.isfile(path):
+                    found.append(Path(path))
+                else:
+                    skip(path, "not a regular file")
+    return found
 
 
 def list_dataset(path_or_id: str, split: str | None) -> list[WorkItem]:
@@ -174,13 +223,18 @@ def list_dataset(path_or_id: str, split: str | None) -> list[WorkItem]:
     return items
 
 
-def collect_items(sources: Sequence[str | os.PathLike], options: SourceOptions) -> list[WorkItem]:
-    """The ordered work list of all sources (folders, single image files, scenes), then the dataset."""
+def collect_items(
+    sources: Sequence[str | os.PathLike],
+    options: SourceOptions,
+    skipped: list[dict[str, Any]] | None = None,
+) -> list[WorkItem]:
+    """The ordered work list of all sources (folders, single image files, scenes), then the dataset; what a folder
+    holds that cannot be listed goes to ``skipped`` (`list_folder`)."""
     items: list[WorkItem] = []
     for source in sources:
         path = Path(source)
         if path.is_dir():
-            items.extend(list_folder(path, options))
+            items.extend(list_folder(path, options, skipped))
         elif path.is_file():
             if _is_scene(path, options):
                 items.extend(list_scene_tiles(path, options, scene_id=path.name))

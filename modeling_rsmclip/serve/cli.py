@@ -99,6 +99,9 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(
             f"no index at {args.index}: manifest.json not found (build one with `rsmclip index build`)"
         )
+    from ..index.integrity import check_index_files
+
+    check_index_files(args.index)  # a damaged index is named before the model is loaded
     from .api import build_api, require_serve_dependencies
 
     require_serve_dependencies()
