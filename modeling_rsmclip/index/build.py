@@ -339,6 +339,179 @@ def _embed_shards_here(
         bar.close()
 
 
+def _check_run_options(
+    shard_size: Any,
+    batch_size: Any,
+    backend: str,
+    precision: str,
+    device: str | None,
+    engine: str,
+    ray_address: str | None,
+    ray_actors: int | None,
+) -> bool:
+    """Refuse bad sizes, backend / precision / device choices and engine options before any work; True when the
+    encoder is a CPU inference backend (`inference.check_backend`)."""
+    for option, value in (("shard size", shard_size), ("batch size", batch_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"the {option} must be a whole number >= 1, got {value!r}")
+    wrapped = check_backend(backend, precision, device)
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+    if engine != "ray" and (ray_address is not None or ray_actors is not None):
+        raise ValueError("a Ray address or actor count needs the ray engine (--engine ray)")
+    if ray_actors is not None and ray_actors < 1:
+        raise ValueError(f"the number of Ray model actors must be >= 1, got {ray_actors}")
+    if engine == "ray":
+        from .ray_engine import require_ray
+
+        require_ray()
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise ValueError(
+                "the ray engine runs from one process: start it without accelerate launch or torchrun"
+            )
+    return wrapped
+
+
+def _plan_run(
+    kind: str,
+    output: Path,
+    pending: dict[str, Any] | None,
+    *,
+    runs: list[dict[str, Any]],
+    sources: Sequence[Any],
+    stac: Any,
+    options: SourceOptions,
+    items: list[Any],
+    listing: dict[str, list],
+    digest: str,
+    fingerprint: str,
+    shard_size: int,
+    index_type: str,
+    backend: str,
+    precision: str,
+    write: bool,
+) -> dict[str, Any]:
+    """The run to do: the unfinished one of the same sources and model (resumed), or a new run planned and saved
+    (by the process that ``write``s) with its work listing."""
+    if pending is not None:
+        if pending["digest"] != digest or pending["fingerprint"] != fingerprint:
+            raise ValueError(
+                f"{output} holds an unfinished {pending['kind']} of other sources ({', '.join(pending['sources'])}): "
+                f"rerun that command to finish it, or remove {output}/runs/run-{pending['run']:03d}.json"
+            )
+        logger.info("resuming run %d of %s", pending["run"], output)
+        return pending
+    plan = {
+        "run": len(runs),
+        "kind": kind,
+        "sources": [str(Path(s).resolve()) for s in sources] if stac is None else [stac.url],
+        "options": options.to_dict(),
+        "digest": digest,
+        "fingerprint": fingerprint,
+        "num_items": len(items),
+        "shard_size": shard_size,
+        "num_shards": math.ceil(len(items) / shard_size),
+        "index_type": index_type,
+        "backend": backend,
+        "precision": precision,
+        "complete": False,
+        "started": _now(),
+    }
+    if stac is not None:
+        plan["stac"] = stac.to_dict()
+    if write:
+        _save_listing(output, plan["run"], items, listing, stac is not None)
+        (output / "runs").mkdir(parents=True, exist_ok=True)
+        _atomic_write_json(output / "runs" / f"run-{plan['run']:03d}.json", plan)
+    return plan
+
+
+def _embed_todo(
+    output: Path,
+    todo: dict[str, list[Any]],
+    model: Any,
+    processor: Any,
+    *,
+    engine: str,
+    model_source: Any,
+    owned: bool,
+    options: SourceOptions,
+    known_hashes: dict[str, str],
+    dim: int,
+    fingerprint: str,
+    batch_size: int,
+    num_workers: int | None,
+    backend: str,
+    precision: str,
+    device: str,
+    actor_device: str | None,
+    ray_address: str | None,
+    ray_actors: int | None,
+    progress: bool,
+    procs: _Processes,
+) -> Any:
+    """Embed this process's shards (``todo``: shard name -> items) on the engine; returns the encoder that ran
+    (the model itself for Ray, whose actors load their own)."""
+    if engine == "ray":
+        from .ray_engine import embed_shards
+
+        embed_shards(
+            output / "shards",
+            todo,
+            model=model_source,
+            processor=processor,
+            options=options,
+            known_hashes=known_hashes,
+            dim=dim,
+            fingerprint=fingerprint,
+            batch_size=batch_size,
+            backend=backend,
+            precision=precision,
+            device=actor_device,
+            address=ray_address,
+            actors=ray_actors,
+            num_workers=num_workers,
+            progress=progress,
+        )
+        return model
+    # The fingerprint is the PyTorch model's: an index belongs to the weights, not to how they were run.
+    encoder = load_encoder(model, backend, precision, processor, inplace=owned)
+    _embed_shards_here(
+        output / "shards",
+        todo,
+        encoder,
+        processor,
+        options=options,
+        known_hashes=known_hashes,
+        dim=dim,
+        fingerprint=fingerprint,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        precision=autocast_precision(backend, precision),
+        device=device,
+        progress=progress,
+        desc=f"indexing [process {procs.rank}/{procs.world}]" if procs.world > 1 else "indexing",
+    )
+    return encoder
+
+
+def _load_index_model(
+    model: Any, processor: Any, device: str, output: Path, manifest: dict[str, Any] | None
+) -> tuple[Any, Any, str, str]:
+    """The model and processor (`inference.load_model`), the name the manifest gives the model, and its
+    fingerprint, checked against the index's when there is one."""
+    name = str(model) if isinstance(model, str | os.PathLike) else ""
+    model, processor = load_model(model, processor, device=device)
+    name = name or model_name(model)
+    fingerprint = index_fingerprint(model, processor, manifest)
+    if manifest is not None and manifest["model"]["fingerprint"] != fingerprint:
+        raise ValueError(
+            f"{output} was built with another model or processor ({manifest['model']['name_or_path']!r}, "
+            f"fingerprint {manifest['model']['fingerprint'][:12]}), not {name!r} (fingerprint {fingerprint[:12]})"
+        )
+    return model, processor, name, fingerprint
+
+
 def _run(
     kind: str,
     model: Any,
@@ -362,27 +535,13 @@ def _run(
     ray_actors: int | None = None,
 ) -> Any:
     require_index_dependencies()
-    for option, value in (("shard size", shard_size), ("batch size", batch_size)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"the {option} must be a whole number >= 1, got {value!r}")
-    wrapped = check_backend(backend, precision, device)
+    wrapped = _check_run_options(
+        shard_size, batch_size, backend, precision, device, engine, ray_address, ray_actors
+    )
     # The returned index embeds queries like the images were (a bf16/fp16 GPU build is queried in fp32).
     query_backend = {"backend": backend, "precision": precision} if wrapped else {}
-    if engine not in ENGINES:
-        raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
-    if engine != "ray" and (ray_address is not None or ray_actors is not None):
-        raise ValueError("a Ray address or actor count needs the ray engine (--engine ray)")
-    if ray_actors is not None and ray_actors < 1:
-        raise ValueError(f"the number of Ray model actors must be >= 1, got {ray_actors}")
     actor_device = device
     if engine == "ray":
-        from .ray_engine import require_ray
-
-        require_ray()
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            raise ValueError(
-                "the ray engine runs from one process: start it without accelerate launch or torchrun"
-            )
         # The Ray actors embed on their own devices; this process only reads the model's fingerprint, on the CPU.
         device = "cpu"
     procs = _Processes()
@@ -402,15 +561,7 @@ def _run(
         model = manifest["model"]["name_or_path"]
     owned = isinstance(model, str | os.PathLike)  # loaded here: int8 may quantise it in place (one copy)
     model_source = resolve_model_source(model) if owned else None  # what the Ray actors load
-    name = str(model) if owned else ""
-    model, processor = load_model(model, processor, device=device)
-    name = name or model_name(model)
-    fingerprint = index_fingerprint(model, processor, manifest)
-    if manifest is not None and manifest["model"]["fingerprint"] != fingerprint:
-        raise ValueError(
-            f"{output} was built with another model or processor ({manifest['model']['name_or_path']!r}, "
-            f"fingerprint {manifest['model']['fingerprint'][:12]}), not {name!r} (fingerprint {fingerprint[:12]})"
-        )
+    model, processor, name, fingerprint = _load_index_model(model, processor, device, output, manifest)
 
     digest = worklist_digest(items)
     runs = _runs(output, manifest)
@@ -421,44 +572,31 @@ def _run(
         embedding_dim(model),
         exact_threshold,
     )
-    if pending is not None:
-        if pending["digest"] != digest or pending["fingerprint"] != fingerprint:
-            raise ValueError(
-                f"{output} holds an unfinished {pending['kind']} of other sources ({', '.join(pending['sources'])}): "
-                f"rerun that command to finish it, or remove {output}/runs/run-{pending['run']:03d}.json"
-            )
-        plan = pending
-        logger.info("resuming run %d of %s", plan["run"], output)
-    else:
-        if kind == "build" and manifest is not None:
-            if runs and runs[0]["digest"] == digest:
-                logger.info("%s is already built from these sources", output)
-                return RSMCLIPIndex.load(output, model=model, processor=processor, **query_backend)
-            raise ValueError(
-                f"{output} already holds an index: add to it with `rsmclip index add {output} SOURCE...`"
-            )
-        plan = {
-            "run": len(runs),
-            "kind": kind,
-            "sources": [str(Path(s).resolve()) for s in sources] if stac is None else [stac.url],
-            "options": options.to_dict(),
-            "digest": digest,
-            "fingerprint": fingerprint,
-            "num_items": len(items),
-            "shard_size": shard_size,
-            "num_shards": math.ceil(len(items) / shard_size),
-            "index_type": index_type,
-            "backend": backend,
-            "precision": precision,
-            "complete": False,
-            "started": _now(),
-        }
-        if stac is not None:
-            plan["stac"] = stac.to_dict()
-        if procs.rank == 0:
-            _save_listing(output, plan["run"], items, listing, stac is not None)
-            (output / "runs").mkdir(parents=True, exist_ok=True)
-            _atomic_write_json(output / "runs" / f"run-{plan['run']:03d}.json", plan)
+    if pending is None and kind == "build" and manifest is not None:
+        if runs and runs[0]["digest"] == digest:
+            logger.info("%s is already built from these sources", output)
+            return RSMCLIPIndex.load(output, model=model, processor=processor, **query_backend)
+        raise ValueError(
+            f"{output} already holds an index: add to it with `rsmclip index add {output} SOURCE...`"
+        )
+    plan = _plan_run(
+        kind,
+        output,
+        pending,
+        runs=runs,
+        sources=sources,
+        stac=stac,
+        options=options,
+        items=items,
+        listing=listing,
+        digest=digest,
+        fingerprint=fingerprint,
+        shard_size=shard_size,
+        index_type=index_type,
+        backend=backend,
+        precision=precision,
+        write=procs.rank == 0,
+    )
     procs.barrier()
 
     run, size = plan["run"], plan["shard_size"]
@@ -471,47 +609,29 @@ def _run(
     dim = embedding_dim(model)
     family = model_family(model)
     todo = {shard_name(run, s): items[s * size : (s + 1) * size] for s in mine}
-    if engine == "ray":
-        from .ray_engine import embed_shards
-
-        embed_shards(
-            output / "shards",
-            todo,
-            model=model_source if owned else model,
-            processor=processor,
-            options=options,
-            known_hashes=known,
-            dim=dim,
-            fingerprint=fingerprint,
-            batch_size=batch_size,
-            backend=backend,
-            precision=precision,
-            device=actor_device,
-            address=ray_address,
-            actors=ray_actors,
-            num_workers=num_workers,
-            progress=progress,
-        )
-        encoder = model
-    else:
-        # The fingerprint above is the PyTorch model's: an index belongs to the weights, not to how they were run.
-        encoder = load_encoder(model, backend, precision, processor, inplace=owned)
-        _embed_shards_here(
-            output / "shards",
-            todo,
-            encoder,
-            processor,
-            options=options,
-            known_hashes=known,
-            dim=dim,
-            fingerprint=fingerprint,
-            batch_size=batch_size,
-            num_workers=num_workers,
-            precision=autocast_precision(backend, precision),
-            device=device,
-            progress=progress,
-            desc=f"indexing [process {procs.rank}/{procs.world}]" if procs.world > 1 else "indexing",
-        )
+    encoder = _embed_todo(
+        output,
+        todo,
+        model,
+        processor,
+        engine=engine,
+        model_source=model_source if owned else model,
+        owned=owned,
+        options=options,
+        known_hashes=known,
+        dim=dim,
+        fingerprint=fingerprint,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        backend=backend,
+        precision=precision,
+        device=device,
+        actor_device=actor_device,
+        ray_address=ray_address,
+        ray_actors=ray_actors,
+        progress=progress,
+        procs=procs,
+    )
     procs.barrier()
     if procs.rank == 0:
         finalize(
