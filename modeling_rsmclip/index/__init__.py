@@ -14,6 +14,7 @@ _EXPORTS = {
     "build_index": ".build",
     "add_to_index": ".build",
     "choose_index": ".build",
+    "rebuild_index": ".ondisk",
     "RSMCLIPIndex": ".search",
     "IndexModelMismatchError": ".search",
     "parse_where": ".search",

@@ -54,9 +54,10 @@ logger = logging.getLogger(__name__)
 
 FORMAT = "rsmclip-index"
 FORMAT_VERSION = 1
-INDEX_TYPES = ("auto", "flat", "ivf-flat", "ivf-pq", "hnsw")
+INDEX_TYPES = ("auto", "flat", "ivf-flat", "ivf-pq", "hnsw", "ivfpq-disk")
 EXACT_THRESHOLD = 100_000  # auto: exact search up to this many vectors
 IVF_FLAT_MAX = 2_000_000  # auto: IVF-Flat up to this many, IVF-PQ beyond
+ONDISK_MIN = 10_000_000  # auto: beyond this many, IVF-PQ on disk with exact re-ranking (`index.ondisk`)
 DEFAULT_SHARD_SIZE = 4096
 ENGINES = ("local", "ray")  # local: this process, or the processes of accelerate launch / torchrun
 
@@ -66,29 +67,41 @@ def _pow2(x: float) -> int:
     return 1 << max(0, round(math.log2(max(1.0, x))))
 
 
+def index_kind(
+    num_vectors: int, index_type: str = "auto", exact_threshold: int = EXACT_THRESHOLD
+) -> str | None:
+    """The index type ``auto`` stands for at ``num_vectors`` (other types as given; None for a factory string)."""
+    kind = index_type.lower() if index_type.lower() in INDEX_TYPES else None
+    if kind != "auto":
+        return kind
+    if num_vectors <= exact_threshold:
+        return "flat"
+    if num_vectors <= IVF_FLAT_MAX:
+        return "ivf-flat"
+    return "ivf-pq" if num_vectors <= ONDISK_MIN else "ivfpq-disk"
+
+
 def choose_index(
     num_vectors: int, dim: int, index_type: str = "auto", exact_threshold: int = EXACT_THRESHOLD
 ) -> tuple[str, dict[str, int]]:
     """The FAISS factory string and search parameters for ``num_vectors`` vectors of ``dim`` dimensions.
 
     ``auto``: exact (``Flat``) up to ``exact_threshold`` vectors, ``IVF<nlist>,Flat`` up to 2M, ``IVF<nlist>,PQ<m>``
-    beyond, with ``nlist`` the power of two nearest ``4 sqrt(n)`` (at most n/39, FAISS's minimum training points
+    up to 10M, ``ivfpq-disk`` beyond (`ondisk.disk_factory`: OPQ, lists on disk, exact re-ranking), with ``nlist`` the power of two nearest ``4 sqrt(n)`` (at most n/39, FAISS's minimum training points
     per list) and ``nprobe = nlist / 32`` (at least 8) lists probed. ``hnsw``: ``HNSW32,Flat`` with efSearch 128.
     Any other string containing a comma or starting with an upper-case letter is taken as a FAISS factory string.
     """
-    kind = index_type.lower() if index_type.lower() in INDEX_TYPES else None
+    kind = index_kind(num_vectors, index_type, exact_threshold)
     if kind is None:
         if not index_type or not (index_type[0].isupper() or "," in index_type):
             raise ValueError(
                 f"index type must be one of {INDEX_TYPES} or a FAISS factory string, got {index_type!r}"
             )
         return index_type, {}
-    if kind == "auto":
-        kind = (
-            "flat"
-            if num_vectors <= exact_threshold
-            else ("ivf-flat" if num_vectors <= IVF_FLAT_MAX else "ivf-pq")
-        )
+    if kind == "ivfpq-disk":
+        from .ondisk import disk_factory
+
+        return disk_factory(num_vectors, dim)
     if kind == "flat":
         return "Flat", {}
     if kind == "hnsw":
@@ -98,7 +111,10 @@ def choose_index(
     if kind == "ivf-flat":
         return f"IVF{nlist},Flat", {"nprobe": nprobe}
     m = next(m for m in (64, 48, 32, 24, 16, 12, 8, 4, 2, 1) if dim % m == 0 and m <= dim)
-    return f"IVF{nlist},PQ{m}", {"nprobe": nprobe}
+    from .ondisk import pq_bits
+
+    bits = pq_bits(num_vectors)  # 256 centroids per sub-vector need ~10k training vectors
+    return f"IVF{nlist},PQ{m}" + (f"x{bits}" if bits < 8 else ""), {"nprobe": nprobe}
 
 
 def build_faiss(embeddings: np.ndarray, factory: str, seed: int = 0, max_train: int | None = None) -> Any:
@@ -449,6 +465,7 @@ def _run(
             manifest=manifest,
             backend=plan.get("backend", backend),
             precision=plan.get("precision", precision),
+            progress=progress,
         )
         plan["complete"] = True
         plan["finished"] = _now()
@@ -508,9 +525,13 @@ def finalize(
     precision: str = "fp32",
     family: str | None = None,
     max_text_length: int = 77,
+    retrain: bool = False,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Merge every shard into ``metadata.parquet``, ``index.faiss``, ``report.json`` and ``manifest.json``
-    (``family``: the model family, `inference.families`, recorded with the model)."""
+    (``family``: the model family, `inference.families`, recorded with the model; ``processor`` None: the
+    manifest's processor settings are kept). An ``ivfpq-disk`` index is appended to unless ``retrain``
+    (`ondisk.write_ondisk`)."""
     import faiss
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -528,8 +549,10 @@ def finalize(
         "network_errors": [],
         "missing_bands": [],
     }
-    for path in shard_files:
-        tables.append(pq.read_table(path))
+    for path in shard_files:  # the metadata; the embeddings are read shard by shard below
+        tables.append(
+            pq.read_table(path, columns=[c for c in pq.read_schema(path).names if c != "embedding"])
+        )
         part = _read_json(path.with_name(path.name[: -len(".parquet")] + ".report.json"))
         for key in report:
             report[key].extend(part.get(key, []))
@@ -556,19 +579,37 @@ def finalize(
     if n == 0:
         _atomic_write_json(output / "report.json", report)
         raise ValueError(f"{output}: nothing could be indexed; see {output / 'report.json'}")
-    flat = table["embedding"].combine_chunks().flatten().to_numpy(zero_copy_only=False)
-    embeddings = flat.astype(np.float32).reshape(n, dim)
-    embeddings /= np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
+    from . import ondisk
+
+    vectors = ondisk.shard_vectors(shard_files, keep, dim)
     factory, params = choose_index(n, dim, index_type, exact_threshold)
-    index = build_faiss(embeddings, factory)
-    metadata = with_geometry(table.drop_columns(["embedding"]))
-    tmp_index = output / ".index.faiss.tmp"
-    faiss.write_index(index, str(tmp_index))
+    if index_kind(n, index_type, exact_threshold) == ondisk.ONDISK_TYPE:
+        previous = (manifest or {}).get("index")
+        section = ondisk.write_ondisk(
+            output,
+            vectors,
+            n,
+            dim,
+            previous=previous,
+            retrain=retrain,
+            fingerprint=fingerprint,
+            progress=progress,
+        )
+    else:
+        embeddings = ondisk.normalized(np.concatenate(list(vectors())))
+        index = build_faiss(embeddings, factory)
+        del embeddings
+        section = {"type": index_type, "factory": factory, "search_params": params, "file": "index.faiss"}
+        section["ntotal"] = int(index.ntotal)
+        tmp_index = output / ".index.faiss.tmp"
+        faiss.write_index(index, str(tmp_index))
+    metadata = with_geometry(table)
     tmp_meta = output / ".metadata.parquet.tmp"
     pq.write_table(metadata, tmp_meta)
     _atomic_write_json(output / "report.json", report)
     os.replace(tmp_meta, output / "metadata.parquet")
-    os.replace(tmp_index, output / "index.faiss")
+    if section["file"] == "index.faiss":
+        os.replace(tmp_index, output / "index.faiss")
     georeferenced = "bbox" in metadata.column_names and metadata["bbox"].null_count < n
     runs = _runs(output)
     new_manifest = {
@@ -583,7 +624,9 @@ def finalize(
             if manifest is None
             else manifest["model"].get("fingerprint_version", 2),
         },
-        "processor": processor_settings(processor, max_text_length),
+        "processor": processor_settings(processor, max_text_length)
+        if processor is not None
+        else (manifest or {}).get("processor", {}),
         "embedding": {
             "dim": dim,
             "stored_dtype": "float16",
@@ -593,13 +636,7 @@ def finalize(
             "backend": backend,
             "precision": precision,
         },
-        "index": {
-            "type": index_type,
-            "factory": factory,
-            "search_params": params,
-            "ntotal": int(index.ntotal),
-            "file": "index.faiss",
-        },
+        "index": section,
         "counts": {
             "items": n,
             "shards": len(shard_files),
@@ -624,6 +661,7 @@ def finalize(
         "updated": _now(),
     }
     _atomic_write_json(output / "manifest.json", new_manifest)
+    ondisk.remove_unreferenced(output, section)
     return new_manifest
 
 

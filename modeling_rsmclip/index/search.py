@@ -186,8 +186,13 @@ class RSMCLIPIndex:
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
         if manifest.get("format") != "rsmclip-index":
             raise ValueError(f"{manifest_path} is not an rsmclip index manifest")
-        index = faiss.read_index(str(path / manifest["index"]["file"]))
-        apply_search_params(index, manifest["index"].get("search_params", {}))
+        if manifest["index"].get("type") == "ivfpq-disk":  # lists on disk, exact re-ranking (`index.ondisk`)
+            from .ondisk import OnDiskIndex
+
+            index = OnDiskIndex.open(path, manifest["index"])
+        else:
+            index = faiss.read_index(str(path / manifest["index"]["file"]))
+            apply_search_params(index, manifest["index"].get("search_params", {}))
         metadata = pq.read_table(path / "metadata.parquet")
         if not (index.ntotal == metadata.num_rows == manifest["counts"]["items"]):
             raise ValueError(
@@ -424,6 +429,8 @@ class RSMCLIPIndex:
     def _ivf(self) -> Any:
         import faiss
 
+        if hasattr(self.index, "ivf"):  # `ondisk.OnDiskIndex`
+            return self.index.ivf
         try:
             return faiss.extract_index_ivf(self.index)
         except RuntimeError:
