@@ -146,7 +146,7 @@ def test_ondisk_with_opq_returns_what_in_memory_returns(fresh, tmp_path) -> None
     assert recall >= RECALL_OPQ, recall
 
 
-RECALL_OPQ = 0.0  # set after the first run
+RECALL_OPQ = 0.95  # measured 0.983
 
 
 def test_reranked_top1_equals_exact_search_and_recall(fresh) -> None:
@@ -158,7 +158,9 @@ def test_reranked_top1_equals_exact_search_and_recall(fresh) -> None:
         order = np.argsort(-exact[:, q], kind="stable")
         assert results[0]["id"] == ids[order[0]] or exact[order[0], q] - results[0]["score"] < 1e-5, text
         np.testing.assert_allclose(results[0]["score"], exact[order[0], q], atol=1e-5)
-        np.testing.assert_allclose([r["score"] for r in results], [exact[ids.index(r["id"]), q] for r in results], atol=1e-5)
+        np.testing.assert_allclose(
+            [r["score"] for r in results], [exact[ids.index(r["id"]), q] for r in results], atol=1e-5
+        )
     # Recall@10 against exact search with few candidates (k * 2, 1 list of the index's): what the PQ codes find.
     index.index.rerank, index.index.ivf.nprobe = 2, 1
     try:
@@ -174,7 +176,7 @@ def test_reranked_top1_equals_exact_search_and_recall(fresh) -> None:
     assert np.mean([len(set(g) & set(t)) / 10 for g, t in zip(got, truth)]) == 1.0
 
 
-RECALL_FEW_CANDIDATES = 0.0  # measured below, set after the first run
+RECALL_FEW_CANDIDATES = 0.3  # measured 0.35 (deterministic: fixed seeds)
 
 
 def test_index_add_appends_without_retraining(appended, fresh) -> None:
@@ -209,7 +211,9 @@ def test_index_add_appends_without_retraining(appended, fresh) -> None:
         np.testing.assert_allclose(got, np.sort(exact[:, q])[::-1][:10], atol=1e-5)
 
 
-def test_rebuild_equals_a_fresh_build_and_a_killed_rebuild_keeps_the_old_index(appended, fresh, monkeypatch) -> None:
+def test_rebuild_equals_a_fresh_build_and_a_killed_rebuild_keeps_the_old_index(
+    appended, fresh, monkeypatch
+) -> None:
     from modeling_rsmclip.index import RSMCLIPIndex, ondisk, rebuild_index
 
     out, _ = appended
@@ -266,7 +270,7 @@ def test_in_memory_ivfpq_against_numpy(fresh, tmp_path) -> None:
     assert np.mean(recalls) >= RECALL_IN_MEMORY_IVFPQ, recalls
 
 
-RECALL_IN_MEMORY_IVFPQ = 0.0  # set after the first run
+RECALL_IN_MEMORY_IVFPQ = 0.75  # measured 0.833 (IVF5,PQ64x4 on 210 vectors)
 
 
 def test_cli_info_and_rebuild(appended, tmp_path, capsys) -> None:
