@@ -15,7 +15,8 @@ Real embeddings at 10^7 do not exist here, so they are drawn from a model of rea
 
 Each phase (build, exact ground truth, search) runs in its own process, which reports its peak resident memory
 (``VmHWM``, memory-mapped file pages included) and its peak anonymous memory (``RssAnon``: what cannot be
-dropped from the page cache). Latency: one query at a time, after 20 warm-up queries, files in the page cache.
+dropped from the page cache). Latency: one query at a time (FAISS with ``--search-threads`` OpenMP threads, 1 by
+default), after 20 warm-up queries, files in the page cache.
 
     nice python benchmarks/bench_index_scale.py --sizes 1000000           # ~10 min on 2 cores
     nice python benchmarks/bench_index_scale.py --sizes 1000000 10000000  # + ~40 min, ~8 GB in --work
@@ -217,8 +218,13 @@ def phase_truth(args: argparse.Namespace) -> dict:
 
 
 def phase_search(args: argparse.Namespace) -> dict:
+    import faiss
+
     from modeling_rsmclip.index.ondisk import OnDiskIndex
 
+    # One query at a time: FAISS gives one query one thread anyway, and its OpenMP team of 2 costs milliseconds
+    # per call when the cores are shared with other jobs.
+    faiss.omp_set_num_threads(args.search_threads)
     memory = MemoryPeak()
     folder = Path(args.dir)
     section = json.loads((folder / "section.json").read_text())
@@ -258,7 +264,12 @@ def phase_search(args: argparse.Namespace) -> dict:
         )
         results.append(row)
         print(json.dumps(row), file=sys.stderr, flush=True)
-    return {"open_s": round(open_s, 2), "search": results, "search_memory": memory.report()}
+    return {
+        "open_s": round(open_s, 2),
+        "faiss_threads": args.search_threads,
+        "search": results,
+        "search_memory": memory.report(),
+    }
 
 
 def run_phase(phase: str, folder: Path, work: Path, n: int) -> dict:
@@ -276,6 +287,7 @@ def run_phase(phase: str, folder: Path, work: Path, n: int) -> dict:
         str(n),
     ]
     cmd += ["--nprobe-factors", *map(str, ARGS.nprobe_factors), "--rerank", *map(str, ARGS.rerank)]
+    cmd += ["--search-threads", str(getattr(ARGS, "search_threads", 1))]
     subprocess.run(cmd, check=True, cwd=REPO)
     return json.loads(out.read_text())
 

@@ -458,8 +458,10 @@ class OnDiskIndex:
             c = c[c >= 0]
             if len(c) == 0:
                 continue
-            exact = normalized(self.store.take(c)) @ q
-            top = np.argsort(-exact, kind="stable")[:k]
+            v = self.store.take(c).astype(np.float32)
+            exact = (v @ q) / np.maximum(np.sqrt(np.einsum("ij,ij->i", v, v)), 1e-12)
+            top = np.argpartition(-exact, k - 1)[:k] if len(c) > k else np.arange(len(c))
+            top = top[np.argsort(-exact[top], kind="stable")]
             scores[row, : len(top)] = exact[top]
             ids[row, : len(top)] = c[top]
         return scores, ids
