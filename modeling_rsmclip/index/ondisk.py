@@ -307,8 +307,7 @@ def write_ondisk(
     and not ``retrain``, the first ``previous["ntotal"]`` vectors are the indexed ones: only the rest are stored,
     encoded with the trained index and merged with the old lists. Otherwise the index is trained anew."""
     import faiss
-
-    from .embed import new_progress
+    from tqdm.auto import tqdm  # not `embed.new_progress`: its module imports torch (400 MB), unneeded here
 
     folder = output / ONDISK_DIR
     folder.mkdir(parents=True, exist_ok=True)
@@ -341,7 +340,7 @@ def write_ondisk(
     params = dict(previous["search_params"]) if append else {**default_params, **(search_params or {})}
     work = Path(folder / f".blocks-{tag}")
     work.mkdir()
-    bar = new_progress(num_vectors - old, "encoding (IVF-PQ)", progress)
+    bar = tqdm(total=num_vectors - old, desc="encoding (IVF-PQ)", unit="vec", disable=not progress)
     try:
         blocks = encode_blocks(trained, store, old, work, bar)
         sources = [faiss.read_index(str(p), faiss.IO_FLAG_MMAP) for p in blocks]
