@@ -323,6 +323,14 @@ def main() -> None:
         "--nprobe-factors", type=float, nargs="+", default=[0.25, 0.5, 1.0], help="nprobe: default x"
     )
     parser.add_argument(
+        "--attach",
+        type=Path,
+        nargs="*",
+        default=[],
+        help="also report the build/truth/search results already in these folders of --work (same mixture)",
+    )
+    parser.add_argument("--search-threads", type=int, default=1, help="FAISS OpenMP threads while searching")
+    parser.add_argument(
         "--rerank", type=int, nargs="+", default=[10, 30, 100], help="re-ranking factors swept"
     )
     parser.add_argument("--phase", choices=("build", "truth", "search"), help=argparse.SUPPRESS)
@@ -351,6 +359,11 @@ def main() -> None:
             import shutil
 
             shutil.rmtree(args.work / f"mixture-{n}", ignore_errors=True)
+    for folder in args.attach:  # sizes measured phase by phase earlier (e.g. a 10M run that took an hour)
+        parts = [json.loads((folder / f"{phase}.json").read_text()) for phase in ("build", "truth", "search")]
+        results.append(
+            {"name": folder.name, "attached": str(folder), **{k: v for p in parts for k, v in p.items()}}
+        )
     write_result(args.out, summary(results, info, mixture, args), measured)
     print(json.dumps(results, indent=1))
 

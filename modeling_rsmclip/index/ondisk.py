@@ -53,7 +53,9 @@ RETRAIN_FRACTION = (
 )
 MAX_TRAIN = 131_072  # at most this many vectors train the coarse quantizer, OPQ and PQ
 CHUNK = 65_536  # vectors encoded per block
-DEFAULT_RERANK = 10  # candidates re-ranked: k * rerank
+DEFAULT_RERANK = (
+    100  # candidates re-ranked: k * rerank (BENCHMARKS.md: recall grows with it, not with nprobe)
+)
 PQ_SUBQUANTIZERS = (64, 48, 32, 24, 16, 12, 8, 4, 2, 1)
 PQ_MIN_DIMS = 8  # dimensions per PQ sub-vector (one byte each): 24 bytes for 192 dimensions, 64 for 512
 OPQ_ITERATIONS = 10
@@ -81,13 +83,13 @@ def disk_factory(num_vectors: int, dim: int) -> tuple[str, dict[str, int]]:
     64, 48, 32, ... dividing ``dim`` into sub-vectors of at least `PQ_MIN_DIMS` dimensions (one byte each with
     8-bit codes; fewer bits below ~10k vectors, which cannot train 256 centroids): the codes only pick the
     candidates, which re-ranking scores exactly. OPQ (a rotation balancing the sub-vectors) from `OPQ_MIN_VECTORS`
-    vectors on. ``nprobe``: nlist / 8, at least 16 (all lists when fewer); ``rerank``:
+    vectors on. ``nprobe``: nlist / 32, at least 16 (all lists when fewer); ``rerank``:
     `DEFAULT_RERANK` (``k * rerank`` candidates get their exact score)."""
     n = max(1, int(num_vectors))
     nlist = max(1, min(_pow2(math.sqrt(n)), n // 39))
     m = next(m for m in PQ_SUBQUANTIZERS if dim % m == 0 and (dim // m >= PQ_MIN_DIMS or m == 1))
     bits = pq_bits(n)
-    nprobe = min(nlist, max(16, nlist // 8))
+    nprobe = min(nlist, max(16, nlist // 32))
     opq = f"OPQ{m}," if n >= OPQ_MIN_VECTORS else ""
     return f"{opq}IVF{nlist},PQ{m}x{bits}", {"nprobe": nprobe, "rerank": DEFAULT_RERANK}
 
