@@ -14,7 +14,7 @@ _EXPORTS = {
     "build_index": ".build",
     "add_to_index": ".build",
     "choose_index": ".build",
-    "rebuild_index": ".ondisk",
+    "rebuild_index": ".build",
     "RSMCLIPIndex": ".search",
     "IndexModelMismatchError": ".search",
     "parse_where": ".search",

@@ -665,6 +665,44 @@ def finalize(
     return new_manifest
 
 
+def rebuild_index(
+    path: str | Path, index_type: str | None = None, *, progress: bool = True
+) -> dict[str, Any]:
+    """Retrain and rewrite the FAISS index of the index folder ``path`` from its stored float16 shards (no
+    re-embedding, no model needed), as ``index_type`` (default: the manifest's). The new files are written beside
+    the old ones and the manifest switches to them last, so an interrupted rebuild leaves the old index usable.
+    Returns the new manifest."""
+    path = Path(path)
+    manifest_path = path / "manifest.json"
+    if not manifest_path.is_file():
+        raise FileNotFoundError(f"no index at {path}: {manifest_path} not found")
+    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    runs = sorted((path / "runs").glob("run-*.json")) if (path / "runs").is_dir() else []
+    for run in runs:
+        if not json.loads(run.read_text(encoding="utf-8")).get("complete"):
+            raise ValueError(
+                f"{path} has an unfinished run ({run.name}): finish it by rerunning its `rsmclip index` command first"
+            )
+    index_type = index_type or manifest["index"]["type"]
+    choose_index(1, 8, index_type)  # validate before any work
+    model = manifest["model"]
+    embedding = manifest["embedding"]
+    return finalize(
+        path,
+        model_name=model["name_or_path"],
+        fingerprint=model["fingerprint"],
+        processor=None,
+        dim=int(embedding["dim"]),
+        index_type=index_type,
+        manifest=manifest,
+        backend=embedding.get("backend", "torch"),
+        precision=embedding.get("precision", "fp32"),
+        family=model.get("family"),
+        retrain=True,
+        progress=progress,
+    )
+
+
 # ---------------------------------------------------------------------------------------------- public entry
 def build_index(
     model: Any,

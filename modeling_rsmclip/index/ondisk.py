@@ -32,7 +32,6 @@ Every file is written under a new name; the manifest, written last by the caller
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import logging
 import math
 import secrets
@@ -466,44 +465,3 @@ class OnDiskIndex:
             scores[row, : len(top)] = exact[top]
             ids[row, : len(top)] = c[top]
         return scores, ids
-
-
-# ------------------------------------------------------------------------------------------------- rebuild
-def rebuild_index(
-    path: str | Path, index_type: str | None = None, *, progress: bool = True
-) -> dict[str, Any]:
-    """Retrain and rewrite the FAISS index of the index folder ``path`` from its stored float16 shards (no
-    re-embedding, no model needed), as ``index_type`` (default: the manifest's). The new files are written beside
-    the old ones and the manifest switches to them last, so an interrupted rebuild leaves the old index usable.
-    Returns the new manifest."""
-    from .build import choose_index, finalize
-
-    path = Path(path)
-    manifest_path = path / "manifest.json"
-    if not manifest_path.is_file():
-        raise FileNotFoundError(f"no index at {path}: {manifest_path} not found")
-    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    runs = sorted((path / "runs").glob("run-*.json")) if (path / "runs").is_dir() else []
-    for run in runs:
-        if not json.loads(run.read_text(encoding="utf-8")).get("complete"):
-            raise ValueError(
-                f"{path} has an unfinished run ({run.name}): finish it by rerunning its `rsmclip index` command first"
-            )
-    index_type = index_type or manifest["index"]["type"]
-    choose_index(1, 8, index_type)  # validate before any work
-    model = manifest["model"]
-    embedding = manifest["embedding"]
-    return finalize(
-        path,
-        model_name=model["name_or_path"],
-        fingerprint=model["fingerprint"],
-        processor=None,
-        dim=int(embedding["dim"]),
-        index_type=index_type,
-        manifest=manifest,
-        backend=embedding.get("backend", "torch"),
-        precision=embedding.get("precision", "fp32"),
-        family=model.get("family"),
-        retrain=True,
-        progress=progress,
-    )
