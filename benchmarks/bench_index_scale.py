@@ -154,7 +154,11 @@ def draw(mixture: dict[str, np.ndarray], n: int, rng: np.random.Generator) -> np
 
 # ------------------------------------------------------------------------------------------------ phases
 def phase_build(args: argparse.Namespace) -> dict:
+    from modeling_rsmclip.index import ondisk
     from modeling_rsmclip.index.ondisk import write_ondisk
+
+    if args.pq_min_dims:  # finer PQ codes than the library's default
+        ondisk.PQ_MIN_DIMS = args.pq_min_dims
 
     memory = MemoryPeak()
     folder = Path(args.dir)
@@ -288,6 +292,7 @@ def run_phase(phase: str, folder: Path, work: Path, n: int) -> dict:
     ]
     cmd += ["--nprobe-factors", *map(str, ARGS.nprobe_factors), "--rerank", *map(str, ARGS.rerank)]
     cmd += ["--search-threads", str(getattr(ARGS, "search_threads", 1))]
+    cmd += ["--pq-min-dims", str(getattr(ARGS, "pq_min_dims", 0))]
     subprocess.run(cmd, check=True, cwd=REPO)
     return json.loads(out.read_text())
 
@@ -328,6 +333,9 @@ def main() -> None:
         nargs="*",
         default=[],
         help="also report the build/truth/search results already in these folders of --work (same mixture)",
+    )
+    parser.add_argument(
+        "--pq-min-dims", type=int, default=0, help="dimensions per PQ byte (default: the library's, 8)"
     )
     parser.add_argument("--search-threads", type=int, default=1, help="FAISS OpenMP threads while searching")
     parser.add_argument(
