@@ -87,8 +87,9 @@ def choose_index(
     """The FAISS factory string and search parameters for ``num_vectors`` vectors of ``dim`` dimensions.
 
     ``auto``: exact (``Flat``) up to ``exact_threshold`` vectors, ``IVF<nlist>,Flat`` up to 2M, ``IVF<nlist>,PQ<m>``
-    up to 10M, ``ivfpq-disk`` beyond (`ondisk.disk_factory`: OPQ, lists on disk, exact re-ranking), with ``nlist`` the power of two nearest ``4 sqrt(n)`` (at most n/39, FAISS's minimum training points
-    per list) and ``nprobe = nlist / 32`` (at least 8) lists probed. ``hnsw``: ``HNSW32,Flat`` with efSearch 128.
+    up to 10M, with ``nlist`` the power of two nearest ``4 sqrt(n)`` (at most n/39, FAISS's minimum training points
+    per list) and ``nprobe = nlist / 32`` (at least 8) lists probed; beyond 10M ``ivfpq-disk``
+    (`ondisk.disk_factory`: OPQ, inverted lists on disk, exact re-ranking). ``hnsw``: ``HNSW32,Flat`` with efSearch 128.
     Any other string containing a comma or starting with an upper-case letter is taken as a FAISS factory string.
     """
     kind = index_kind(num_vectors, index_type, exact_threshold)
