@@ -56,7 +56,9 @@ DEFAULT_RERANK = (
     100  # candidates re-ranked: k * rerank (BENCHMARKS.md: recall grows with it, not with nprobe)
 )
 PQ_SUBQUANTIZERS = (64, 48, 32, 24, 16, 12, 8, 4, 2, 1)
-PQ_MIN_DIMS = 8  # dimensions per PQ sub-vector (one byte each): 24 bytes for 192 dimensions, 64 for 512
+PQ_MIN_DIMS = (
+    4  # dimensions per PQ byte: 48 bytes for 192 dimensions, 64 for 512 (BENCHMARKS.md: 8 recalls far less)
+)
 OPQ_ITERATIONS = 10
 OPQ_MIN_VECTORS = 1024  # OPQ trains 8-bit codes (256 centroids per sub-vector): below this, no rotation
 OPQ_MAX_TRAIN = 16_384
