@@ -316,7 +316,7 @@ def one_size(name: str, n: int, work: Path, queries: np.ndarray, kinds: list[str
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[1_000_000])
+    parser.add_argument("--sizes", type=int, nargs="*", default=[1_000_000])
     parser.add_argument(
         "--queries", type=int, default=300, help="caption queries (and as many mixture draws)"
     )
