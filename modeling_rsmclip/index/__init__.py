@@ -15,6 +15,7 @@ _EXPORTS = {
     "build_index": ".build",
     "add_to_index": ".build",
     "choose_index": ".build",
+    "rebuild_index": ".build",
     "RSMCLIPIndex": ".search",
     "IndexModelMismatchError": ".search",
     "parse_where": ".search",

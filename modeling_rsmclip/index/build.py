@@ -53,9 +53,10 @@ logger = logging.getLogger(__name__)
 
 FORMAT = "rsmclip-index"
 FORMAT_VERSION = 1
-INDEX_TYPES = ("auto", "flat", "ivf-flat", "ivf-pq", "hnsw")
+INDEX_TYPES = ("auto", "flat", "ivf-flat", "ivf-pq", "hnsw", "ivfpq-disk")
 EXACT_THRESHOLD = 100_000  # auto: exact search up to this many vectors
 IVF_FLAT_MAX = 2_000_000  # auto: IVF-Flat up to this many, IVF-PQ beyond
+ONDISK_MIN = 10_000_000  # auto: beyond this many, IVF-PQ on disk with exact re-ranking (`index.ondisk`)
 DEFAULT_SHARD_SIZE = 4096
 ENGINES = ("local", "ray")  # local: this process, or the processes of accelerate launch / torchrun
 
@@ -65,29 +66,42 @@ def _pow2(x: float) -> int:
     return 1 << max(0, round(math.log2(max(1.0, x))))
 
 
+def index_kind(
+    num_vectors: int, index_type: str = "auto", exact_threshold: int = EXACT_THRESHOLD
+) -> str | None:
+    """The index type ``auto`` stands for at ``num_vectors`` (other types as given; None for a factory string)."""
+    kind = index_type.lower() if index_type.lower() in INDEX_TYPES else None
+    if kind != "auto":
+        return kind
+    if num_vectors <= exact_threshold:
+        return "flat"
+    if num_vectors <= IVF_FLAT_MAX:
+        return "ivf-flat"
+    return "ivf-pq" if num_vectors <= ONDISK_MIN else "ivfpq-disk"
+
+
 def choose_index(
     num_vectors: int, dim: int, index_type: str = "auto", exact_threshold: int = EXACT_THRESHOLD
 ) -> tuple[str, dict[str, int]]:
     """The FAISS factory string and search parameters for ``num_vectors`` vectors of ``dim`` dimensions.
 
     ``auto``: exact (``Flat``) up to ``exact_threshold`` vectors, ``IVF<nlist>,Flat`` up to 2M, ``IVF<nlist>,PQ<m>``
-    beyond, with ``nlist`` the power of two nearest ``4 sqrt(n)`` (at most n/39, FAISS's minimum training points
-    per list) and ``nprobe = nlist / 32`` (at least 8) lists probed. ``hnsw``: ``HNSW32,Flat`` with efSearch 128.
+    up to 10M, with ``nlist`` the power of two nearest ``4 sqrt(n)`` (at most n/39, FAISS's minimum training points
+    per list) and ``nprobe = nlist / 32`` (at least 8) lists probed; beyond 10M ``ivfpq-disk``
+    (`ondisk.disk_factory`: OPQ, inverted lists on disk, exact re-ranking). ``hnsw``: ``HNSW32,Flat`` with efSearch 128.
     Any other string containing a comma or starting with an upper-case letter is taken as a FAISS factory string.
     """
-    kind = index_type.lower() if index_type.lower() in INDEX_TYPES else None
+    kind = index_kind(num_vectors, index_type, exact_threshold)
     if kind is None:
         if not index_type or not (index_type[0].isupper() or "," in index_type):
             raise ValueError(
                 f"index type must be one of {INDEX_TYPES} or a FAISS factory string, got {index_type!r}"
             )
         return index_type, {}
-    if kind == "auto":
-        kind = (
-            "flat"
-            if num_vectors <= exact_threshold
-            else ("ivf-flat" if num_vectors <= IVF_FLAT_MAX else "ivf-pq")
-        )
+    if kind == "ivfpq-disk":
+        from .ondisk import disk_factory
+
+        return disk_factory(num_vectors, dim)
     if kind == "flat":
         return "Flat", {}
     if kind == "hnsw":
@@ -97,7 +111,10 @@ def choose_index(
     if kind == "ivf-flat":
         return f"IVF{nlist},Flat", {"nprobe": nprobe}
     m = next(m for m in (64, 48, 32, 24, 16, 12, 8, 4, 2, 1) if dim % m == 0 and m <= dim)
-    return f"IVF{nlist},PQ{m}", {"nprobe": nprobe}
+    from .ondisk import pq_bits
+
+    bits = pq_bits(num_vectors)  # 256 centroids per sub-vector need ~10k training vectors
+    return f"IVF{nlist},PQ{m}" + (f"x{bits}" if bits < 8 else ""), {"nprobe": nprobe}
 
 
 def build_faiss(embeddings: np.ndarray, factory: str, seed: int = 0, max_train: int | None = None) -> Any:
@@ -647,6 +664,7 @@ def _run(
             manifest=manifest,
             backend=plan.get("backend", backend),
             precision=plan.get("precision", precision),
+            progress=progress,
         )
         plan["complete"] = True
         plan["finished"] = _now()
@@ -746,6 +764,54 @@ def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
+MEMORY_INDEX_TMP = ".index.faiss.tmp"
+
+
+def _read_shard_metadata(path: Path) -> Any:
+    """A shard's rows without their embeddings (read shard by shard when the index is written), or an
+    `IndexFileError` naming a damaged shard."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from .integrity import read_parquet
+
+    try:
+        names = pq.read_schema(path).names
+    except (pa.ArrowException, OSError, ValueError):
+        names = None  # `read_parquet` names the damage
+    table = read_parquet(path, columns=None if names is None else [c for c in names if c != "embedding"])
+    return table.drop_columns(["embedding"]) if "embedding" in table.column_names else table
+
+
+def _write_memory_index(
+    output: Path, vectors: Any, n: int, factory: str, params: dict[str, int], index_type: str
+) -> dict[str, Any]:
+    """Train and fill the in-memory FAISS index of the ``n`` vectors that ``vectors()`` yields, write it to a
+    temporary file beside ``index.faiss`` (renamed into place by `finalize`) and return the manifest's section."""
+    import faiss
+
+    from . import ondisk
+
+    check_trainable(factory, n)
+    embeddings = ondisk.normalized(np.concatenate(list(vectors())))
+    try:
+        index = build_faiss(embeddings, factory)
+    except RuntimeError as err:
+        reason = str(err).strip().splitlines()[-1] if str(err).strip() else "unknown"
+        raise ValueError(
+            f"{output}: the FAISS index {factory!r} cannot be built on {n} vectors ({reason})"
+        ) from err
+    del embeddings
+    faiss.write_index(index, str(output / MEMORY_INDEX_TMP))
+    return {
+        "type": index_type,
+        "factory": factory,
+        "search_params": params,
+        "ntotal": int(index.ntotal),
+        "file": "index.faiss",
+    }
+
+
 def finalize(
     output: Path,
     *,
@@ -760,10 +826,13 @@ def finalize(
     precision: str = "fp32",
     family: str | None = None,
     max_text_length: int = 77,
+    retrain: bool = False,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Merge every shard into ``metadata.parquet``, ``index.faiss``, ``report.json`` and ``manifest.json``
-    (``family``: the model family, `inference.families`, recorded with the model)."""
-    import faiss
+    (``family``: the model family, `inference.families`, recorded with the model; ``processor`` None: the
+    manifest's processor settings are kept). An ``ivfpq-disk`` index is appended to unless ``retrain``
+    (`ondisk.write_ondisk`)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -780,10 +849,10 @@ def finalize(
         "network_errors": [],
         "missing_bands": [],
     }
-    from .integrity import describe_files, read_parquet
+    from .integrity import describe_files
 
-    for path in shard_files:
-        tables.append(read_parquet(path))
+    for path in shard_files:  # the metadata; the embeddings are read shard by shard below
+        tables.append(_read_shard_metadata(path))
         part = _read_json(path.with_name(path.name[: -len(".parquet")] + ".report.json"))
         for key in report:
             report[key].extend(part.get(key, []))
@@ -810,26 +879,30 @@ def finalize(
     if n == 0:
         _atomic_write_json(output / "report.json", report)
         raise ValueError(f"{output}: nothing could be indexed; see {output / 'report.json'}")
-    flat = table["embedding"].combine_chunks().flatten().to_numpy(zero_copy_only=False)
-    embeddings = flat.astype(np.float32).reshape(n, dim)
-    embeddings /= np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
+    from . import ondisk
+
+    vectors = ondisk.shard_vectors(shard_files, keep, dim)
     factory, params = choose_index(n, dim, index_type, exact_threshold)
-    check_trainable(factory, n)
-    try:
-        index = build_faiss(embeddings, factory)
-    except RuntimeError as err:
-        reason = str(err).strip().splitlines()[-1] if str(err).strip() else "unknown"
-        raise ValueError(
-            f"{output}: the FAISS index {factory!r} cannot be built on {n} vectors ({reason})"
-        ) from err
-    metadata = with_geometry(table.drop_columns(["embedding"]))
-    tmp_index = output / ".index.faiss.tmp"
-    faiss.write_index(index, str(tmp_index))
+    if index_kind(n, index_type, exact_threshold) == ondisk.ONDISK_TYPE:
+        section = ondisk.write_ondisk(
+            output,
+            vectors,
+            n,
+            dim,
+            previous=(manifest or {}).get("index"),
+            retrain=retrain,
+            fingerprint=fingerprint,
+            progress=progress,
+        )
+    else:
+        section = _write_memory_index(output, vectors, n, factory, params, index_type)
+    metadata = with_geometry(table)
     tmp_meta = output / ".metadata.parquet.tmp"
     pq.write_table(metadata, tmp_meta)
     _atomic_write_json(output / "report.json", report)
     os.replace(tmp_meta, output / "metadata.parquet")
-    os.replace(tmp_index, output / "index.faiss")
+    if section["file"] == "index.faiss":
+        os.replace(output / MEMORY_INDEX_TMP, output / "index.faiss")
     georeferenced = "bbox" in metadata.column_names and metadata["bbox"].null_count < n
     runs = _runs(output)
     new_manifest = {
@@ -844,7 +917,7 @@ def finalize(
             if manifest is None
             else manifest["model"].get("fingerprint_version", 2),
         },
-        # (no processor: a repair from the shards, `index.verify`, keeps the recorded settings)
+        # (no processor: a repair from the shards, `index.verify`, or a rebuild keeps the recorded settings)
         "processor": processor_settings(processor, max_text_length)
         if processor is not None or manifest is None
         else manifest.get("processor", {}),
@@ -857,13 +930,7 @@ def finalize(
             "backend": backend,
             "precision": precision,
         },
-        "index": {
-            "type": index_type,
-            "factory": factory,
-            "search_params": params,
-            "ntotal": int(index.ntotal),
-            "file": "index.faiss",
-        },
+        "index": section,
         "counts": {
             "items": n,
             "shards": len(shard_files),
@@ -886,7 +953,7 @@ def finalize(
         # Size and checksum of every file the index is read from (`index.integrity`), checked when it is loaded.
         "files": describe_files(
             output,
-            ["index.faiss", "metadata.parquet"]
+            [*ondisk.section_files(section), "metadata.parquet"]
             + [f"shards/{p.name}" for p in shard_files]
             + [f"shards/{p.name[: -len('.parquet')]}.report.json" for p in shard_files],
         ),
@@ -895,7 +962,50 @@ def finalize(
         "updated": _now(),
     }
     _atomic_write_json(output / "manifest.json", new_manifest)
+    ondisk.remove_unreferenced(output, section)
     return new_manifest
+
+
+def rebuild_index(
+    path: str | Path, index_type: str | None = None, *, progress: bool = True
+) -> dict[str, Any]:
+    """Retrain and rewrite the FAISS index of the index folder ``path`` from its stored float16 shards (no
+    re-embedding, no model needed), as ``index_type`` (default: the manifest's). The new files are written beside
+    the old ones and the manifest switches to them last, so an interrupted rebuild leaves the old index usable.
+    Returns the new manifest."""
+    path = Path(path)
+    from .integrity import read_manifest, verify_files
+
+    manifest_path = path / "manifest.json"
+    if not manifest_path.is_file():
+        raise _no_index(path)
+    manifest = read_manifest(path)
+    # The shards are what the index is rebuilt from: refuse damaged ones (their checksums) before any work.
+    verify_files(path, manifest, [n for n in manifest.get("files") or {} if n.startswith("shards/")])
+    runs = sorted((path / "runs").glob("run-*.json")) if (path / "runs").is_dir() else []
+    for run in runs:
+        if not _read_json(run).get("complete"):
+            raise ValueError(
+                f"{path} has an unfinished run ({run.name}): finish it by rerunning its `rsmclip index` command first"
+            )
+    index_type = index_type or manifest["index"]["type"]
+    choose_index(1, 8, index_type)  # validate before any work
+    model = manifest["model"]
+    embedding = manifest["embedding"]
+    return finalize(
+        path,
+        model_name=model["name_or_path"],
+        fingerprint=model["fingerprint"],
+        processor=None,
+        dim=int(embedding["dim"]),
+        index_type=index_type,
+        manifest=manifest,
+        backend=embedding.get("backend", "torch"),
+        precision=embedding.get("precision", "fp32"),
+        family=model.get("family"),
+        retrain=True,
+        progress=progress,
+    )
 
 
 # ---------------------------------------------------------------------------------------------- public entry

@@ -114,7 +114,8 @@ def _add_source_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _index_type_help() -> str:
     return (
-        "auto (exact up to 100k vectors, then IVF-Flat, IVF-PQ beyond 2M), flat, ivf-flat, ivf-pq, hnsw, "
+        "auto (exact up to 100k vectors, then IVF-Flat, IVF-PQ beyond 2M, IVF-PQ on disk with exact re-ranking "
+        "beyond 10M), flat, ivf-flat, ivf-pq, hnsw, ivfpq-disk (lists on disk: an index larger than memory), "
         "or a FAISS factory string such as 'IVF1024,PQ64'"
     )
 
@@ -238,6 +239,54 @@ def _run_add(args: argparse.Namespace) -> int:
     return 0
 
 
+def _info_lines(path: Path, manifest: dict[str, Any]) -> list[str]:
+    section, counts = manifest["index"], manifest["counts"]
+    params = ", ".join(f"{k} {v}" for k, v in section.get("search_params", {}).items())
+    lines = [
+        f"{path}: {counts['items']} items of {manifest['embedding']['dim']} dimensions",
+        f"index: {section['type']} ({section['factory']}{'; ' + params if params else ''}), file {section['file']}",
+        f"model: {manifest['model']['name_or_path']} (fingerprint {manifest['model']['fingerprint'][:12]})",
+        f"created {manifest.get('created')}, updated {manifest.get('updated')}, {len(manifest.get('runs', []))} runs",
+    ]
+    trained = section.get("trained")
+    if trained:
+        rule = f"retrain when more than {section['retrain_fraction']:.0%} of that is added"
+        state = (
+            f"retrain needed: rsmclip index rebuild {path}"
+            if section.get("retrain_needed")
+            else "no retrain needed"
+        )
+        lines.append(
+            f"trained {trained['at']} on a sample of {trained['sample']} of {trained['num_vectors']} vectors; "
+            f"{section['added_since_training']} added since ({rule}): {state}"
+        )
+    else:
+        lines.append(
+            f"trained {manifest.get('updated')} (every build, add and rebuild retrains this index type)"
+        )
+    return lines
+
+
+def _run_info(args: argparse.Namespace) -> int:
+    manifest_path = args.index / "manifest.json"
+    if not manifest_path.is_file():
+        raise FileNotFoundError(f"no index at {args.index}: {manifest_path} not found")
+    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    if args.json:
+        print(json.dumps(manifest, ensure_ascii=False, indent=1))
+    else:
+        print("\n".join(_info_lines(args.index, manifest)))
+    return 0
+
+
+def _run_rebuild(args: argparse.Namespace) -> int:
+    from . import RSMCLIPIndex, rebuild_index
+
+    rebuild_index(args.index, args.index_type, progress=not args.quiet)
+    print(_summary(RSMCLIPIndex.load(args.index)))
+    return 0
+
+
 def _format_table(results: list[dict[str, Any]]) -> str:
     headers = ["rank", "score", "label", "id"]
     geo = any(r.get("bbox") for r in results)
@@ -341,6 +390,23 @@ def _guarded(func: Any) -> Any:
     return run
 
 
+def _add_rebuild_and_info_parsers(actions: Any) -> None:
+    """``rsmclip index rebuild`` (retrain from the stored embeddings) and ``rsmclip index info``."""
+    rebuild = actions.add_parser(
+        "rebuild",
+        help="retrain the index from its stored embeddings (no re-embedding); needed by ivfpq-disk after large adds",
+    )
+    rebuild.add_argument("index", type=Path, help="index folder")
+    rebuild.add_argument("--index-type", default=None, help=_index_type_help() + " (default: the index's)")
+    rebuild.add_argument("--quiet", action="store_true", help="no progress bar")
+    rebuild.set_defaults(func=_guarded(_run_rebuild))
+
+    info = actions.add_parser("info", help="the index's type, size, model and when it was trained")
+    info.add_argument("index", type=Path, help="index folder")
+    info.add_argument("--json", action="store_true", help="print the whole manifest")
+    info.set_defaults(func=_guarded(_run_info))
+
+
 def add_subparser(subparsers: argparse._SubParsersAction) -> None:
     index = subparsers.add_parser(
         "index",
@@ -368,6 +434,7 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
     _add_source_arguments(add)
     add.set_defaults(func=_guarded(_run_add))
     _add_verify_parser(actions)
+    _add_rebuild_and_info_parsers(actions)
     index.set_defaults(func=lambda args: (index.print_help(), 2)[1])
 
     search = subparsers.add_parser(

@@ -35,6 +35,10 @@ are hashed on up to four threads (hashlib releases the GIL), so a large FAISS fi
 BLOCK = 64 << 20
 
 
+# The files of an on-disk index (`index.ondisk`) checked by size only when it is loaded.
+ONDISK_BULK_PREFIXES = ("ondisk/lists-", "ondisk/vectors-")
+
+
 class IndexFileError(UserError):
     """A file of an index folder is missing, damaged, truncated, or named outside the folder."""
 
@@ -137,9 +141,12 @@ def _recovery(name: str) -> str:
     return "`rsmclip index verify INDEX --repair` rebuilds it from the shards"
 
 
-def verify_files(folder: Path, manifest: dict[str, Any], names: list[str] | None = None) -> bool:
-    """Check the files ``names`` (default: every file the manifest lists) against the manifest's record. Returns
-    False, with a warning, for an index written before checksums were recorded (nothing to check against)."""
+def verify_files(
+    folder: Path, manifest: dict[str, Any], names: list[str] | None = None, *, size_only: Any = ()
+) -> bool:
+    """Check the files ``names`` (default: every file the manifest lists) against the manifest's record (only the
+    size for those in ``size_only``). Returns False, with a warning, for an index written before checksums were
+    recorded (nothing to check against)."""
     files = manifest.get("files")
     if files is None:
         logger.warning(
@@ -156,7 +163,7 @@ def verify_files(folder: Path, manifest: dict[str, Any], names: list[str] | None
     for name in files if names is None else names:
         if name not in files:
             raise IndexFileError(f"{folder / 'manifest.json'}: no checksum recorded for {name!r}")
-        check_file(folder, name, files[name])
+        check_file(folder, name, files[name], checksum=name not in size_only)
     return True
 
 
@@ -167,7 +174,10 @@ def check_index_files(folder: Path) -> dict[str, Any]:
     names = [n for n in manifest.get("files") or {} if not n.startswith("shards/")]
     if manifest.get("files") is not None:  # what search reads must be among them
         names += [n for n in (manifest["index"]["file"], "metadata.parquet") if n not in names]
-    verify_files(folder, manifest, names)
+    # An on-disk index is read in part by each search: hashing its lists and vectors (GBs at 10^7) at every load
+    # would read them whole. Their sizes are checked here; `index verify` and `index add` check their checksums.
+    bulk = [n for n in names if n.startswith(ONDISK_BULK_PREFIXES)]
+    verify_files(folder, manifest, names, size_only=bulk)
     return manifest
 
 

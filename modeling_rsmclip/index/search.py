@@ -220,11 +220,16 @@ def _open_files(path: Path) -> tuple[dict[str, Any], Any, Any]:
     manifest_path = path / "manifest.json"
     manifest = check_index_files(path)
     faiss_path = inside(path, manifest["index"]["file"], "FAISS index")
-    index = read_faiss(faiss_path)
-    try:
-        apply_search_params(index, manifest["index"].get("search_params", {}))
-    except (RuntimeError, AttributeError, TypeError) as err:
-        raise IndexFileError(f"{manifest_path}: damaged search parameters ({err})") from err
+    if manifest["index"].get("type") == "ivfpq-disk":  # lists on disk, exact re-ranking (`index.ondisk`)
+        from .ondisk import open_checked
+
+        index = open_checked(path, manifest["index"])
+    else:
+        index = read_faiss(faiss_path)
+        try:
+            apply_search_params(index, manifest["index"].get("search_params", {}))
+        except (RuntimeError, AttributeError, TypeError) as err:
+            raise IndexFileError(f"{manifest_path}: damaged search parameters ({err})") from err
     metadata = read_parquet(inside(path, "metadata.parquet", "metadata"))
     missing = {"id", "path"} - set(metadata.column_names)
     if missing:
@@ -541,6 +546,8 @@ class RSMCLIPIndex:
     def _ivf(self) -> Any:
         import faiss
 
+        if hasattr(self.index, "ivf"):  # `ondisk.OnDiskIndex`
+            return self.index.ivf
         try:
             return faiss.extract_index_ivf(self.index)
         except RuntimeError:
