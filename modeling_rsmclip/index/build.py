@@ -812,6 +812,43 @@ def _write_memory_index(
     }
 
 
+def _merge_shards(shard_files: list[Path]) -> tuple[Any, np.ndarray, dict[str, list]]:
+    """The shards' rows without embeddings, duplicates dropped (``keep``: the mask of kept rows over all shard
+    rows in order), and their reports merged."""
+    import pyarrow as pa
+
+    tables = []
+    report: dict[str, list] = {
+        "unreadable": [],
+        "nodata_tiles": [],
+        "duplicates": [],
+        "unchanged": [],
+        "network_errors": [],
+        "missing_bands": [],
+    }
+    for path in shard_files:  # the metadata; the embeddings are read shard by shard below
+        tables.append(_read_shard_metadata(path))
+        part = _read_json(path.with_name(path.name[: -len(".parquet")] + ".report.json"))
+        for key in report:
+            report[key].extend(part.get(key, []))
+    table = pa.concat_tables(tables, promote_options="default")
+    # Duplicates across shards (or processes): keep the first occurrence in work-list order.
+    hashes = table["content_hash"].to_pylist()
+    first: dict[str, int] = {}
+    keep = np.zeros(len(hashes), dtype=bool)
+    ids = table["id"].to_pylist()
+    paths = table["path"].to_pylist()
+    for i, h in enumerate(hashes):
+        if h in first:
+            report["duplicates"].append({"id": ids[i], "path": paths[i], "duplicate_of": ids[first[h]]})
+        else:
+            first[h] = i
+            keep[i] = True
+    if not keep.all():
+        table = table.filter(pa.array(keep))
+    return table, keep, report
+
+
 def finalize(
     output: Path,
     *,
@@ -833,44 +870,14 @@ def finalize(
     (``family``: the model family, `inference.families`, recorded with the model; ``processor`` None: the
     manifest's processor settings are kept). An ``ivfpq-disk`` index is appended to unless ``retrain``
     (`ondisk.write_ondisk`)."""
-    import pyarrow as pa
     import pyarrow.parquet as pq
 
     from .catalog import merge_listing_reports, settle_network_errors
     from .geoparquet import with_geometry
-
-    shard_files = sorted((output / "shards").glob("*.parquet"))
-    tables = []
-    report: dict[str, list] = {
-        "unreadable": [],
-        "nodata_tiles": [],
-        "duplicates": [],
-        "unchanged": [],
-        "network_errors": [],
-        "missing_bands": [],
-    }
     from .integrity import describe_files
 
-    for path in shard_files:  # the metadata; the embeddings are read shard by shard below
-        tables.append(_read_shard_metadata(path))
-        part = _read_json(path.with_name(path.name[: -len(".parquet")] + ".report.json"))
-        for key in report:
-            report[key].extend(part.get(key, []))
-    table = pa.concat_tables(tables, promote_options="default")
-    # Duplicates across shards (or processes): keep the first occurrence in work-list order.
-    hashes = table["content_hash"].to_pylist()
-    first: dict[str, int] = {}
-    keep = np.zeros(len(hashes), dtype=bool)
-    ids = table["id"].to_pylist()
-    paths = table["path"].to_pylist()
-    for i, h in enumerate(hashes):
-        if h in first:
-            report["duplicates"].append({"id": ids[i], "path": paths[i], "duplicate_of": ids[first[h]]})
-        else:
-            first[h] = i
-            keep[i] = True
-    if not keep.all():
-        table = table.filter(pa.array(keep))
+    shard_files = sorted((output / "shards").glob("*.parquet"))
+    table, keep, report = _merge_shards(shard_files)
     n = table.num_rows
     merge_listing_reports(output, report)
     if "stac_item" in table.column_names:

@@ -131,8 +131,14 @@ def _compare(
                     break
     except IndexFileError as err:
         result.problems.append(_problem(err))
+    ondisk = manifest["index"].get("type") == "ivfpq-disk"
     try:
-        index = read_faiss(faiss_path)
+        if ondisk:  # lists on disk: opened as a search opens them (`index.ondisk`)
+            from .ondisk import open_checked
+
+            index = open_checked(path, manifest["index"])
+        else:
+            index = read_faiss(faiss_path)
     except IndexFileError as err:
         result.problems.append(_problem(err))
         return
@@ -145,8 +151,12 @@ def _compare(
         if len(embeddings) <= SAMPLE
         else np.sort(rng.choice(len(embeddings), SAMPLE, replace=False))
     )
-    stored = _vectors(index, rows)
-    lossy = "PQ" in manifest["index"].get("factory", "") or "SQ" in manifest["index"].get("factory", "")
+    # An on-disk index ranks by the float16 vectors it stores: those are compared (its PQ codes only propose).
+    stored = index.store.take(rows).astype(np.float32) if ondisk else _vectors(index, rows)
+    if ondisk:
+        stored /= np.maximum(np.linalg.norm(stored, axis=1, keepdims=True), 1e-12)
+    factory = manifest["index"].get("factory", "")
+    lossy = not ondisk and ("PQ" in factory or "SQ" in factory)
     if stored is not None:
         cosine = (stored * embeddings[rows]).sum(axis=1)
         bad = (
@@ -200,7 +210,9 @@ def verify_index(path: str | Path, *, record: bool = False, repair: bool = False
         repaired.repaired = True
         return repaired
     if record and not result.problems and not result.checksums:
-        names = ["index.faiss", "metadata.parquet"] + [
+        from .ondisk import section_files
+
+        names = [*section_files(manifest["index"]), "metadata.parquet"] + [
             f"shards/{p.name}" for p in sorted((path / "shards").glob("*")) if p.is_file()
         ]
         manifest["files"] = describe_files(path, [n for n in names if (path / n).is_file()])
@@ -227,6 +239,7 @@ def _repair(path: Path, manifest: dict[str, Any]) -> None:
         precision=embedding.get("precision", "fp32"),
         family=model.get("family"),
         max_text_length=int(manifest.get("processor", {}).get("tokenizer", {}).get("max_length", 77)),
+        retrain=True,  # an on-disk index is written anew from the shards, not appended to its damaged lists
     )
 
 
