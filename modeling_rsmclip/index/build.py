@@ -113,7 +113,7 @@ def choose_index(
     m = next(m for m in (64, 48, 32, 24, 16, 12, 8, 4, 2, 1) if dim % m == 0 and m <= dim)
     from .ondisk import pq_bits
 
-    bits = pq_bits(num_vectors)  # 256 centroids per sub-vector need ~10k training vectors
+    bits = pq_bits(num_vectors)  # 256 centroids per sub-quantizer need at least 256 training vectors
     return f"IVF{nlist},PQ{m}" + (f"x{bits}" if bits < 8 else ""), {"nprobe": nprobe}
 
 
