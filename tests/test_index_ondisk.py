@@ -90,9 +90,7 @@ def test_ondisk_returns_what_in_memory_ivfpq_returns(fresh) -> None:
 
     index = fresh
     section = index.manifest["index"]
-    assert (
-        section["type"] == "ivfpq-disk" and section["factory"] == "IVF5,PQ48x7"
-    )  # too few vectors for OPQ; 128 centroids (210 vectors)
+    assert section["type"] == "ivfpq-disk" and section["factory"] == "IVF5,PQ48x4"  # too few vectors for OPQ
     assert section["trained"]["num_vectors"] == len(index) == 210
     ondisk = index.index
     # The same trained OPQ + coarse quantizer + PQ, with the same vectors added in memory.
@@ -133,7 +131,7 @@ def test_ondisk_with_opq_returns_what_in_memory_returns(fresh, tmp_path) -> None
     vectors = normalized(vectors).astype(np.float16)
     chunks = lambda: iter(np.array_split(vectors, 4))  # noqa: E731
     section = write_ondisk(tmp_path, chunks, len(vectors), vectors.shape[1], max_train=1500)
-    assert section["factory"] == "OPQ48,IVF53,PQ48x8" and section["trained"]["sample"] == 1500
+    assert section["factory"] == "OPQ48,IVF53,PQ48x5" and section["trained"]["sample"] == 1500
     ondisk = OnDiskIndex.open(tmp_path, section)
     memory = faiss.read_index(str(tmp_path / ONDISK_DIR / section["trained_file"]))
     memory.add(normalized(vectors))

@@ -71,11 +71,14 @@ def _pow2(x: float) -> int:
     return 1 << max(0, round(math.log2(max(1.0, x))))
 
 
-def pq_bits(num_vectors: int) -> int:
-    """Bits per PQ code: 8 (256 centroids per sub-quantizer) from 256 vectors on, which FAISS trains (with a
-    warning below 39 points per centroid; on 1,260 real vectors, 8 bits recall 0.95 at 10 where 5 bits recall
-    0.72); below that, the most centroids the vectors can train (at least 4 bits)."""
-    return int(min(8, max(4, math.floor(math.log2(max(2.0, num_vectors))))))
+def pq_bits(num_vectors: int, points_per_centroid: int = 1) -> int:
+    """Bits per PQ code: 8 (256 centroids per sub-quantizer), fewer (down to 4) when ``num_vectors`` cannot give
+    each centroid ``points_per_centroid`` training points. An in-memory IVF-PQ ranks by its codes: it takes 8 bits
+    from 256 vectors on, which FAISS trains (with a warning below 39 points per centroid; on 1,260 real vectors, 8
+    bits recall 0.95 at 10 where 5 bits recall 0.72). The on-disk index only proposes candidates with its codes
+    (re-ranking scores them exactly): it asks FAISS's 39 points per centroid, which also keeps small builds fast."""
+    points = max(2.0, num_vectors / max(1, points_per_centroid))
+    return int(min(8, max(4, math.floor(math.log2(points)))))
 
 
 def disk_factory(num_vectors: int, dim: int) -> tuple[str, dict[str, int]]:
@@ -84,14 +87,14 @@ def disk_factory(num_vectors: int, dim: int) -> tuple[str, dict[str, int]]:
     ``nlist``: the power of two nearest ``sqrt(n)`` (at most n/39, FAISS's minimum training points per list):
     re-ranking makes up for coarse lists, and fewer lists keep training and encoding cheap. ``m``: the largest of
     64, 48, 32, ... dividing ``dim`` into sub-vectors of at least `PQ_MIN_DIMS` dimensions (one byte each with
-    8-bit codes; fewer bits below 256 vectors, which cannot train 256 centroids): the codes only pick the
+    8-bit codes; fewer bits below ~10k vectors, 39 training points per centroid): the codes only pick the
     candidates, which re-ranking scores exactly. OPQ (a rotation balancing the sub-vectors) from `OPQ_MIN_VECTORS`
     vectors on. ``nprobe``: nlist / 32, at least 16 (all lists when fewer); ``rerank``:
     `DEFAULT_RERANK` (``k * rerank`` candidates get their exact score)."""
     n = max(1, int(num_vectors))
     nlist = max(1, min(_pow2(math.sqrt(n)), n // 39))
     m = next(m for m in PQ_SUBQUANTIZERS if dim % m == 0 and (dim // m >= PQ_MIN_DIMS or m == 1))
-    bits = pq_bits(n)
+    bits = pq_bits(n, points_per_centroid=39)
     nprobe = min(nlist, max(16, nlist // 32))
     opq = f"OPQ{m}," if n >= OPQ_MIN_VECTORS else ""
     return f"{opq}IVF{nlist},PQ{m}x{bits}", {"nprobe": nprobe, "rerank": DEFAULT_RERANK}
