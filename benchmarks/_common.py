@@ -53,11 +53,9 @@ def ucm_batch(batch_size: int, text_batch_size: int) -> tuple[list[Path], list[s
     return files, (texts * (1 + text_batch_size // len(texts)))[:text_batch_size]
 
 
-def provenance() -> dict:
-    """Where and when a result was measured: the machine (CPU, cores, memory, GPU), the commit of the checkout
-    (with ``-dirty`` when it has uncommitted changes), the UTC date, the command and the library versions."""
-    import datetime
-    import os
+def git_commit() -> str:
+    """The commit of the checkout, with ``-dirty`` when tracked files have uncommitted changes (``unknown``
+    outside git)."""
     import subprocess
 
     def git(*args: str) -> str:
@@ -71,6 +69,16 @@ def provenance() -> dict:
     commit = git("rev-parse", "HEAD") or "unknown"
     if git("status", "--porcelain", "--untracked-files=no"):
         commit += "-dirty"
+    return commit
+
+
+def provenance() -> dict:
+    """Where and when a result was measured: the machine (CPU, cores, memory, GPU), the commit of the checkout
+    (`git_commit`), the UTC date, the command and the library versions."""
+    import datetime
+    import os
+
+    commit = git_commit()
     try:
         memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     except (ValueError, OSError, AttributeError):

@@ -20,14 +20,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
-import json
 import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from _common import REPO, cpu_model
+from _common import REPO, cpu_model, git_commit, write_result
 from bench_app import percentile, queries
 
 MODES = {"batched": ["--max-batch", "32", "--batch-wait-ms", "5"], "unbatched": ["--max-batch", "1"]}
@@ -119,19 +118,6 @@ def after_health_threads(url: str) -> int:
     import httpx
 
     return httpx.get(url + "/health", timeout=30).json()["threads"]
-
-
-def git_commit() -> str:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
-        )
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain"], cwd=REPO, capture_output=True, text=True
-        ).stdout
-        return out.stdout.strip() + ("+changes" if dirty.strip() else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -260,7 +246,7 @@ def main() -> int:
         )
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=2, ensure_ascii=False))
+        write_result(args.json, result)
     return 0
 
 

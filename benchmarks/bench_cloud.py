@@ -21,18 +21,16 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 import uuid
 from pathlib import Path
 
-from _common import REPO, cpu_model
+from _common import REPO, cpu_model, git_commit, write_result
 
 # name: scene (item id), tile size, read size (None: full resolution), tiles to read (None: all)
 CASES = [
@@ -129,19 +127,6 @@ def summarise(runs: list[dict]) -> dict:
     return out
 
 
-def _commit() -> str:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
-        )
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain"], cwd=REPO, capture_output=True, text=True
-        ).stdout
-        return out.stdout.strip() + ("+dirty" if dirty.strip() else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -192,13 +177,13 @@ def main() -> int:
         "python": platform.python_version(),
         "rasterio": rasterio.__version__,
         "gdal": rasterio.__gdal_version__,
-        "commit": _commit(),
+        "commit": git_commit(),
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "repeats": args.repeats,
         "results": results,
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(record, indent=1) + "\n")
+    write_result(args.output, record)
     print(f"wrote {args.output}", file=sys.stderr)
     return 0
 

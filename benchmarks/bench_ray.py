@@ -28,14 +28,13 @@ import json
 import logging
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-from _common import REPO, cpu_model
+from _common import REPO, cpu_model, git_commit, write_result
 
 CLUSTER_COMMANDS = """\
 # A Ray cluster: `ray up cluster.yaml` (VMs) or a KubeRay RayCluster, every node with `pip install "rsmclip[ray]"`
@@ -82,11 +81,6 @@ def _same_shards(a: Path, b: Path) -> bool:
         if ex.shape != ey.shape or np.abs(ex - ey).max(initial=0.0) > 1e-6:
             return False
     return True
-
-
-def _commit() -> str:
-    out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=False)
-    return out.stdout.strip()
 
 
 def main() -> None:
@@ -212,7 +206,7 @@ def main() -> None:
         "benchmark": "bench_ray",
         "machine": f"{os.cpu_count()}-core {cpu_model()}, no GPU" if "GPU" not in resources else cpu_model(),
         "ray_resources": resources,
-        "commit": _commit(),
+        "commit": git_commit(),
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "ray_version": ray.__version__,
         "model": args.model,
@@ -230,7 +224,7 @@ def main() -> None:
         "cluster_commands": CLUSTER_COMMANDS,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    write_result(args.out, result)
     print(json.dumps({k: v for k, v in result.items() if k not in ("rounds", "cluster_commands")}, indent=1))
     print(f"wrote {args.out}")
 
