@@ -63,3 +63,33 @@ def shard_embeddings(index_dir: Path) -> tuple[list[str], np.ndarray]:
     dim = table.schema.field("embedding").type.list_size
     flat = table["embedding"].combine_chunks().flatten().to_numpy(zero_copy_only=False)
     return table["id"].to_pylist(), flat.astype(np.float32).reshape(table.num_rows, dim)
+
+
+def kill_build_after_shards(
+    script: str, out: Path, repo: Path, shards_before_kill: int = 2
+) -> dict[str, int]:
+    """Run ``script`` (a Python build of the index folder ``out``) in its own process, SIGKILL it once
+    ``shards_before_kill`` shards are written, and return the shards it left (name -> mtime_ns). Fails when the
+    build ends before it could be killed."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    env = {**os.environ, "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    shards = out / "shards"
+    deadline = time.time() + 180
+    while time.time() < deadline and proc.poll() is None:
+        if shards.is_dir() and len(list(shards.glob("*.parquet"))) >= shards_before_kill:
+            break
+        time.sleep(0.01)
+    assert proc.poll() is None, (
+        f"the build ended before it could be killed: {proc.communicate()[1][-2000:]!r}"
+    )
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return {p.name: p.stat().st_mtime_ns for p in shards.glob("*.parquet")}

@@ -7,10 +7,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +17,7 @@ import pytest
 pytest.importorskip("faiss")
 pytest.importorskip("pyarrow")
 
-from _index_fixtures import shard_embeddings  # noqa: E402
+from _index_fixtures import kill_build_after_shards, shard_embeddings  # noqa: E402
 
 from modeling_rsmclip.inference import DEMO_MODEL_DIR  # noqa: E402
 from modeling_rsmclip.testing import sample_dir  # noqa: E402
@@ -77,22 +75,8 @@ def test_killed_build_resumes_to_the_same_index(demo, sources, union, tmp_path) 
         "from modeling_rsmclip.index import build_index\n"
         f"build_index({str(DEMO_MODEL_DIR)!r}, {str(out)!r}, {[str(s) for s in sources]!r}, **{OPTIONS!r})\n"
     )
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(
-        [sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-    )
+    done = kill_build_after_shards(script, out, REPO)
     shards = out / "shards"
-    deadline = time.time() + 180
-    while time.time() < deadline and proc.poll() is None:
-        if shards.is_dir() and len(list(shards.glob("*.parquet"))) >= 2:
-            break
-        time.sleep(0.02)
-    assert proc.poll() is None, (
-        f"the build ended before it could be killed: {proc.communicate()[1][-2000:]!r}"
-    )
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    done = {p.name: p.stat().st_mtime_ns for p in shards.glob("*.parquet")}
     total = json.loads((out / "runs" / "run-000.json").read_text())["num_shards"]
     assert 2 <= len(done) < total and not (out / "manifest.json").exists()
 

@@ -9,10 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
-import sys
-import time
 import urllib.request
 import uuid
 from pathlib import Path
@@ -25,7 +21,7 @@ pytest.importorskip("pyarrow")
 rasterio = pytest.importorskip("rasterio", reason='needs rasterio: pip install "rsmclip[geo]"')
 pystac = pytest.importorskip("pystac", reason='needs pystac: pip install "rsmclip[stac]"')
 
-from _index_fixtures import shard_embeddings  # noqa: E402
+from _index_fixtures import kill_build_after_shards, shard_embeddings  # noqa: E402
 
 from modeling_rsmclip.geo.cloud import RetryPolicy  # noqa: E402
 from modeling_rsmclip.geo.stac import StacError, StacQuery  # noqa: E402
@@ -242,22 +238,8 @@ def test_a_killed_build_resumes_to_the_same_index(saved_tiny, tiny_saved, api_in
         f"build_index({str(tiny_saved)!r}, {str(out)!r}, [], stac=StacQuery({stac_api.url!r}, collections=[{S2!r}]),"
         f" **{options!r})\n"
     )
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(
-        [sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-    )
+    done = kill_build_after_shards(script, out, REPO)
     shards = out / "shards"
-    deadline = time.time() + 180
-    while time.time() < deadline and proc.poll() is None:
-        if shards.is_dir() and len(list(shards.glob("*.parquet"))) >= 2:
-            break
-        time.sleep(0.01)
-    assert proc.poll() is None, (
-        f"the build ended before it could be killed: {proc.communicate()[1][-2000:]!r}"
-    )
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    done = {p.name: p.stat().st_mtime_ns for p in shards.glob("*.parquet")}
     plan = json.loads((out / "runs" / "run-000.json").read_text())
     assert 2 <= len(done) < plan["num_shards"] == 16 and not (out / "manifest.json").exists()
     assert plan["stac"]["collections"] == [S2] and (out / "runs" / "listing-000.items.json").is_file()
